@@ -8,6 +8,8 @@ import importlib
 import os
 import sys
 
+from .allocator import tune_cpu_allocator
+
 COMMANDS = {
     "compare": ("bmojo.compare", "train presets on recall tasks at matched memory; results table and plots"),
     "train": ("bmojo.lm.train", "train a language model on a corpus (single process, torchrun or accelerate launch)"),
@@ -20,6 +22,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network at run time
     argv = sys.argv[1:] if argv is None else argv
+    tune_cpu_allocator()  # large CPU tensors reuse freed memory instead of fresh page-faulted mmaps
     if not argv or argv[0] not in COMMANDS:
         top = argparse.ArgumentParser(prog="bmojo", description="B'MOJO model family: recall, language modeling, benchmarks.")
         sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from ..allocator import tune_cpu_allocator
+
 
 SUITE_NAMES = ("ceiling", "kernels", "layers", "models", "decode")
 
@@ -138,6 +140,7 @@ def machine_info(device: torch.device) -> dict:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "device": str(device),
+        "cpu_allocator": "tuned" if tune_cpu_allocator() else "default",
         "load_average_at_start": load_average(),
     }
     if device.type == "cuda":

@@ -79,7 +79,7 @@ def write_markdown(doc: dict, path: Path) -> None:
         "| machine | |",
         "|---|---|",
     ]
-    for key in ("cpu_model", "cpu_flags", "cpu_count", "torch_threads", "torch_cpu_capability", "device", "cuda_device",
+    for key in ("cpu_model", "cpu_flags", "cpu_count", "torch_threads", "torch_cpu_capability", "cpu_allocator", "device", "cuda_device",
                 "torch", "transformers", "python", "load_average_at_start", "load_average_at_end"):
         if key in m:
             lines.append(f"| {key} | {', '.join(map(str, m[key])) if isinstance(m[key], list) else m[key]} |")

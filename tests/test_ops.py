@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from bmojo.ops.conv import causal_conv_silu, causal_conv_silu_reference
 from bmojo.ops.attention import window_attention, window_attention_reference
 from bmojo.ops.memory import EMPTY, eidetic_merge, eidetic_positions, fading_positions, innovation_score
 from bmojo.ops.ssd import ssd_chunked, ssd_sequential
@@ -35,6 +36,25 @@ def test_ssd_chunked_gradients_match_sequential():
     g2 = torch.autograd.grad(y_ref.square().sum(), inputs)
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("L,K", [(37, 4), (2, 4), (1, 4), (9, 1)])
+def test_causal_conv_silu_matches_conv1d(L, K):
+    """Values, the carried K-1 inputs and gradients (input, weight, bias, past) equal the F.conv1d twin."""
+    x = torch.randn(2, L, 6, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(6, K, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    past = torch.randn(2, K - 1, 6, dtype=torch.float64, requires_grad=True)
+    for p in (None, past):
+        out, carry = causal_conv_silu(x, weight, bias, p)
+        ref, ref_carry = causal_conv_silu_reference(x, weight, bias, p)
+        torch.testing.assert_close(out, ref)
+        torch.testing.assert_close(carry, ref_carry)
+        leaves = [x, weight, bias] + ([p] if p is not None else [])
+        g = torch.autograd.grad((out.sin() * out).sum() + carry.sum(), leaves)
+        g_ref = torch.autograd.grad((ref.sin() * ref).sum() + ref_carry.sum(), leaves)
+        for a, b in zip(g, g_ref):
+            torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize("L,w,M", [(45, 8, 0), (45, 8, 5), (16, 16, 3), (7, 16, 2)])

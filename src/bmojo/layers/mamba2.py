@@ -8,13 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.conv import causal_conv_silu
 from ..ops.ssd import ssd_chunked, ssd_step
 from .common import GatedRMSNorm
 
 
 @dataclass
 class SSMState:
-    """Decoding state of one Mamba-2 mixer: conv (b, conv_dim, K-1) last conv inputs; ssm (b, h, p, n) fp32."""
+    """Decoding state of one Mamba-2 mixer: conv (b, K-1, conv_dim) last conv inputs; ssm (b, h, p, n) fp32."""
 
     conv: torch.Tensor
     ssm: torch.Tensor
@@ -46,7 +47,7 @@ class Mamba2Mixer(nn.Module):
 
     def init_state(self, batch_size: int, device, dtype) -> SSMState:
         return SSMState(
-            conv=torch.zeros(batch_size, self.conv_dim, self.conv_kernel - 1, device=device, dtype=dtype),
+            conv=torch.zeros(batch_size, self.conv_kernel - 1, self.conv_dim, device=device, dtype=dtype),
             ssm=torch.zeros(batch_size, self.num_heads, self.head_dim, self.state_size, device=device, dtype=torch.float32),
         )
 
@@ -55,12 +56,10 @@ class Mamba2Mixer(nn.Module):
         (L == 1 uses the one-step recurrence); without, returns (y, None)."""
         b, L, _ = u.shape
         z, xBC, dt = self.in_proj(u).split([self.inner, self.conv_dim, self.num_heads], dim=-1)
-        xBC = xBC.transpose(1, 2)  # (b, conv_dim, L)
-        past = state.conv.to(xBC.dtype) if state is not None else xBC.new_zeros(b, self.conv_dim, self.conv_kernel - 1)
-        xBC_full = torch.cat([past, xBC], dim=2)
-        xBC = F.silu(F.conv1d(xBC_full, self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim))
+        xBC, conv_state = causal_conv_silu(xBC, self.conv1d.weight[:, 0], self.conv1d.bias,
+                                           state.conv if state is not None else None)
         gn = self.n_groups * self.state_size
-        x, B, C = xBC.transpose(1, 2).split([self.inner, gn, gn], dim=-1)
+        x, B, C = xBC.split([self.inner, gn, gn], dim=-1)
         x = x.unflatten(-1, (self.num_heads, self.head_dim))
         B = B.unflatten(-1, (self.n_groups, self.state_size))
         C = C.unflatten(-1, (self.n_groups, self.state_size))
@@ -75,5 +74,5 @@ class Mamba2Mixer(nn.Module):
         y = self.norm(y.flatten(-2).to(u.dtype), z)
         new_state = None
         if state is not None:
-            new_state = SSMState(conv=xBC_full[:, :, xBC_full.shape[2] - (self.conv_kernel - 1):], ssm=ssm)
+            new_state = SSMState(conv=conv_state, ssm=ssm)
         return self.out_proj(y), new_state

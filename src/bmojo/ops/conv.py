@@ -1,0 +1,61 @@
+"""Mamba-2's short convolution: causal depthwise conv along the sequence followed by SiLU, in the
+(batch, length, channels) layout the projections produce, plus its reference twin (`F.conv1d`).
+
+Shapes: x (b, L, C); weight (C, K) (the Conv1d weight (C, 1, K) squeezed); bias (C,);
+past (b, K-1, C): the K-1 inputs before x[:, 0] (zeros at the start of a sequence).
+out_t = silu(bias + sum_k weight[:, k] * x_{t-K+1+k}).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class _CausalConvSiLU(torch.autograd.Function):
+    """K shifted multiply-adds over the padded input, streaming along the channels (no transposes);
+    saves the padded input and the pre-activation, and writes the input gradient in place."""
+
+    @staticmethod
+    def forward(ctx, full: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        K = weight_t.shape[0]
+        L = full.shape[1] - K + 1
+        pre = torch.addcmul(bias, full[:, :L], weight_t[0])
+        for k in range(1, K):
+            pre.addcmul_(full[:, k : k + L], weight_t[k])
+        ctx.save_for_backward(full, weight_t, pre)
+        return F.silu(pre)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        full, weight_t, pre = ctx.saved_tensors
+        K, L = weight_t.shape[0], pre.shape[1]
+        grad_pre = torch.ops.aten.silu_backward(grad, pre)
+        grad_full = torch.zeros_like(full)
+        for k in range(K):
+            grad_full[:, k : k + L].addcmul_(grad_pre, weight_t[k])
+        grad_weight_t = torch.stack([(grad_pre * full[:, k : k + L]).sum((0, 1)) for k in range(K)])
+        return grad_full, grad_weight_t.to(weight_t.dtype), grad_pre.sum((0, 1)).to(weight_t.dtype)
+
+
+def causal_conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, past: torch.Tensor | None = None):
+    """Returns (out (b, L, C), the last K-1 inputs (b, K-1, C): the `past` of the next call), both in the
+    weight's dtype (fp32 under autocast, where x comes from the input projection in bf16)."""
+    K = weight.shape[1]
+    x = x.to(weight.dtype)  # one cast up front (bf16 under autocast) rather than one per shifted product
+    if past is None:
+        full = F.pad(x, (0, 0, K - 1, 0))
+    else:
+        full = torch.cat([past.to(x.dtype), x], dim=1)
+    out = _CausalConvSiLU.apply(full, weight.t().contiguous(), bias)
+    return out, full[:, x.shape[1] :]
+
+
+def causal_conv_silu_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, past: torch.Tensor | None = None):
+    """Reference twin of `causal_conv_silu`: `F.conv1d` with groups = C over the transposed input."""
+    b, L, C = x.shape
+    K = weight.shape[1]
+    past = x.new_zeros(b, K - 1, C) if past is None else past.to(x.dtype)
+    full = torch.cat([past, x], dim=1)
+    out = F.silu(F.conv1d(full.transpose(1, 2), weight[:, None, :], bias, groups=C)).transpose(1, 2)
+    return out, full[:, L:]

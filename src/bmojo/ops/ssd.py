@@ -68,11 +68,10 @@ def ssd_chunked(
     cum_t = torch.cumsum((dt * A.float()).view(b, nc, Q, g, r), dim=2)  # (b, nc, Q, g, r)
     cum = cum_t.permute(0, 1, 3, 4, 2).contiguous()  # (b, nc, g, r, Q)
 
-    # 1. within chunks: y_l += sum_{s<=l} (C_l . B_s) exp(cum_l - cum_s) xdt_s
-    causal = torch.full((Q, Q), float("-inf"), device=x.device).triu(1)  # 0 where s <= l, -inf above
-    decay = torch.exp(cum[..., :, None] - cum[..., None, :] + causal)  # (b, nc, g, r, Q, Q)
-    scores = decay * torch.einsum("bclgn,bcsgn->bcgls", C, B).float()[:, :, :, None]
-    y = torch.einsum("bcgrls,bcsgrp->bclgrp", scores, xdt).float()
+    # 1. within chunks: y_l += sum_{s<=l} (C_l . B_s) exp(cum_l - cum_s) xdt_s, per head, in the head-major
+    #    layout (b, nc, g, r, Q, p) so that every per-head matmul is a contiguous batch
+    CB = torch.einsum("bclgn,bcsgn->bcgls", C, B).float()  # (b, nc, g, Q, Q)
+    y = _IntraChunk.apply(cum, CB, xdt.permute(0, 1, 3, 4, 2, 5).contiguous()).permute(0, 1, 4, 2, 3, 5)
 
     # 2. state contributed by each chunk, taken at its end: sum_l exp(cum_end - cum_l) xdt_l B_l^T
     to_end = torch.exp(cum_t[:, :, -1:] - cum_t)  # (b, nc, Q, g, r)
@@ -94,6 +93,37 @@ def ssd_chunked(
     y = y + y_off * torch.exp(cum_t)[..., None]
     y = y.reshape(b, nc * Q, h, p)[:, :L]
     return y.to(in_dtype), state.reshape(b, h, p, n)
+
+
+class _IntraChunk(torch.autograd.Function):
+    """The quadratic part of `ssd_chunked`, y = (exp(segsum(cum)) * CB) @ xdt with the decay masked to s <= l,
+    with a hand-written backward: the decay and scores are built in place, saved once, and their gradients
+    need no negated copy (d cum = row sums - column sums of d scores * scores). Under autocast the matmuls
+    (forward and backward) run in the autocast dtype and their results come back to fp32.
+    cum: (b, nc, g, r, Q); CB: (b, nc, g, Q, Q) [l, s] = C_l . B_s; xdt: (b, nc, g, r, Q, p). fp32."""
+
+    @staticmethod
+    def forward(ctx, cum, CB, xdt):
+        Q = cum.shape[-1]
+        decay = cum[..., :, None] - cum[..., None, :]  # (b, nc, g, r, Q, Q), [l, s] = cum_l - cum_s
+        decay.masked_fill_(torch.ones(Q, Q, dtype=torch.bool, device=cum.device).triu(1), float("-inf")).exp_()
+        scores = decay * CB[:, :, :, None]
+        ctx.save_for_backward(decay, scores, xdt)
+        device = cum.device.type
+        ctx.autocast = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
+        return torch.matmul(scores, xdt).float()
+
+    @staticmethod
+    def backward(ctx, dy):
+        decay, scores, xdt = ctx.saved_tensors
+        device, dtype, enabled = ctx.autocast
+        dy = dy.float().contiguous()
+        with torch.autocast(device, dtype=dtype, enabled=enabled):
+            d_scores = torch.matmul(dy, xdt.transpose(-1, -2)).float()
+            d_xdt = torch.matmul(scores.transpose(-1, -2), dy).float()
+        d_CB = (d_scores * decay).sum(3)
+        d_seg = d_scores.mul_(scores)
+        return d_seg.sum(-1) - d_seg.sum(-2), d_CB, d_xdt
 
 
 @functools.cache

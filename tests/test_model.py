@@ -127,7 +127,7 @@ def test_cache_size_is_constant_in_context_length(preset):
     cache = model.new_cache(1)
     sizes = {}
     with torch.no_grad():
-        for block in range(40):  # 20 000 tokens, fed 500 at a time through the recurrent path
+        for _ in range(40):  # 20 000 tokens, fed 500 at a time through the recurrent path
             model(torch.randint(0, 61, (1, 500)), cache=cache, logits_to_keep=1)
             sizes[cache.seen_tokens] = cache.nbytes
     assert sizes[2000] == sizes[20000] > 0

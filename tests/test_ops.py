@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from bmojo.ops.conv import causal_conv_silu, causal_conv_silu_reference
 from bmojo.ops.attention import window_attention, window_attention_reference
+from bmojo.ops.conv import causal_conv_silu, causal_conv_silu_reference
 from bmojo.ops.memory import EMPTY, eidetic_merge, eidetic_positions, fading_positions, innovation_score
 from bmojo.ops.ssd import ssd_chunked, ssd_sequential
 

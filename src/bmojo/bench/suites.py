@@ -113,8 +113,8 @@ def kernels(bench: Bench) -> None:
 
     blocked = lambda: window_attention(ql, kl, vl, w, mkl, mvl, mem_valid)  # noqa: E731
     with torch.no_grad():
-        s = measure({"blocked": blocked, "dense": dense}, dev, bench.warmup, bench.repeats)
-    for direction, s in (("fwd", s), ("fwd_bwd", measure({"blocked": _fwd_bwd(blocked, leaves), "dense": _fwd_bwd(dense, leaves)},
+        fwd_samples = measure({"blocked": blocked, "dense": dense}, dev, bench.warmup, bench.repeats)
+    for direction, s in (("fwd", fwd_samples), ("fwd_bwd", measure({"blocked": _fwd_bwd(blocked, leaves), "dense": _fwd_bwd(dense, leaves)},
                                                          dev, bench.warmup, bench.repeats))):
         ours, peer = _median_ms(s["blocked"]), _median_ms(s["dense"])
         bench.add("kernels", f"dense_masked_sdpa/{direction}", peer, "ms", settings, spread=stats(s["dense"], 1e3))

@@ -54,7 +54,7 @@ class Mamba2Mixer(nn.Module):
     def forward(self, u: torch.Tensor, state: SSMState | None = None) -> tuple[torch.Tensor, SSMState | None]:
         """u: (b, L, d). With `state`, continues from it and returns the state after the last token
         (L == 1 uses the one-step recurrence); without, returns (y, None)."""
-        b, L, _ = u.shape
+        L = u.shape[1]
         z, xBC, dt = self.in_proj(u).split([self.inner, self.conv_dim, self.num_heads], dim=-1)
         xBC, conv_state = causal_conv_silu(xBC, self.conv1d.weight[:, 0], self.conv1d.bias,
                                            state.conv if state is not None else None)

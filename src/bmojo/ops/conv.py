@@ -35,7 +35,7 @@ class _CausalConvSiLU(torch.autograd.Function):
         for k in range(K):
             grad_full[:, k : k + L].addcmul_(grad_pre, weight_t[k])
         grad_weight_t = torch.stack([(grad_pre * full[:, k : k + L]).sum((0, 1)) for k in range(K)])
-        return grad_full, grad_weight_t.to(weight_t.dtype), grad_pre.sum((0, 1)).to(weight_t.dtype)
+        return grad_full, grad_weight_t, grad_pre.sum((0, 1))
 
 
 def causal_conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, past: torch.Tensor | None = None):

@@ -8,7 +8,8 @@ not by a growing amount. We compare relative Frobenius errors ||a - b|| / ||b||:
   loss: <= 1e-3 relative (a mean over many tokens averages the rounding; measured ~3e-5),
   all gradients together: <= 5e-2 (a gradient passes through twice as many bf16 matmuls as the forward;
   measured <= 1.1e-2), and cosine similarity >= 0.999 (the update direction is the same; measured >= 0.99994).
-Kernels in bf16 (SSD, blocked attention) against their fp32 reference twins: <= 2e-2 relative.
+Kernels in bf16 (SSD, short conv, blocked attention) against their fp32 reference twins, values and gradients:
+<= 2e-2 relative.
 Compiled and CUDA paths compute the same fp32 arithmetic in another order: 1e-4 .. 1e-3.
 """
 
@@ -18,7 +19,8 @@ import pytest
 import torch
 
 import bmojo
-from bmojo.ops.attention import window_attention, window_attention_reference
+from bmojo.ops.attention import explicit_attention, masked_attention, window_attention, window_attention_reference
+from bmojo.ops.conv import causal_conv_silu, causal_conv_silu_reference
 from bmojo.ops.ssd import fla_available, ssd_chunked, ssd_sequential
 from conftest import tiny_model
 
@@ -98,18 +100,50 @@ def test_bf16_autocast_kernels_match_fp32_reference_twins():
     x = torch.randn(2, 70, 4, 8)
     dt = torch.nn.functional.softplus(torch.randn(2, 70, 4) - 1)
     A, B, C = -torch.rand(4) * 2 - 0.1, torch.randn(2, 70, 2, 6), torch.randn(2, 70, 2, 6)
-    y_ref, s_ref = ssd_sequential(x, dt, A, B, C)
+    ins_ref, ins = [t.clone().requires_grad_() for t in (x, dt, A, B, C)], [t.clone().requires_grad_() for t in (x, dt, A, B, C)]
+    y_ref, s_ref = ssd_sequential(*ins_ref)
     with bf16():
-        y, s = ssd_chunked(x, dt, A, B, C, 16)
-    assert y.dtype == torch.float32 and s.dtype == torch.float32  # the SSD keeps its state in fp32
+        y, s = ssd_chunked(*ins, 16)
+    assert y.dtype == torch.float32 and s.dtype == torch.float32  # y in x's dtype; the state is kept in fp32
     assert rel(y, y_ref) <= 2e-2 and rel(s, s_ref) <= 2e-2
+    # gradients through the bf16 matmuls, the bf16 scores and the fp32 chunk scan (measured <= 8e-3)
+    grads_ref = torch.autograd.grad(y_ref.square().sum() + s_ref.sum(), ins_ref)
+    grads = torch.autograd.grad(y.square().sum() + s.sum(), ins)
+    assert all(rel(a, b) <= 2e-2 for a, b in zip(grads, grads_ref))
+
+    x, weight, bias = torch.randn(2, 50, 12), torch.randn(12, 4), torch.randn(12)
+    ins_ref, ins = [t.clone().requires_grad_() for t in (x, weight, bias)], [t.clone().requires_grad_() for t in (x, weight, bias)]
+    ref, _ = causal_conv_silu_reference(*ins_ref)
+    with bf16():  # the short conv computes in bf16 under autocast
+        out, _ = causal_conv_silu(*ins)
+    assert out.dtype == torch.bfloat16 and rel(out, ref) <= 2e-2
+    grads_ref = torch.autograd.grad(ref.square().sum(), ins_ref)
+    grads = torch.autograd.grad(out.float().square().sum(), ins)
+    assert all(g.dtype == torch.float32 and rel(g, g_ref) <= 2e-2 for g, g_ref in zip(grads, grads_ref))
 
     q, k, v = torch.randn(2, 4, 45, 8), torch.randn(2, 2, 45, 8), torch.randn(2, 2, 45, 8)
     mem = dict(mem_k=torch.randn(2, 2, 6, 5, 8), mem_v=torch.randn(2, 2, 6, 5, 8), mem_valid=torch.rand(2, 6, 5) > 0.3)
     ref = window_attention_reference(q, k, v, 8, **mem)
-    with bf16():
+    with bf16():  # on CPU: `explicit_attention`, bf16 matmuls around an fp32 softmax
         out = window_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), 8, **{k_: t.bfloat16() if t.is_floating_point() else t for k_, t in mem.items()})
     assert rel(out, ref) <= 2e-2
+
+
+def test_explicit_attention_matches_sdpa():
+    """The CPU reduced-precision attention (GQA heads folded into rows, additive mask) computes what SDPA does:
+    in fp32 to rounding, in bf16 within a few roundoffs, values and gradients."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(3, 6, 9, 8, generator=g), torch.randn(3, 2, 13, 8, generator=g), torch.randn(3, 2, 13, 8, generator=g)
+    mask = torch.rand(3, 1, 9, 13, generator=g) > 0.5
+    mask[..., 4] = True  # every row attends somewhere
+    ins_ref, ins = [t.clone().requires_grad_() for t in (q, k, v)], [t.clone().requires_grad_() for t in (q, k, v)]
+    ref = masked_attention(*ins_ref, mask)
+    torch.testing.assert_close(explicit_attention(q, k, v, mask, torch.float32), ref.detach(), atol=1e-5, rtol=1e-5)
+    out = explicit_attention(*ins, mask, torch.bfloat16)
+    assert out.dtype == torch.bfloat16 and rel(out, ref) <= 2e-2
+    grads_ref = torch.autograd.grad(ref.square().sum(), ins_ref)
+    grads = torch.autograd.grad(out.float().square().sum(), ins)
+    assert all(rel(a, b) <= 2e-2 for a, b in zip(grads, grads_ref))
 
 
 def _compiler_available() -> bool:

@@ -6,9 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops import compute_dtype
+
 
 class RMSNorm(nn.Module):
-    """y = x / rms(x) * weight, computed in fp32. x: (..., d)."""
+    """y = x / rms(x) * weight, computed in fp32; returned in x's dtype, or under autocast in the autocast
+    dtype (every consumer is a matmul: one cast here instead of one per projection). x: (..., d)."""
 
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
@@ -17,11 +20,13 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        return y.to(compute_dtype(x.device.type, x.dtype))
 
 
 class GatedRMSNorm(nn.Module):
-    """Mamba-2's norm: RMSNorm(x * silu(z)) over groups of `group_size` channels, in fp32."""
+    """Mamba-2's norm: RMSNorm(x * silu(z)) over groups of `group_size` channels, in fp32; returned like
+    `RMSNorm` (x's dtype, or the autocast dtype for the output projection)."""
 
     def __init__(self, dim: int, group_size: int, eps: float = 1e-5):
         super().__init__()
@@ -32,7 +37,7 @@ class GatedRMSNorm(nn.Module):
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         xf = (x.float() * F.silu(z.float())).unflatten(-1, (-1, self.group_size))
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.flatten(-2).to(x.dtype)
+        return (self.weight * xf.flatten(-2)).to(compute_dtype(x.device.type, x.dtype))
 
 
 class SwiGLU(nn.Module):

@@ -71,7 +71,7 @@ class Mamba2Mixer(nn.Module):
         else:
             y, ssm = ssd_chunked(x, dt, A, B, C, self.chunk_size, state.ssm if state is not None else None)
         y = y + x * self.D.to(y.dtype)[:, None]
-        y = self.norm(y.flatten(-2).to(u.dtype), z)
+        y = self.norm(y.flatten(-2), z)
         new_state = None
         if state is not None:
             new_state = SSMState(conv=conv_state, ssm=ssm)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import compute_dtype
+
 
 class _CausalConvSiLU(torch.autograd.Function):
     """K shifted multiply-adds over the padded input, streaming along the channels (no transposes);
@@ -39,16 +41,19 @@ class _CausalConvSiLU(torch.autograd.Function):
 
 
 def causal_conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, past: torch.Tensor | None = None):
-    """Returns (out (b, L, C), the last K-1 inputs (b, K-1, C): the `past` of the next call), both in the
-    weight's dtype (fp32 under autocast, where x comes from the input projection in bf16)."""
+    """Returns (out (b, L, C), the last K-1 inputs (b, K-1, C): the `past` of the next call, in past's dtype).
+    Computes in the weight's dtype, or under autocast in the autocast dtype (x comes from the input projection
+    in it), like the Linear layers around it: elementwise work on half the bytes, no cast of the activations."""
     K = weight.shape[1]
-    x = x.to(weight.dtype)  # one cast up front (bf16 under autocast) rather than one per shifted product
+    dtype = compute_dtype(x.device.type, weight.dtype)
+    x = x.to(dtype)  # one cast up front rather than one per shifted product
     if past is None:
         full = F.pad(x, (0, 0, K - 1, 0))
     else:
-        full = torch.cat([past.to(x.dtype), x], dim=1)
-    out = _CausalConvSiLU.apply(full, weight.t().contiguous(), bias)
-    return out, full[:, x.shape[1] :]
+        full = torch.cat([past.to(dtype), x], dim=1)
+    out = _CausalConvSiLU.apply(full, weight.t().to(dtype).contiguous(), bias.to(dtype))
+    carry = full[:, x.shape[1] :]
+    return out, carry if past is None else carry.to(past.dtype)
 
 
 def causal_conv_silu_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, past: torch.Tensor | None = None):

@@ -7,7 +7,8 @@ Shapes (all functions):
                                                  head i uses group i // (h // g)
     state: (b, h, p, n)
 The recurrence, per head:  S_t = exp(dt_t A) S_{t-1} + dt_t x_t B_t^T,   y_t = S_t C_t.
-(The D skip connection is applied by the caller.) Computation runs in fp32.
+(The D skip connection is applied by the caller.) Computation runs in fp32; under autocast the matmuls
+and their operands are in the autocast dtype (see `ssd_chunked`).
 
 On CUDA with flash-linear-attention installed (optional), `ssd_chunked` uses its Triton chunked kernel
 (`ssd_chunked_fla`); the PyTorch code here stays the reference and the CPU path.
@@ -19,6 +20,8 @@ import functools
 
 import torch
 import torch.nn.functional as F
+
+from . import compute_dtype
 
 
 def _heads(t: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -44,9 +47,9 @@ def ssd_chunked(
 
     Heads are kept as (g groups, r = h // g heads per group), so B and C are never repeated per head:
     C B^T is formed once per group, and the state matmuls batch a group's r heads together.
-    Everything elementwise (cumsum, exp, products with the decays, the scan) is fp32; under autocast the
-    einsums (matmuls) run in bf16/fp16 and their results are brought back to fp32 at once, so no elementwise op
-    mixes dtypes."""
+    The log decays (cumsum, exp) and the scan over chunk states are fp32. The matmul operands (x dt, B, C,
+    the decayed scores, the entering states) are in the autocast dtype under autocast (else fp32) and are
+    produced directly in it, so no large tensor is cast twice; y comes back in x's dtype."""
     if backend not in ("auto", "torch", "fla"):
         raise ValueError(f"ssd_chunked backend must be 'auto', 'torch' or 'fla', got {backend!r}")
     if backend == "fla" or (backend == "auto" and x.is_cuda and fla_available()):
@@ -55,14 +58,18 @@ def ssd_chunked(
     g, n = B.shape[-2:]
     r = h // g
     in_dtype = x.dtype
-    x, dt, B, C = x.float(), dt.float(), B.float(), C.float()
+    cd = compute_dtype(x.device.type, torch.float32)  # the matmul operands' dtype
+    dt = dt.float()
+    # matmul operands are made once, directly in the matmul dtype (no fp32 copy to cast again)
+    xdt = x.to(cd) * dt.to(cd)[..., None]  # (b, L, h, p)
+    B, C = B.to(cd), C.to(cd)
     Q = chunk_size
     pad = (-L) % Q
     if pad:  # dt = 0 on padding: no decay and no input, so the final state is unaffected
-        x, B, C = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (x, B, C))
+        xdt, B, C = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (xdt, B, C))
         dt = F.pad(dt, (0, 0, 0, pad))
     nc = (L + pad) // Q
-    xdt = (x * dt[..., None]).view(b, nc, Q, g, r, p)
+    xdt = xdt.view(b, nc, Q, g, r, p)
     B, C = B.view(b, nc, Q, g, n), C.view(b, nc, Q, g, n)
     # log decay from the chunk start, in two layouts (contiguous, so elementwise ops stream through memory)
     cum_t = torch.cumsum((dt * A.float()).view(b, nc, Q, g, r), dim=2)  # (b, nc, Q, g, r)
@@ -70,60 +77,87 @@ def ssd_chunked(
 
     # 1. within chunks: y_l += sum_{s<=l} (C_l . B_s) exp(cum_l - cum_s) xdt_s, per head, in the head-major
     #    layout (b, nc, g, r, Q, p) so that every per-head matmul is a contiguous batch
-    CB = torch.einsum("bclgn,bcsgn->bcgls", C, B).float()  # (b, nc, g, Q, Q)
+    CB = torch.einsum("bclgn,bcsgn->bcgls", C, B)  # (b, nc, g, Q, Q)
     y = _IntraChunk.apply(cum, CB, xdt.permute(0, 1, 3, 4, 2, 5).contiguous()).permute(0, 1, 4, 2, 3, 5)
 
     # 2. state contributed by each chunk, taken at its end: sum_l exp(cum_end - cum_l) xdt_l B_l^T
-    to_end = torch.exp(cum_t[:, :, -1:] - cum_t)  # (b, nc, Q, g, r)
-    chunk_states = torch.einsum("bclgrp,bclgn->bcgrpn", xdt * to_end[..., None], B).float()
+    to_end = torch.exp(cum_t[:, :, -1:] - cum_t).to(cd)  # (b, nc, Q, g, r)
+    chunk_states = torch.einsum("bclgrp,bclgn->bcgrpn", xdt * to_end[..., None], B)
 
-    # 3. scan over chunks (L / Q small steps) for the state entering each chunk; unbind once so that
-    #    the backward pass does not build a full-size gradient per step. (A two-level scan, a (K x K) decay
-    #    matmul inside groups of K ~ sqrt(nc) chunks and a loop of nc / K steps, measured 15-20% slower.)
-    chunk_decay = torch.exp(cum[..., -1])[..., None, None]  # (b, nc, g, r, 1, 1)
-    state = x.new_zeros(b, g, r, p, n) if initial_state is None else initial_state.float().view(b, g, r, p, n)
-    entering = []
-    for s_c, a_c in zip(chunk_states.unbind(1), chunk_decay.unbind(1)):
-        entering.append(state)
-        state = torch.addcmul(s_c, state, a_c)
-    entering = torch.stack(entering, dim=1)  # (b, nc, g, r, p, n)
+    # 3. scan over chunks (L / Q small steps, fp32) for the state entering each chunk. (A two-level scan, a
+    #    (K x K) decay matmul inside groups of K ~ sqrt(nc) chunks and a loop of nc / K steps, measured 15-20% slower.)
+    chunk_decay = torch.exp(cum[..., -1])  # (b, nc, g, r)
+    state = x.new_zeros(b, g, r, p, n, dtype=torch.float32) if initial_state is None else initial_state.float().view(b, g, r, p, n)
+    entering, state = _ChunkScan.apply(chunk_states, chunk_decay, state)  # (b, nc, g, r, p, n) in cd
 
     # 4. contribution of the entering state to every position of the chunk: exp(cum_l) C_l S
-    y_off = torch.einsum("bclgn,bcgrpn->bclgrp", C, entering).float()
-    y = y + y_off * torch.exp(cum_t)[..., None]
+    y_off = torch.einsum("bclgn,bcgrpn->bclgrp", C, entering)
+    y = y + y_off * torch.exp(cum_t).to(cd)[..., None]
     y = y.reshape(b, nc * Q, h, p)[:, :L]
     return y.to(in_dtype), state.reshape(b, h, p, n)
 
 
 class _IntraChunk(torch.autograd.Function):
     """The quadratic part of `ssd_chunked`, y = (exp(segsum(cum)) * CB) @ xdt with the decay masked to s <= l,
-    with a hand-written backward: the decay and scores are built in place, saved once, and their gradients
-    need no negated copy (d cum = row sums - column sums of d scores * scores). Under autocast the matmuls
-    (forward and backward) run in the autocast dtype and their results come back to fp32.
-    cum: (b, nc, g, r, Q); CB: (b, nc, g, Q, Q) [l, s] = C_l . B_s; xdt: (b, nc, g, r, Q, p). fp32."""
+    with a hand-written backward: the decay is built in place, decay and scores are saved once, and their
+    gradients need no negated copy (d cum = row sums - column sums of d scores * scores).
+    cum: (b, nc, g, r, Q) fp32; CB: (b, nc, g, Q, Q) [l, s] = C_l . B_s; xdt: (b, nc, g, r, Q, p).
+    CB and xdt are in the matmul dtype (bf16 under autocast, else fp32): the decay is computed in fp32 and
+    rounded to it once, so that the scores, the saved tensors and all matmuls are in it; y comes out in it."""
 
     @staticmethod
     def forward(ctx, cum, CB, xdt):
         Q = cum.shape[-1]
         decay = cum[..., :, None] - cum[..., None, :]  # (b, nc, g, r, Q, Q), [l, s] = cum_l - cum_s
         decay.masked_fill_(torch.ones(Q, Q, dtype=torch.bool, device=cum.device).triu(1), float("-inf")).exp_()
+        decay = decay.to(CB.dtype)
         scores = decay * CB[:, :, :, None]
         ctx.save_for_backward(decay, scores, xdt)
-        device = cum.device.type
-        ctx.autocast = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
-        return torch.matmul(scores, xdt).float()
+        return torch.matmul(scores, xdt)
 
     @staticmethod
     def backward(ctx, dy):
         decay, scores, xdt = ctx.saved_tensors
-        device, dtype, enabled = ctx.autocast
-        dy = dy.float().contiguous()
-        with torch.autocast(device, dtype=dtype, enabled=enabled):
-            d_scores = torch.matmul(dy, xdt.transpose(-1, -2)).float()
-            d_xdt = torch.matmul(scores.transpose(-1, -2), dy).float()
+        dy = dy.to(xdt.dtype).contiguous()
+        d_scores = torch.matmul(dy, xdt.transpose(-1, -2))
+        d_xdt = torch.matmul(scores.transpose(-1, -2), dy)
         d_CB = (d_scores * decay).sum(3)
         d_seg = d_scores.mul_(scores)
-        return d_seg.sum(-1) - d_seg.sum(-2), d_CB, d_xdt
+        return d_seg.sum(-1).float() - d_seg.sum(-2).float(), d_CB, d_xdt
+
+
+class _ChunkScan(torch.autograd.Function):
+    """The scan over chunks: state_{c+1} = chunk_states[c] + chunk_decay[c] * state_c from state_0 = initial.
+    Returns (entering (b, nc, g, r, p, n): state_c for every chunk, in chunk_states' dtype; final state, fp32).
+    The state is carried in fp32. Forward and backward loop over nc small steps in fp32, writing into one
+    preallocated tensor (no stack of nc pieces, no autograd node per step); dtype casts are done in bulk.
+    chunk_states: (b, nc, g, r, p, n); chunk_decay: (b, nc, g, r) fp32; initial: (b, g, r, p, n) fp32."""
+
+    @staticmethod
+    def forward(ctx, chunk_states, chunk_decay, initial):
+        inputs = chunk_states.float()
+        entering = torch.empty_like(inputs)
+        state = initial
+        for c in range(inputs.shape[1]):
+            entering[:, c] = state
+            state = torch.addcmul(inputs[:, c], state, chunk_decay[:, c, ..., None, None])
+        entering = entering.to(chunk_states.dtype)
+        ctx.save_for_backward(chunk_decay, entering)
+        return entering, state
+
+    @staticmethod
+    def backward(ctx, d_entering, d_final):
+        chunk_decay, entering = ctx.saved_tensors
+        d_entering = None if d_entering is None else d_entering.float()
+        d_state = torch.zeros(entering[:, 0].shape, dtype=torch.float32, device=entering.device) if d_final is None else d_final.float()
+        d_inputs = torch.empty(entering.shape, dtype=torch.float32, device=entering.device)  # d state_{c+1}
+        for c in reversed(range(entering.shape[1])):
+            d_inputs[:, c] = d_state
+            d_state = d_state * chunk_decay[:, c, ..., None, None]
+            if d_entering is not None:
+                d_state += d_entering[:, c]
+        d_decay = (d_inputs * entering).sum((-1, -2))
+        return d_inputs.to(entering.dtype), d_decay, d_state
 
 
 @functools.cache

@@ -25,8 +25,9 @@ class RMSNorm(nn.Module):
 
 
 class GatedRMSNorm(nn.Module):
-    """Mamba-2's norm: RMSNorm(x * silu(z)) over groups of `group_size` channels, in fp32; returned like
-    `RMSNorm` (x's dtype, or the autocast dtype for the output projection)."""
+    """Mamba-2's norm: RMSNorm(x * silu(z)) over groups of `group_size` channels, then the per-channel weight.
+    In x's dtype, or under autocast in the autocast dtype (F.rms_norm takes its statistics in fp32 either way):
+    its inputs come from bf16 matmuls and its output goes to one, so this halves the bytes it moves."""
 
     def __init__(self, dim: int, group_size: int, eps: float = 1e-5):
         super().__init__()
@@ -35,9 +36,9 @@ class GatedRMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        xf = (x.float() * F.silu(z.float())).unflatten(-1, (-1, self.group_size))
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (self.weight * xf.flatten(-2)).to(compute_dtype(x.device.type, x.dtype))
+        dtype = compute_dtype(x.device.type, x.dtype)
+        gated = (x.to(dtype) * F.silu(z.to(dtype))).unflatten(-1, (-1, self.group_size))
+        return F.rms_norm(gated, (self.group_size,), eps=self.eps).flatten(-2) * self.weight.to(dtype)
 
 
 class SwiGLU(nn.Module):

@@ -20,16 +20,19 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
 
 
 def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """`masked_attention` as two matmuls in `dtype` (bf16/fp16) around a softmax in fp32, for a mask of shape
-    (b, 1, T, S). The reduced-precision path on CPU, where PyTorch's flash attention with a mask is slower in
-    bf16 than in fp32: this form is about 2x faster than either for the blocked window attention (scores of
+    """`masked_attention` as matmul, additive mask, softmax, matmul, all on `dtype` (bf16/fp16) tensors, for a mask
+    of shape (b, 1, T, S). PyTorch's CPU softmax accumulates in fp32 internally, and scaling q by 1/sqrt(d) (a
+    power of two for the usual head sizes) and adding 0 / -inf do not round, so this rounds where SDPA does: the
+    scores and the probabilities. The reduced-precision path on CPU, where PyTorch's flash attention with a mask
+    is slower in bf16 than in fp32: this form is 2x faster than either for the blocked window attention (scores of
     size (b, hq, T, S) are materialised, which is O(L (2w + M)) there). Returns (b, hq, T, d) in `dtype`."""
     b, hq, T, d = q.shape
     hk, S = k.shape[1], k.shape[2]
     rep = hq // hk  # query heads i * rep .. i * rep + rep - 1 read kv head i: fold them into the rows
-    scores = torch.matmul(q.to(dtype).reshape(b, hk, rep * T, d), k.to(dtype).transpose(-1, -2))
-    bias = torch.zeros(mask.shape, device=q.device).masked_fill_(~mask, float("-inf"))[:, :, None]  # (b, 1, 1, T, S)
-    probs = torch.softmax(scores.float().view(b, hk, rep, T, S).mul_(d**-0.5).add_(bias), dim=-1).to(dtype)
+    q = q.to(dtype) * d**-0.5
+    scores = torch.matmul(q.reshape(b, hk, rep * T, d), k.to(dtype).transpose(-1, -2)).view(b, hk, rep, T, S)
+    scores.add_(torch.zeros(mask.shape, dtype=dtype, device=q.device).masked_fill_(~mask, float("-inf"))[:, :, None])
+    probs = torch.softmax(scores, dim=-1)
     return torch.matmul(probs.view(b, hk, rep * T, S), v.to(dtype)).view(b, hq, T, d)
 
 

@@ -34,7 +34,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's default)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed repeats of the ceiling, kernel and layer figures (default 5, --quick 2); model "
-                             "training uses 3 (2 at L=16k), decoding 16 steps per context")
+                             "training uses 5 (3 at L=16k), decoding 16 steps per context")
     parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up calls per figure (default 1)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(model) training (bmojo; slow to compile)")
     parser.add_argument("--out", required=True, help="output directory (created if missing)")

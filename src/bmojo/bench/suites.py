@@ -34,7 +34,7 @@ SIZES = {
         kernel_L=2048, eidetic_L=(2048, 16384),
         layer=dict(d=256, L=2048, batch=2),
         width={}, anchor_layers=4,
-        train_L=(1024, 4096, 16384), tokens_per_step=4096, bf16_L=4096, model_repeats=3, long_repeats=2,
+        train_L=(1024, 4096, 16384), tokens_per_step=4096, bf16_L=4096, model_repeats=5, long_repeats=3,
         mfu=dict(hidden_size=512, L=4096),
         curve=dict(L=512, batch=2, steps=40, lr=1e-3),
         decode_ctx=(1024, 2048, 4096, 8192, 16384, 32768), prefill_block=2048, decode_steps=16,

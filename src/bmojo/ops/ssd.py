@@ -129,35 +129,37 @@ class _IntraChunk(torch.autograd.Function):
 class _ChunkScan(torch.autograd.Function):
     """The scan over chunks: state_{c+1} = chunk_states[c] + chunk_decay[c] * state_c from state_0 = initial.
     Returns (entering (b, nc, g, r, p, n): state_c for every chunk, in chunk_states' dtype; final state, fp32).
-    The state is carried in fp32. Forward and backward loop over nc small steps in fp32, writing into one
-    preallocated tensor (no stack of nc pieces, no autograd node per step); dtype casts are done in bulk.
+    The state is carried in fp32. Forward and backward are one fused multiply-add per chunk, written straight
+    into a preallocated (b, nc + 1, ...) tensor (no stack of nc pieces, no autograd node per step); dtype casts
+    are done in bulk.
     chunk_states: (b, nc, g, r, p, n); chunk_decay: (b, nc, g, r) fp32; initial: (b, g, r, p, n) fp32."""
 
     @staticmethod
     def forward(ctx, chunk_states, chunk_decay, initial):
-        inputs = chunk_states.float()
-        entering = torch.empty_like(inputs)
-        state = initial
+        inputs, decay = chunk_states.float(), chunk_decay[..., None, None]
+        states = torch.empty(inputs.shape[0], inputs.shape[1] + 1, *inputs.shape[2:], device=inputs.device)
+        states[:, 0] = initial
         for c in range(inputs.shape[1]):
-            entering[:, c] = state
-            state = torch.addcmul(inputs[:, c], state, chunk_decay[:, c, ..., None, None])
-        entering = entering.to(chunk_states.dtype)
+            torch.addcmul(inputs[:, c], states[:, c], decay[:, c], out=states[:, c + 1])
+        entering = states[:, :-1].to(chunk_states.dtype)
         ctx.save_for_backward(chunk_decay, entering)
-        return entering, state
+        return entering, states[:, -1]
 
     @staticmethod
     def backward(ctx, d_entering, d_final):
+        # d state_c = d entering_c + decay_c * d state_{c+1};  d chunk_states_c = d state_{c+1}
         chunk_decay, entering = ctx.saved_tensors
-        d_entering = None if d_entering is None else d_entering.float()
-        d_state = torch.zeros(entering[:, 0].shape, dtype=torch.float32, device=entering.device) if d_final is None else d_final.float()
-        d_inputs = torch.empty(entering.shape, dtype=torch.float32, device=entering.device)  # d state_{c+1}
-        for c in reversed(range(entering.shape[1])):
-            d_inputs[:, c] = d_state
-            d_state = d_state * chunk_decay[:, c, ..., None, None]
-            if d_entering is not None:
-                d_state += d_entering[:, c]
+        decay = chunk_decay[..., None, None]
+        b, nc = entering.shape[:2]
+        grads = torch.zeros(b, nc + 1, *entering.shape[2:], device=entering.device)  # d state_0 .. d state_nc
+        if d_final is not None:
+            grads[:, -1] = d_final
+        d_entering = torch.zeros_like(grads[:, :-1]) if d_entering is None else d_entering.float()
+        for c in reversed(range(nc)):
+            torch.addcmul(d_entering[:, c], grads[:, c + 1], decay[:, c], out=grads[:, c])
+        d_inputs = grads[:, 1:]
         d_decay = (d_inputs * entering).sum((-1, -2))
-        return d_inputs.to(entering.dtype), d_decay, d_state
+        return d_inputs.to(entering.dtype), d_decay, grads[:, 0]
 
 
 @functools.cache

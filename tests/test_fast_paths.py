@@ -1,13 +1,13 @@
 """Every fast path against the fp32 eager reference: bf16 autocast (with tolerances), torch.compile, CUDA.
 
 Tolerances for bf16 autocast. bf16 keeps 8 significant bits, a unit roundoff of 2^-8 = 3.9e-3 per rounding.
-Under autocast the matmuls take bf16 inputs (rounded once) and accumulate in fp32, while norms, softmax
-statistics, the SSD decays (cumsum, exp) and the scan stay fp32; so an output is off by a few roundoffs,
-not by a growing amount. We compare relative Frobenius errors ||a - b|| / ||b||:
-  logits: <= 2e-2 (5 roundoffs; measured 3e-3 .. 8e-3 on the tiny models below),
+Under autocast the matmuls take bf16 inputs (rounded once) and accumulate in fp32, while norm and softmax
+statistics, the SSD decays (cumsum, exp) and the carried scan state stay fp32; so an output is off by a few
+roundoffs, not by a growing amount. We compare relative Frobenius errors ||a - b|| / ||b||:
+  logits: <= 2e-2 (5 roundoffs; measured 3e-3 .. 9e-3 on the tiny models below),
   loss: <= 1e-3 relative (a mean over many tokens averages the rounding; measured ~3e-5),
   all gradients together: <= 5e-2 (a gradient passes through twice as many bf16 matmuls as the forward;
-  measured <= 1.1e-2), and cosine similarity >= 0.999 (the update direction is the same; measured >= 0.99994).
+  measured <= 1.2e-2), and cosine similarity >= 0.999 (the update direction is the same; measured >= 0.99993).
 Kernels in bf16 (SSD, short conv, blocked attention) against their fp32 reference twins, values and gradients:
 <= 2e-2 relative.
 Compiled and CUDA paths compute the same fp32 arithmetic in another order: 1e-4 .. 1e-3.

@@ -21,9 +21,9 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
 
 def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """`masked_attention` as matmul, additive mask, softmax, matmul, all on `dtype` (bf16/fp16) tensors, for a mask
-    of shape (b, 1, T, S). PyTorch's CPU softmax accumulates in fp32 internally, and scaling q by 1/sqrt(d) (a
-    power of two for the usual head sizes) and adding 0 / -inf do not round, so this rounds where SDPA does: the
-    scores and the probabilities. The reduced-precision path on CPU, where PyTorch's flash attention with a mask
+    of shape (b, 1, T, S). PyTorch's CPU softmax accumulates in fp32 internally and adding 0 / -inf does not round,
+    so this rounds where SDPA does, the scores and the probabilities, plus q * 1/sqrt(d) when d is not a power of 4
+    (head size 64: exact). The reduced-precision path on CPU, where PyTorch's flash attention with a mask
     is slower in bf16 than in fp32: this form is 2x faster than either for the blocked window attention (scores of
     size (b, hq, T, S) are materialised, which is O(L (2w + M)) there). Returns (b, hq, T, d) in `dtype`."""
     b, hq, T, d = q.shape

@@ -118,7 +118,7 @@ class _IntraChunk(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         decay, scores, xdt = ctx.saved_tensors
-        dy = dy.to(xdt.dtype).contiguous()
+        dy = dy.contiguous()  # in xdt's dtype, like the output
         d_scores = torch.matmul(dy, xdt.transpose(-1, -2))
         d_xdt = torch.matmul(scores.transpose(-1, -2), dy)
         d_CB = (d_scores * decay).sum(3)

@@ -6,11 +6,7 @@
 
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from .models import MIXER_KINDS, BMojoCache, BMojoConfig, BMojoForCausalLM, BMojoModel
-
-from .models.configuration import PRESETS as _PRESET_CONFIGS
-
-PRESETS = tuple(_PRESET_CONFIGS)  # preset names; BMojoConfig.from_preset(name) builds one
+from .models import MIXER_KINDS, PRESETS, BMojoCache, BMojoConfig, BMojoForCausalLM, BMojoModel
 
 AutoConfig.register("bmojo", BMojoConfig, exist_ok=True)
 AutoModelForCausalLM.register(BMojoConfig, BMojoForCausalLM, exist_ok=True)

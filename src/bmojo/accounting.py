@@ -28,8 +28,8 @@ def decoding_state_bytes(config: BMojoConfig, seq_len: int, batch_size: int = 1,
             block = BMojoBlock(config, i)
             state = block.mixer.init_state(batch_size, "meta", dtype)
             size = BMojoCache([state], [block.kind]).nbytes
-            if block.kind == "attn":  # keys and values (b, hk, L, hd) plus positions (L,) int64 grow with L
-                size += seq_len * (2 * batch_size * config.num_key_value_heads * block.mixer.head_dim * elem + 8)
+            if block.kind == "attn":  # keys and values (b, hk, L, hd) plus positions (b, L) int64 grow with L
+                size += seq_len * batch_size * (2 * config.num_key_value_heads * block.mixer.head_dim * elem + 8)
             per_layer.append(size)
     return {"total": sum(per_layer), "per_layer": per_layer}
 

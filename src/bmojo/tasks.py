@@ -1,11 +1,13 @@
 """Synthetic recall tasks: MQAR (Zoology), the MAD recall/copy tasks (Poli et al. 2024), induction heads.
 
 Every generator is a pure function of its arguments (all randomness comes from
-``numpy.random.default_rng(seed)``) and returns ``(inputs, labels)``: two ``torch.long`` tensors
-of shape ``(num_examples, seq_len)``. Labels are already shifted: ``labels[:, t]`` is the token the
-model must output at position ``t``, having seen ``inputs[:, :t+1]``; unscored positions hold
-``IGNORE_INDEX`` (-100). So ``cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100)``
-and :func:`accuracy` apply with no further shifting.
+``numpy.random.default_rng(seed)``) and returns ``(inputs, targets)``: two ``torch.long`` tensors
+of shape ``(num_examples, seq_len)``. Targets are pre-shifted (nanoGPT's convention): ``targets[:, t]`` is
+the token the model must output at position ``t``, having seen ``inputs[:, :t+1]``; unscored positions
+hold ``IGNORE_INDEX`` (-100). So ``model(inputs, targets=targets).loss``,
+``bmojo.ops.loss.token_cross_entropy(logits, targets)`` and :func:`accuracy` apply with no further
+shifting. They are not HF ``labels`` (which ``forward(labels=...)`` shifts once more): pass them as
+``targets``; a training dataset of task data yields ``{"input_ids": ..., "targets": ...}``.
 
 ``vocab_size`` always counts every token id the model sees (MAD's convention: special and noise
 tokens are carved out of the top of the vocabulary), so :func:`task_vocab_size` is the size of the
@@ -20,7 +22,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-IGNORE_INDEX = -100
+from .ops.loss import IGNORE_INDEX
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -34,8 +36,8 @@ def _check_count(num_examples: int) -> None:
     _require(num_examples >= 1, f"num_examples must be >= 1, got {num_examples}")
 
 
-def _to_torch(inputs: np.ndarray, labels: np.ndarray) -> Batch:
-    return tuple(torch.from_numpy(a.astype(np.int64, copy=False)) for a in (inputs, labels))
+def _to_torch(inputs: np.ndarray, targets: np.ndarray) -> Batch:
+    return tuple(torch.from_numpy(a.astype(np.int64, copy=False)) for a in (inputs, targets))
 
 
 def _sample_distinct(rng: np.random.Generator, rows: int, n: int, k: int) -> np.ndarray:
@@ -68,14 +70,14 @@ def _first_index(ids: np.ndarray) -> np.ndarray:
     return first
 
 
-def _shift(raw: np.ndarray, targets: np.ndarray, seq_len: int, is_training: bool) -> Batch:
+def _shift(raw: np.ndarray, answers: np.ndarray, seq_len: int, is_training: bool) -> Batch:
     """Turn an unshifted stream ``raw`` (length ``seq_len`` or ``seq_len + 1``) and its per-token
-    targets into ``(inputs, labels)`` with ``labels[:, t] = src[:, t + 1]`` (``src`` = ``raw`` when
-    ``is_training``, MAD's plain LM labels, else ``targets``); a missing last target is ignored."""
-    src = raw if is_training else targets
-    labels = np.full((raw.shape[0], seq_len), IGNORE_INDEX, dtype=np.int64)
-    labels[:, : src.shape[1] - 1] = src[:, 1 : seq_len + 1]
-    return _to_torch(raw[:, :seq_len], labels)
+    answers into ``(inputs, targets)`` with ``targets[:, t] = src[:, t + 1]`` (``src`` = ``raw`` when
+    ``is_training``, MAD's plain LM targets, else ``answers``); a missing last target is ignored."""
+    src = raw if is_training else answers
+    targets = np.full((raw.shape[0], seq_len), IGNORE_INDEX, dtype=np.int64)
+    targets[:, : src.shape[1] - 1] = src[:, 1 : seq_len + 1]
+    return _to_torch(raw[:, :seq_len], targets)
 
 
 def mqar(
@@ -92,8 +94,8 @@ def mqar(
     Layout, ``kv = num_kv_pairs``: ``inputs[:, :2kv] = k_1 v_1 ... k_kv v_kv`` with keys distinct in
     ``[1, V//2)`` and values distinct in ``[V//2, V)``. Each key is queried once, at position
     ``2kv + 2g`` where the gaps ``g`` are drawn without replacement from ``[0, (seq_len - 2kv)//2)``
-    with ``p(g) ∝ a (g+1)^(a-1)``, ``a = power_a`` (small ``a`` favours short gaps). The label at a
-    query is the key's value; all other labels are -100 (``num_kv_pairs`` labels per row). Other
+    with ``p(g) ∝ a (g+1)^(a-1)``, ``a = power_a`` (small ``a`` favours short gaps). The target at a
+    query is the key's value; all other targets are -100 (``num_kv_pairs`` targets per row). Other
     positions hold uniform tokens from ``[0, V)`` if ``random_non_queries`` else 0.
     """
     _require(num_kv_pairs >= 1, f"num_kv_pairs must be >= 1, got {num_kv_pairs}")
@@ -122,15 +124,15 @@ def mqar(
     scores = log_p + rng.gumbel(size=(num_examples, space))
     gaps = np.argsort(-scores, axis=1)[:, :num_kv_pairs]
     inputs = np.zeros((num_examples, seq_len), dtype=np.int64)
-    labels = np.full((num_examples, seq_len), IGNORE_INDEX, dtype=np.int64)
+    targets = np.full((num_examples, seq_len), IGNORE_INDEX, dtype=np.int64)
     inputs[:, 0:context:2] = keys
     inputs[:, 1:context:2] = values
     queries = context + 2 * gaps
     np.put_along_axis(inputs, queries, keys, axis=1)
-    np.put_along_axis(labels, queries, values, axis=1)
+    np.put_along_axis(targets, queries, values, axis=1)
     if random_non_queries:
         inputs = np.where(inputs == 0, rng.integers(0, vocab_size, size=inputs.shape), inputs)
-    return _to_torch(inputs, labels)
+    return _to_torch(inputs, targets)
 
 
 def in_context_recall(
@@ -148,11 +150,11 @@ def in_context_recall(
     ``[n, vocab_size)``. The stream is ``seq_len // 2`` pairs: the first ``seq_len//2 - 1`` are
     ``key value`` (key uniform; a key's value drawn uniformly on its first use, then fixed) or, with
     probability ``frac_noise`` each (never all of them), two uniform noise tokens; the last pair
-    re-presents a uniformly chosen key already shown, with its value. Test labels
+    re-presents a uniformly chosen key already shown, with its value. Test targets
     (``is_training=False``): the value after every repeated key (so always the last pair's value),
-    -100 elsewhere; noise is never scored. ``is_training=True`` gives MAD's training labels, the next
+    -100 elsewhere; noise is never scored. ``is_training=True`` gives MAD's training targets, the next
     token at every position. MAD drops the final value from the inputs (length ``seq_len - 1``);
-    here it is the last input, whose label is -100.
+    here it is the last input, whose target is -100.
     """
     _require(seq_len % 2 == 0 and seq_len >= 4, f"seq_len must be even and >= 4, got {seq_len}")
     _require(noise_vocab_size >= 0, f"noise_vocab_size must be >= 0, got {noise_vocab_size}")
@@ -180,10 +182,10 @@ def in_context_recall(
     raw[:, -2], raw[:, -1] = probe_key, probe_value
     noise_at = np.repeat(noise, 2, axis=1)
     raw[:, :-2][noise_at] = rng.integers(n, vocab_size, size=int(noise_at.sum()))
-    targets = np.full_like(raw, IGNORE_INDEX)
-    targets[:, 1:-2:2] = np.where(repeat, values, IGNORE_INDEX)
-    targets[:, -1] = probe_value
-    return _shift(raw, targets, seq_len, is_training)
+    answers = np.full_like(raw, IGNORE_INDEX)
+    answers[:, 1:-2:2] = np.where(repeat, values, IGNORE_INDEX)
+    answers[:, -1] = probe_value
+    return _shift(raw, answers, seq_len, is_training)
 
 
 def noisy_recall(
@@ -224,9 +226,9 @@ def fuzzy_recall(
     length reaches ``seq_len - |probe| - (k_motif_size + v_motif_size)``, then the probe pair again.
     The probe pair is inserted once at a uniform point of the stream (a pair that already drew the
     probe key takes the probe's value, and then no insertion is made); unlike MAD, the insertion
-    point is drawn so the probe is always presented before the final query. Test labels: every token
+    point is drawn so the probe is always presented before the final query. Test targets: every token
     of the value after a repeated key (the final query included), -100 elsewhere; ``is_training``
-    gives MAD's next-token labels everywhere (pads included).
+    gives MAD's next-token targets everywhere (pads included).
     """
     _require(k_motif_size >= 1 and v_motif_size >= 1, "k_motif_size and v_motif_size must be >= 1")
     _require(noise_vocab_size >= 0, f"noise_vocab_size must be >= 0, got {noise_vocab_size}")
@@ -311,14 +313,14 @@ def fuzzy_recall(
     if frac_noise > 0:
         noise_tok = rng.integers(n, n + noise_vocab_size, size=stream.shape)
         stream = np.where(np.take_along_axis(noise, seg, axis=1), noise_tok, stream)
-    stream_targets = np.where(np.take_along_axis(scored, seg, axis=1) & ~in_key, stream, IGNORE_INDEX)
+    stream_answers = np.where(np.take_along_axis(scored, seg, axis=1) & ~in_key, stream, IGNORE_INDEX)
     # right-align the stream (total length end[:, -1] <= seq_len - 1) behind the left padding
     pad = width - end[:, -1:]
     source = np.maximum(np.arange(width) - pad, 0)
     is_pad = np.arange(width) < pad
     raw = np.where(is_pad, vocab_size - 1, np.take_along_axis(stream, source, axis=1))
-    targets = np.where(is_pad, IGNORE_INDEX, np.take_along_axis(stream_targets, source, axis=1))
-    return _shift(raw, targets, seq_len, is_training)
+    answers = np.where(is_pad, IGNORE_INDEX, np.take_along_axis(stream_answers, source, axis=1))
+    return _shift(raw, answers, seq_len, is_training)
 
 
 def selective_copying(
@@ -334,7 +336,7 @@ def selective_copying(
     ``m = num_tokens_to_copy``: the first ``seq_len - m - 1`` inputs hold ``m`` uniform data tokens
     (with replacement) in order, with the ``seq_len - 2m - 1`` blanks spread multinomially over the
     ``m`` gaps *before* each data token (as MAD's ``np.insert`` at indices in ``[0, m)``: the last data
-    token always directly precedes the copy token); then the copy token; then ``m`` blanks. Labels:
+    token always directly precedes the copy token); then the copy token; then ``m`` blanks. Targets:
     the data tokens in order on the ``m`` final (blank) positions, -100 elsewhere.
     """
     _require(num_tokens_to_copy >= 1, f"num_tokens_to_copy must be >= 1, got {num_tokens_to_copy}")
@@ -351,9 +353,9 @@ def selective_copying(
     inputs = np.full((num_examples, seq_len), blank, dtype=np.int64)
     np.put_along_axis(inputs, np.cumsum(blanks_before, axis=1) + np.arange(m), data, axis=1)
     inputs[:, seq_len - m - 1] = vocab_size - 1
-    labels = np.full_like(inputs, IGNORE_INDEX)
-    labels[:, seq_len - m :] = data
-    return _to_torch(inputs, labels)
+    targets = np.full_like(inputs, IGNORE_INDEX)
+    targets[:, seq_len - m :] = data
+    return _to_torch(inputs, targets)
 
 
 def induction_heads(vocab_size: int = 64, seq_len: int = 256, num_examples: int = 12_800, seed: int = 0) -> Batch:
@@ -361,7 +363,7 @@ def induction_heads(vocab_size: int = 64, seq_len: int = 256, num_examples: int 
 
     Tokens: content ``[0, vocab_size - 1)``, trigger ``vocab_size - 1``. Inputs are uniform content
     tokens except the trigger at a uniform position ``p in [0, seq_len - 3]`` and at ``seq_len - 1``
-    (exactly two triggers); the target is ``inputs[p + 1]``. One label per row: the target at
+    (exactly two triggers); the target is ``inputs[p + 1]``. One target per row: the target at
     position ``seq_len - 1``; -100 elsewhere.
     """
     _require(vocab_size >= 3, f"vocab_size must be >= 3 (two content tokens, trigger), got {vocab_size}")
@@ -373,9 +375,9 @@ def induction_heads(vocab_size: int = 64, seq_len: int = 256, num_examples: int 
     first = rng.integers(0, seq_len - 2, size=num_examples)
     inputs[rows, first] = trigger
     inputs[:, -1] = trigger
-    labels = np.full_like(inputs, IGNORE_INDEX)
-    labels[:, -1] = inputs[rows, first + 1]
-    return _to_torch(inputs, labels)
+    targets = np.full_like(inputs, IGNORE_INDEX)
+    targets[:, -1] = inputs[rows, first + 1]
+    return _to_torch(inputs, targets)
 
 
 TASKS: dict[str, Callable[..., Batch]] = {
@@ -410,10 +412,10 @@ def task_vocab_size(name: str, **settings) -> int:
 
 
 def train_test_split(name: str, num_train: int, num_test: int, seed: int, **settings) -> tuple[Batch, Batch]:
-    """``((train_inputs, train_labels), (test_inputs, test_labels))`` for task ``name``.
+    """``((train_inputs, train_targets), (test_inputs, test_targets))`` for task ``name``.
 
     The two splits use distinct seeds derived from ``seed`` (``numpy.random.SeedSequence``). As in
-    MAD, the recall tasks that take ``is_training`` get ``is_training=True`` (next-token labels
+    MAD, the recall tasks that take ``is_training`` get ``is_training=True`` (next-token targets
     everywhere) for the train split unless ``settings`` set it; the test split never gets it.
     """
     generator = _task(name)
@@ -439,19 +441,19 @@ def check_leakage(train_inputs: torch.Tensor, test_inputs: torch.Tensor) -> int:
     return sum(row.tobytes() in seen for row in test)
 
 
-def accuracy(logits_or_predictions: torch.Tensor, labels: torch.Tensor) -> float:
-    """Fraction of labelled positions (``labels != -100``) predicted right.
+def accuracy(logits_or_predictions: torch.Tensor, targets: torch.Tensor) -> float:
+    """Fraction of scored positions (``targets != -100``) predicted right.
 
-    Takes logits ``(B, L, V)`` (argmax over ``V``) or predictions ``(B, L)``; ``labels`` is
-    ``(B, L)``. ValueError on a shape mismatch or if no position is labelled.
+    Takes logits ``(B, L, V)`` (argmax over ``V``) or predictions ``(B, L)``; ``targets`` is
+    ``(B, L)``. ValueError on a shape mismatch or if no position is scored.
     """
     predictions = logits_or_predictions
-    if predictions.dim() == labels.dim() + 1:
+    if predictions.dim() == targets.dim() + 1:
         predictions = predictions.argmax(dim=-1)
     _require(
-        predictions.shape == labels.shape,
-        f"predictions {tuple(logits_or_predictions.shape)} do not match labels {tuple(labels.shape)}",
+        predictions.shape == targets.shape,
+        f"predictions {tuple(logits_or_predictions.shape)} do not match targets {tuple(targets.shape)}",
     )
-    mask = labels != IGNORE_INDEX
-    _require(bool(mask.any()), "no labelled positions (every label is -100)")
-    return (predictions[mask] == labels[mask]).float().mean().item()
+    mask = targets != IGNORE_INDEX
+    _require(bool(mask.any()), "no labelled positions (every target is -100)")
+    return (predictions[mask] == targets[mask]).float().mean().item()

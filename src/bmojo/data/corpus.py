@@ -196,4 +196,4 @@ def split_documents(docs: Sequence[Document], fractions: Sequence[float] = (0.98
                 lo, hi = bands[target]
                 donors = [i for i, k in enumerate(assign) if counts[k] >= 2]
                 assign[min(donors, key=lambda i: max(lo - scores[i], scores[i] - hi, 0.0))] = target
-    return {name: [d for d, k in zip(docs, assign) if k == s] for s, name in enumerate(SPLITS)}
+    return {name: [d for d, k in zip(docs, assign, strict=True) if k == s] for s, name in enumerate(SPLITS)}

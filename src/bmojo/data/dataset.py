@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .corpus import SPLITS, Document, load_corpus, split_documents
-from .tokenizers import Tokenizer, TokenIds, load_tokenizer
+from .tokenizers import TokenIds, Tokenizer, load_tokenizer
 
 
 def pack(token_ids_per_doc: Iterable[TokenIds], seq_len: int, sep_id: int) -> torch.Tensor:

@@ -1,25 +1,18 @@
 """Causal self-attention with grouped-query heads: full ('attn') or sliding window ('swa').
-The sliding-window decoding path keeps a fixed-size window of keys/values (a ring in time order)."""
+
+Decoding state: the keys/values of the tokens still attended to, as `KVSlots` (oldest first). A sliding
+window keeps exactly w slots; full attention appends. `Attention.attend_window` is the one decoding step
+of a sliding window, shared with the B'MOJO layer (which adds a memory prefix).
+"""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..ops.attention import causal_attention, masked_attention, window_attention
+from ..ops.memory import KVSlots
 from .common import RotaryEmbedding
-
-
-@dataclass
-class KVState:
-    """Keys/values of past tokens, oldest first: k, v (b, hk, S, hd); pos (S,) their positions, -1 = empty.
-    Full attention grows S; sliding-window attention keeps S fixed."""
-
-    k: torch.Tensor
-    v: torch.Tensor
-    pos: torch.Tensor
 
 
 def chunk_segments(start: int, length: int, window: int) -> list[tuple[int, int]]:
@@ -34,8 +27,9 @@ def chunk_segments(start: int, length: int, window: int) -> list[tuple[int, int]
 
 
 def window_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int) -> torch.Tensor:
-    """(T, S) True where key position s is in query t's window: t - w < s <= t (and s is not empty)."""
-    t, s = q_pos[:, None], k_pos[None, :]
+    """q_pos (T,), k_pos (b, S) -> (b, T, S), True where key position s is in query t's window:
+    t - w < s <= t (and s is not an empty slot)."""
+    t, s = q_pos[None, :, None], k_pos[:, None, :]
     return (s >= 0) & (s <= t) & (s > t - window)
 
 
@@ -44,7 +38,8 @@ class Attention(nn.Module):
 
     def __init__(self, config, window: int | None):
         super().__init__()
-        d, self.num_heads, self.num_kv_heads = config.hidden_size, config.num_attention_heads, config.num_key_value_heads
+        d = config.hidden_size
+        self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = d // self.num_heads
         self.window = window
         self.q_proj = nn.Linear(d, self.num_heads * self.head_dim, bias=False)
@@ -70,31 +65,43 @@ class Attention(nn.Module):
         """(b, h, T, hd) -> o_proj -> (b, T, d)."""
         return self.o_proj(o.transpose(1, 2).flatten(2))
 
-    def init_state(self, batch_size: int, device, dtype) -> KVState:
+    def init_state(self, batch_size: int, device, dtype, scored: bool = False) -> KVSlots:
+        """An empty window of w slots (sliding window) or of 0 slots (full attention, grows)."""
         size = 0 if self.window is None else self.window
-        shape = (batch_size, self.num_kv_heads, size, self.head_dim)
-        return KVState(
-            k=torch.zeros(shape, device=device, dtype=dtype),
-            v=torch.zeros(shape, device=device, dtype=dtype),
-            pos=torch.full((size,), -1, dtype=torch.long, device=device),
-        )
+        return KVSlots.empty(batch_size, self.num_kv_heads, size, self.head_dim, device, dtype, scored)
 
-    def forward(self, x: torch.Tensor, state: KVState | None = None, start: int = 0):
-        """x: (b, T, d), tokens at positions start..start+T-1. Returns (out, new state or None)."""
-        positions = torch.arange(start, start + x.shape[1], device=x.device)
+    def attend_window(self, q: torch.Tensor, window: KVSlots, new: KVSlots, memory: KVSlots | None = None):
+        """One decoding step of a sliding window, for n new tokens that do not cross a chunk boundary.
+
+        q (b, h, n, hd) are the new tokens' queries, `new` their keys/values (positions new.pos, equal in
+        every row); each attends, under one softmax, to the window's and the new tokens' raw keys in its
+        window and to every valid slot of `memory` (B'MOJO's memory prefix). Returns (o (b, h, n, hd), the
+        window after the step (its last w slots), the n slots that left it, oldest first)."""
+        n = new.pos.shape[1]
+        slots = window.cat(new)
+        mask = window_mask(new.pos[0], slots.pos, self.window)
+        k, v = slots.k, slots.v
+        if memory is not None:
+            mask = torch.cat([memory.valid[:, None, :].expand(-1, n, -1), mask], dim=2)
+            k, v = torch.cat([memory.k, k], 2), torch.cat([memory.v, v], 2)
+        o = masked_attention(q, k, v, mask[:, None])
+        return o, slots.slots(n), slots.slots(0, n)
+
+    def forward(self, x: torch.Tensor, state: KVSlots | None = None, start: int = 0):
+        """x: (b, T, d), tokens at positions start..start+T-1. Without state: the parallel form (start 0);
+        with state: decoding, continuing from it. Returns (out, new state or None)."""
+        b, T, _ = x.shape
+        positions = torch.arange(start, start + T, device=x.device)
         q, k, v = self.qkv(x, positions)
         if state is None:
             o = causal_attention(q, k, v) if self.window is None else window_attention(q, k, v, self.window)
             return self.merge(o), None
-        if self.window is None:
-            k, v = torch.cat([state.k, k], dim=2), torch.cat([state.v, v], dim=2)
-            return self.merge(causal_attention(q, k, v)), KVState(k, v, torch.cat([state.pos, positions]))
+        new = KVSlots(k, v, positions.expand(b, -1))
+        if self.window is None:  # full attention: every past token stays
+            state = state.cat(new)
+            return self.merge(causal_attention(q, state.k, state.v)), state
         outs = []
-        for a, e in chunk_segments(start, x.shape[1], self.window):
-            k_all = torch.cat([state.k, k[:, :, a:e]], dim=2)
-            v_all = torch.cat([state.v, v[:, :, a:e]], dim=2)
-            pos_all = torch.cat([state.pos, positions[a:e]])
-            outs.append(masked_attention(q[:, :, a:e], k_all, v_all, window_mask(positions[a:e], pos_all, self.window)))
-            keep = state.pos.shape[0]
-            state = KVState(k_all[:, :, -keep:], v_all[:, :, -keep:], pos_all[-keep:])
+        for a, e in chunk_segments(start, T, self.window):
+            o, state, _ = self.attend_window(q[:, :, a:e], state, new.slots(a, e))
+            outs.append(o)
         return self.merge(torch.cat(outs, dim=2)), state

@@ -1,6 +1,11 @@
-"""The B'MOJO mixer (DESIGN.md section 4): sliding-window attention over the raw window, m_f fading
-tokens (SSM outputs from just beyond the window) and m_e eidetic tokens (the most surprising past raw
-tokens, by the innovation test). `m_e = 0` is the 'bmojo_f' kind."""
+"""The B'MOJO mixer (docs/design.md, "The B'MOJO layer"): sliding-window attention over the raw window,
+m_f fading tokens (SSM outputs from just beyond the window) and m_e eidetic tokens (the most surprising
+past raw tokens, by the innovation test). `m_e = 0` is the 'bmojo_f' kind.
+
+Both forms take every memory rule (positions, merge, eviction) from `bmojo.ops.memory`: the parallel form
+computes each chunk's memory positions for the whole sequence at once, the recurrent form updates one
+chunk's memory at every chunk boundary.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..ops.attention import masked_attention, window_attention
-from ..ops.memory import EMPTY, eidetic_merge, eidetic_positions, fading_positions, innovation_score
-from .attention import Attention, chunk_segments, window_mask
+from ..ops.attention import window_attention
+from ..ops.memory import (
+    EMPTY,
+    KVSlots,
+    eidetic_positions,
+    fading_positions,
+    innovation_score,
+    keep_top,
+)
+from .attention import Attention, chunk_segments
 from .mamba2 import Mamba2Mixer, SSMState
 
 
@@ -21,31 +33,25 @@ class BMojoState:
     """Decoding state of one B'MOJO mixer; every size is fixed (independent of the context length).
 
     ssm: the SSM's state.
-    Raw window, the last w positions, oldest first: k, v (b, hk, w, hd) from u; score (b, w) their
-    innovation (size 0 when m_e = 0); pos (w,) (-1 = empty).
-    y (b, R_y, d): the last R_y = max(w + m_f - 1, k) SSM outputs (zeros before position 0); they give the
-    innovation predictor its history and, at a chunk boundary, the fading tokens' keys/values.
-    Memory of the current chunk: mem_k, mem_v (b, hk, m_f + m_e, hd) [fading; eidetic], mem_valid;
-    eid_score, eid_pos (b, m_e): its eidetic part.
-    Pending: pend_k, pend_v, pend_score, pend_pos: the top-min(w, m_e) of the tokens that left the window
-    since the last chunk boundary; merged into the eidetic memory at the next boundary.
+    window: the raw window, the last w tokens (keys/values of u, positions, innovation scores when m_e > 0).
+    y (b, R_y, d): the last R_y = max(w + m_f - 1, k) SSM outputs (zeros before position 0): the innovation
+        predictor's history and, at a chunk boundary, the source of the fading tokens.
+    fading (m_f slots), eidetic (m_e slots, scored): the current chunk's memory prefix.
+    pending (min(w, m_e) slots, scored): the best tokens that left the window since the last chunk boundary;
+        merged into the eidetic memory at the next one.
     """
 
     ssm: SSMState
-    k: torch.Tensor
-    v: torch.Tensor
-    score: torch.Tensor
-    pos: torch.Tensor
+    window: KVSlots
     y: torch.Tensor
-    mem_k: torch.Tensor
-    mem_v: torch.Tensor
-    mem_valid: torch.Tensor
-    eid_score: torch.Tensor
-    eid_pos: torch.Tensor
-    pend_k: torch.Tensor
-    pend_v: torch.Tensor
-    pend_score: torch.Tensor
-    pend_pos: torch.Tensor
+    fading: KVSlots
+    eidetic: KVSlots
+    pending: KVSlots
+
+    @property
+    def memory(self) -> KVSlots:
+        """The memory prefix every query of the current chunk reads: [fading; eidetic]."""
+        return self.fading.cat(self.eidetic)
 
 
 def gather_positions(t: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -73,10 +79,11 @@ class BMojoMixer(nn.Module):
             kv = self.attn.num_kv_heads * self.attn.head_dim
             self.fade_k_proj = nn.Linear(config.hidden_size, kv, bias=False)
             self.fade_v_proj = nn.Linear(config.hidden_size, kv, bias=False)
-        self.register_buffer("innovation_weights", torch.tensor(config.innovation_weights, dtype=torch.float32), persistent=False)
+        weights = torch.tensor(config.innovation_weights, dtype=torch.float32)
+        self.register_buffer("innovation_weights", weights, persistent=False)
 
     def fading_kv(self, y: torch.Tensor, positions: torch.Tensor):
-        """Keys/values of SSM outputs y (b, T, d) at `positions`: (b, hk, T, hd) each."""
+        """Keys/values of SSM outputs y (b, T, d) at `positions` (T,): (b, hk, T, hd) each."""
         k_proj, v_proj = (self.attn.k_proj, self.attn.v_proj) if self.tied else (self.fade_k_proj, self.fade_v_proj)
         return self.attn.split_heads(k_proj(y), positions), self.attn.split_heads(v_proj(y), None)
 
@@ -115,79 +122,56 @@ class BMojoMixer(nn.Module):
         return self.output(o, y), None
 
     def init_state(self, batch_size: int, device, dtype) -> BMojoState:
-        hk, hd, w = self.attn.num_kv_heads, self.attn.head_dim, self.window
+        hk, hd = self.attn.num_kv_heads, self.attn.head_dim
         m_f, m_e = self.num_fading, self.num_eidetic
-        pending = min(w, m_e)
-        kv = lambda n: torch.zeros(batch_size, hk, n, hd, device=device, dtype=dtype)  # noqa: E731
-        scores = lambda n: torch.full((batch_size, n), float("-inf"), device=device)  # noqa: E731
-        positions = lambda *shape: torch.full(shape, EMPTY, dtype=torch.long, device=device)  # noqa: E731
-        y_size = max(w + m_f - 1 if m_f else 0, self.innovation_weights.shape[0])
+        slots = lambda n, scored: KVSlots.empty(batch_size, hk, n, hd, device, dtype, scored)  # noqa: E731
+        y_size = max(self.window + m_f - 1 if m_f else 0, self.innovation_weights.shape[0])
         return BMojoState(
             ssm=self.ssm.init_state(batch_size, device, dtype),
-            k=kv(w), v=kv(w), score=scores(w if m_e else 0), pos=positions(w),
+            window=self.attn.init_state(batch_size, device, dtype, scored=m_e > 0),
             y=torch.zeros(batch_size, y_size, self.attn.o_proj.out_features, device=device, dtype=dtype),
-            mem_k=kv(m_f + m_e), mem_v=kv(m_f + m_e),
-            mem_valid=torch.zeros(batch_size, m_f + m_e, dtype=torch.bool, device=device),
-            eid_score=scores(m_e), eid_pos=positions(batch_size, m_e),
-            pend_k=kv(pending), pend_v=kv(pending), pend_score=scores(pending), pend_pos=positions(batch_size, pending),
+            fading=slots(m_f, False),
+            eidetic=slots(m_e, True),
+            pending=slots(min(self.window, m_e), True),
         )
 
-    def _pend(self, s: BMojoState, k, v, score, pos) -> None:
-        """Merge tokens that just left the raw window (k, v (b, hk, n, hd); score (b, n); pos (n,)) into pending."""
-        s.pend_score, s.pend_pos, pick = eidetic_merge(s.pend_score, s.pend_pos, score, pos.expand(score.shape[0], -1))
-        s.pend_k, s.pend_v = _take(torch.cat([s.pend_k, k], 2), pick), _take(torch.cat([s.pend_v, v], 2), pick)
-
-    def _enter_chunk(self, s: BMojoState, start: int) -> None:
-        """Memory of the chunk beginning at position `start` (= c w): fading tokens from y at
-        [c w - w - m_f + 1, c w - w]; eidetic = merge(previous memory, pending)."""
-        w, m_f = self.window, self.num_fading
-        if m_f:
-            p = torch.arange(start - w - m_f + 1, start - w + 1, device=s.pos.device)
-            y = s.y[:, p - start + s.y.shape[1]]  # the y ring ends at position start - 1
-            fk, fv = self.fading_kv(y, p.clamp(min=0))
-            s.mem_k = torch.cat([fk, s.mem_k[:, :, m_f:]], 2)
-            s.mem_v = torch.cat([fv, s.mem_v[:, :, m_f:]], 2)
-            s.mem_valid = torch.cat([(p >= 0).expand(s.mem_valid.shape[0], -1), s.mem_valid[:, m_f:]], 1)
+    def _enter_chunk(self, s: BMojoState, chunk: int) -> None:
+        """Refresh the memory for chunk `chunk` (its first token is next): fading tokens from the y history at
+        `fading_positions`; eidetic = top m_e of the previous eidetic memory and the pending candidates."""
+        if self.num_fading:
+            pos = fading_positions(torch.tensor([chunk], device=s.y.device), self.window, self.num_fading)[0]
+            # the y history ends at position chunk * w - 1 (EMPTY slots read a zero entry from before position 0)
+            y = s.y[:, pos - chunk * self.window + s.y.shape[1]]
+            k, v = self.fading_kv(y, pos.clamp(min=0))
+            s.fading = KVSlots(k, v, pos.expand(s.y.shape[0], -1))
         if self.num_eidetic:
-            ek, ev = s.mem_k[:, :, m_f:], s.mem_v[:, :, m_f:]
-            s.eid_score, s.eid_pos, pick = eidetic_merge(s.eid_score, s.eid_pos, s.pend_score, s.pend_pos)
-            ek, ev = _take(torch.cat([ek, s.pend_k], 2), pick), _take(torch.cat([ev, s.pend_v], 2), pick)
-            s.mem_k, s.mem_v = torch.cat([s.mem_k[:, :, :m_f], ek], 2), torch.cat([s.mem_v[:, :, :m_f], ev], 2)
-            s.mem_valid = torch.cat([s.mem_valid[:, :m_f], s.eid_pos >= 0], 1)
-            s.pend_score, s.pend_pos = torch.full_like(s.pend_score, float("-inf")), torch.full_like(s.pend_pos, EMPTY)
+            s.eidetic = keep_top(s.eidetic, s.pending)
+            s.pending = dataclasses.replace(s.pending, score=torch.full_like(s.pending.score, float("-inf")),
+                                            pos=torch.full_like(s.pending.pos, EMPTY))
 
     def _recurrent(self, u: torch.Tensor, state: BMojoState, start: int):
+        b, T, _ = u.shape
         w, m_e = self.window, self.num_eidetic
-        positions = torch.arange(start, start + u.shape[1], device=u.device)
+        positions = torch.arange(start, start + T, device=u.device)
         y, ssm_state = self.ssm(u, state.ssm)
-        k_hist = self.innovation_weights.shape[0]
-        eps = innovation_score(y, self.innovation_weights, state.y[:, state.y.shape[1] - k_hist :])
         q, k, v = self.attn.qkv(u, positions)
+        eps = None
+        if m_e:
+            k_hist = self.innovation_weights.shape[0]
+            eps = innovation_score(y, self.innovation_weights, state.y[:, state.y.shape[1] - k_hist :])
+        new = KVSlots(k, v, positions.expand(b, -1), eps)
         s = dataclasses.replace(state, ssm=ssm_state)
         outs = []
-        for a, e in chunk_segments(start, u.shape[1], w):
-            n, t0 = e - a, start + a
-            k_all, v_all = torch.cat([s.k, k[:, :, a:e]], 2), torch.cat([s.v, v[:, :, a:e]], 2)
-            pos_all = torch.cat([s.pos, positions[a:e]])
-            score_all = torch.cat([s.score, eps[:, a:e]], 1) if m_e else s.score
-            # tokens t0 .. t0+n-1 push positions t0-w .. t0-w+n-1 (slots :n) out of the raw window
-            evicted = 0
-            if t0 % w == 0 and t0 > 0:  # entering chunk t0 // w: position t0 - w completes its history
-                if m_e:
-                    self._pend(s, k_all[:, :, :1], v_all[:, :, :1], score_all[:, :1], pos_all[:1])
-                    evicted = 1
-                self._enter_chunk(s, t0)
-            mask = window_mask(positions[a:e], pos_all, w).expand(u.shape[0], -1, -1)
-            mask = torch.cat([s.mem_valid[:, None, :].expand(-1, n, -1), mask], dim=2)
-            outs.append(masked_attention(q[:, :, a:e], torch.cat([s.mem_k, k_all], 2), torch.cat([s.mem_v, v_all], 2), mask[:, None]))
-            if m_e and n > evicted:
-                self._pend(s, k_all[:, :, evicted:n], v_all[:, :, evicted:n], score_all[:, evicted:n], pos_all[evicted:n])
-            s.k, s.v, s.pos = k_all[:, :, n:], v_all[:, :, n:], pos_all[n:]
-            s.score = score_all[:, n:] if m_e else s.score
+        for a, e in chunk_segments(start, T, w):
+            boundary = (start + a) % w == 0 and start + a > 0
+            if boundary:
+                chunk = (start + a) // w
+                if m_e:  # the window's oldest token, at history_end(chunk), becomes a candidate for this chunk
+                    s.pending = keep_top(s.pending, s.window.slots(0, 1))
+                self._enter_chunk(s, chunk)
+            o, s.window, left = self.attn.attend_window(q[:, :, a:e], s.window, new.slots(a, e), s.memory)
+            outs.append(o)
+            if m_e:  # the other tokens that left the window are candidates for the next chunk
+                s.pending = keep_top(s.pending, left.slots(1 if boundary else 0))
             s.y = torch.cat([s.y, y[:, a:e]], 1)[:, -s.y.shape[1] :]
         return self.output(torch.cat(outs, dim=2), y), s
-
-
-def _take(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Gather slots along dim 2: t (b, H, n, hd), index (b, m) -> (b, H, m, hd)."""
-    return t.gather(2, index[:, None, :, None].expand(-1, t.shape[1], -1, t.shape[3]))

@@ -54,13 +54,17 @@ class SwiGLU(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+def rope_inverse_frequencies(head_dim: int, theta: float) -> torch.Tensor:
+    """RoPE's (head_dim / 2,) rotation frequencies theta^(-2i / head_dim), fp32."""
+    return 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+
+
 class RotaryEmbedding(nn.Module):
     """RoPE in the rotate-half convention (as HF Llama/Mistral). Positions are absolute token indices."""
 
     def __init__(self, head_dim: int, theta: float = 10000.0):
         super().__init__()
-        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("inv_freq", rope_inverse_frequencies(head_dim, theta), persistent=False)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x: (b, H, T, hd); positions: (T,) long. Returns x rotated by its positions."""

@@ -48,12 +48,15 @@ class Mamba2Mixer(nn.Module):
     def init_state(self, batch_size: int, device, dtype) -> SSMState:
         return SSMState(
             conv=torch.zeros(batch_size, self.conv_kernel - 1, self.conv_dim, device=device, dtype=dtype),
-            ssm=torch.zeros(batch_size, self.num_heads, self.head_dim, self.state_size, device=device, dtype=torch.float32),
+            ssm=torch.zeros(batch_size, self.num_heads, self.head_dim, self.state_size, device=device,
+                            dtype=torch.float32),
         )
 
-    def forward(self, u: torch.Tensor, state: SSMState | None = None) -> tuple[torch.Tensor, SSMState | None]:
+    def forward(self, u: torch.Tensor, state: SSMState | None = None,
+                start: int = 0) -> tuple[torch.Tensor, SSMState | None]:
         """u: (b, L, d). With `state`, continues from it and returns the state after the last token
-        (L == 1 uses the one-step recurrence); without, returns (y, None)."""
+        (L == 1 uses the one-step recurrence); without, returns (y, None). `start` (the position of u[:, 0])
+        is part of the mixer contract; the SSM does not depend on it."""
         L = u.shape[1]
         z, xBC, dt = self.in_proj(u).split([self.inner, self.conv_dim, self.num_heads], dim=-1)
         xBC, conv_state = causal_conv_silu(xBC, self.conv1d.weight[:, 0], self.conv1d.bias,

@@ -21,7 +21,8 @@ def _tensors(obj):
 
 
 class BMojoCache:
-    """Per-layer states (SSMState, KVState, BMojoState) plus the number of tokens seen."""
+    """Per-layer states (SSMState, KVSlots, BMojoState: whatever each mixer's `init_state` returns) plus the
+    number of tokens seen."""
 
     is_compileable = False
 
@@ -53,8 +54,8 @@ class BMojoCache:
 
 
 def _index_batch(obj, idx):
+    if obj is None:
+        return None
     if dataclasses.is_dataclass(obj):
         return type(obj)(**{f.name: _index_batch(getattr(obj, f.name), idx) for f in dataclasses.fields(obj)})
-    if obj.dim() >= 2:  # batch-first tensors; 1-D tensors are batch-shared positions
-        return obj.index_select(0, idx.to(obj.device))
-    return obj
+    return obj.index_select(0, idx.to(obj.device))  # every state tensor is batch-first

@@ -1,4 +1,4 @@
-"""`BMojoConfig`: one config for the whole family (DESIGN.md section 2), with presets."""
+"""`BMojoConfig`: one config for the whole family (docs/design.md, "The model family"), with presets."""
 
 from __future__ import annotations
 
@@ -6,6 +6,12 @@ from transformers import PreTrainedConfig
 
 MIXER_KINDS = ("attn", "swa", "ssm", "bmojo_f", "bmojo")
 POS_ENCODINGS = ("none", "rope")
+ATTENTION_KINDS = frozenset({"attn", "swa", "bmojo_f", "bmojo"})  # kinds with q/k/v heads
+WINDOW_KINDS = frozenset({"swa", "bmojo_f", "bmojo"})  # kinds that read window_size
+SSM_KINDS = frozenset({"ssm", "bmojo_f", "bmojo"})  # kinds with a Mamba-2 mixer inside
+BMOJO_KINDS = frozenset({"bmojo_f", "bmojo"})  # kinds with fading tokens and an innovation test
+# memory-size fields -> the kinds that use them; a pattern without such a kind leaves the field inert
+MEMORY_FIELDS = {"num_fading_tokens": BMOJO_KINDS, "num_eidetic_tokens": frozenset({"bmojo"})}
 
 # A preset is only a set of config overrides; `layer_pattern` is expanded to num_hidden_layers.
 PRESETS: dict[str, dict] = {
@@ -16,7 +22,7 @@ PRESETS: dict[str, dict] = {
     "bmojo_f": dict(layer_pattern="bmojo_f", use_mlp=True, pos_encoding="rope", num_fading_tokens=16),
     # RoPE, not the paper's "no positional encoding": with the SSM output entering only as fading keys/values,
     # attention inside the window has no order information without it (docs/language_modeling.md measures
-    # test perplexity 9.81 without vs 5.02 with RoPE). bmojo and bmojo_f now differ only in m_e.
+    # test perplexity 9.81 without vs 5.02 with RoPE). The bmojo and bmojo_f presets differ only in m_e.
     "bmojo": dict(
         layer_pattern="bmojo", use_mlp=True, pos_encoding="rope", num_fading_tokens=16, num_eidetic_tokens=16
     ),
@@ -29,51 +35,52 @@ def _need(ok: bool, field: str, allowed: str, value) -> None:
 
 
 class BMojoConfig(PreTrainedConfig):
-    """Configuration of a B'MOJO-family causal LM.
+    """Configuration of a B'MOJO-family causal LM. Every field: meaning [unit] (kinds that read it).
 
-    `layer_pattern` gives each layer's mixer kind (one of MIXER_KINDS); a shorter list is repeated
-    cyclically to `num_hidden_layers` (so "bmojo" or ["ssm", "swa"] are valid). Attention-type
-    mixers (attn, swa, bmojo_f, bmojo) use `num_attention_heads` / `num_key_value_heads`; sliding
-    ones use `window_size` w (also the B'MOJO chunk length). B'MOJO layers read `num_fading_tokens`
-    m_f SSM outputs and (kind "bmojo" only) `num_eidetic_tokens` m_e stored raw tokens, selected by
-    the innovation test over `innovation_span` k past SSM outputs (weights `innovation_weights`,
-    default uniform 1/k). SSM fields follow Mamba-2 (`ssm_*`).
+    Memory sizes that no layer of the pattern uses (e.g. `num_fading_tokens` with only 'attn' layers) are
+    accepted and ignored, as HF configs do; `inert_fields` names them. Invalid values raise ValueError naming
+    the field and what is allowed.
     """
 
     model_type = "bmojo"
 
-    vocab_size: int = 256
-    hidden_size: int = 256
-    num_hidden_layers: int = 4
-    layer_pattern: list | str | None = None
-    num_attention_heads: int = 4
-    num_key_value_heads: int | None = None
-    intermediate_size: int | None = None
-    use_mlp: bool = True
-    window_size: int = 64
-    num_fading_tokens: int = 0
-    num_eidetic_tokens: int = 0
-    innovation_span: int = 4
-    innovation_weights: list | None = None
-    tie_fading_projections: bool = True
-    fading_residual: bool = False
-    pos_encoding: str = "rope"
-    rope_theta: float = 10000.0
-    ssm_state_size: int = 64
-    ssm_expand: int = 2
-    ssm_head_dim: int = 32
-    ssm_n_groups: int = 1
-    ssm_conv_kernel: int = 4
-    ssm_chunk_size: int = 64
-    ssm_dt_min: float = 0.001
-    ssm_dt_max: float = 0.1
-    rms_norm_eps: float = 1e-5
-    initializer_range: float = 0.02
-    tie_word_embeddings: bool = True
-    use_cache: bool = True
-    pad_token_id: int | None = None
-    bos_token_id: int | None = None
-    eos_token_id: int | None = None
+    # -- shape of the network (all kinds)
+    vocab_size: int = 256  # token ids lie in [0, vocab_size)
+    hidden_size: int = 256  # d, width of the residual stream [channels]
+    num_hidden_layers: int = 4  # number of blocks
+    layer_pattern: list | str | None = None  # mixer kind per layer (MIXER_KINDS); shorter lists repeat; None = "bmojo"
+    use_mlp: bool = True  # a SwiGLU MLP after each mixer (pre-norm residual)
+    intermediate_size: int | None = None  # SwiGLU hidden width; None = 8/3 d rounded up to a multiple of 64
+    rms_norm_eps: float = 1e-5  # epsilon of every RMSNorm
+    initializer_range: float = 0.02  # std of the normal init of Linear and Embedding weights
+    tie_word_embeddings: bool = True  # LM head shares the embedding matrix
+    # -- attention (attn, swa, bmojo_f, bmojo)
+    num_attention_heads: int = 4  # query heads; head_dim = hidden_size / num_attention_heads
+    num_key_value_heads: int | None = None  # key/value heads (grouped queries), dividing the query heads; None = same
+    pos_encoding: str = "rope"  # "rope" (rotary on queries and keys, memory tokens at their own positions) or "none"
+    rope_theta: float = 10000.0  # RoPE base
+    window_size: int = 64  # w: raw tokens a query sees, t - w < s <= t [tokens]; B'MOJO's chunk length (swa, bmojo*)
+    # -- B'MOJO memory (bmojo_f, bmojo)
+    num_fading_tokens: int = 0  # m_f: SSM outputs per chunk just beyond the window, read as keys/values [tokens]
+    num_eidetic_tokens: int = 0  # m_e: past raw tokens kept verbatim by the innovation test [tokens] (bmojo only)
+    innovation_span: int = 4  # k: past SSM outputs the fixed innovation predictor averages
+    innovation_weights: list | None = None  # the predictor's k weights, oldest-last (alpha_1..alpha_k); None = 1/k each
+    tie_fading_projections: bool = True  # fading keys/values use the attention's k/v projections (else their own)
+    fading_residual: bool = False  # also add the SSM output to the mixer output (the paper: off)
+    # -- selective SSM, Mamba-2 (ssm, bmojo_f, bmojo)
+    ssm_state_size: int = 64  # n: state size per head and group
+    ssm_expand: int = 2  # inner width = ssm_expand * hidden_size
+    ssm_head_dim: int = 32  # p: channels per SSM head; heads = inner width / p
+    ssm_n_groups: int = 1  # g: groups sharing B and C; must divide the head count
+    ssm_conv_kernel: int = 4  # width of the causal depthwise conv before the scan [tokens]
+    ssm_chunk_size: int = 64  # Q: chunk of the chunked SSD scan in training [tokens] (numerics only, not the model)
+    ssm_dt_min: float = 0.001  # lower end of the log-uniform initial step sizes dt
+    ssm_dt_max: float = 0.1  # upper end of the log-uniform initial step sizes dt
+    # -- generation (HF)
+    use_cache: bool = True  # forward returns a decoding cache by default in generate()
+    pad_token_id: int | None = None  # token id generate() pads finished rows with
+    bos_token_id: int | None = None  # beginning-of-sequence token id, if the tokenizer has one
+    eos_token_id: int | None = None  # end-of-sequence token id: generate() stops a row there
 
     def __post_init__(self, **kwargs):
         pattern = self.layer_pattern if self.layer_pattern is not None else "bmojo"
@@ -88,7 +95,8 @@ class BMojoConfig(PreTrainedConfig):
         if self.intermediate_size is None:  # SwiGLU at ~8/3 d, rounded up to a multiple of 64
             self.intermediate_size = 64 * -(-(8 * self.hidden_size // 3) // 64)
         if self.innovation_weights is None:
-            self.innovation_weights = [1.0 / self.innovation_span] * self.innovation_span if self.innovation_span > 0 else []
+            k = self.innovation_span
+            self.innovation_weights = [1.0 / k] * k if k > 0 else []
         self._validate()
         super().__post_init__(**kwargs)
 
@@ -98,32 +106,35 @@ class BMojoConfig(PreTrainedConfig):
                      "ssm_conv_kernel", "ssm_chunk_size", "intermediate_size"):
             _need(getattr(self, name) >= 1, name, "must be a positive integer", getattr(self, name))
         _need(self.pos_encoding in POS_ENCODINGS, "pos_encoding", f"must be one of {POS_ENCODINGS}", self.pos_encoding)
-        if kinds & {"attn", "swa", "bmojo_f", "bmojo"}:
+        if kinds & ATTENTION_KINDS:
             h, hk = self.num_attention_heads, self.num_key_value_heads
             _need(h >= 1, "num_attention_heads", "must be >= 1", h)
             _need(self.hidden_size % h == 0, "num_attention_heads", f"must divide hidden_size={self.hidden_size}", h)
             _need(hk >= 1 and h % hk == 0, "num_key_value_heads", f"must divide num_attention_heads={h}", hk)
             if self.pos_encoding == "rope":
                 _need((self.hidden_size // h) % 2 == 0, "num_attention_heads", "head_dim must be even for RoPE", h)
-        if kinds & {"swa", "bmojo_f", "bmojo"}:
-            _need(self.window_size >= 1, "window_size", "must be >= 1 (sliding-window and B'MOJO layers)", self.window_size)
+        if kinds & WINDOW_KINDS:
+            _need(self.window_size >= 1, "window_size", "must be >= 1 (sliding-window and B'MOJO layers)",
+                  self.window_size)
         _need(self.num_fading_tokens >= 0, "num_fading_tokens", "must be >= 0", self.num_fading_tokens)
         _need(self.num_eidetic_tokens >= 0, "num_eidetic_tokens", "must be >= 0", self.num_eidetic_tokens)
-        if self.num_fading_tokens > 0:
-            _need(bool(kinds & {"bmojo_f", "bmojo"}), "num_fading_tokens",
-                  "needs a 'bmojo_f' or 'bmojo' layer in layer_pattern to use them (or set it to 0)", self.num_fading_tokens)
-        if self.num_eidetic_tokens > 0:
-            _need("bmojo" in kinds, "num_eidetic_tokens",
-                  "needs a 'bmojo' layer in layer_pattern to use them (or set it to 0)", self.num_eidetic_tokens)
-        if kinds & {"ssm", "bmojo_f", "bmojo"}:
+        if kinds & SSM_KINDS:
             inner = self.ssm_expand * self.hidden_size
-            _need(inner % self.ssm_head_dim == 0, "ssm_head_dim", f"must divide ssm_expand*hidden_size={inner}", self.ssm_head_dim)
+            _need(inner % self.ssm_head_dim == 0, "ssm_head_dim", f"must divide ssm_expand*hidden_size={inner}",
+                  self.ssm_head_dim)
             heads = inner // self.ssm_head_dim
-            _need(heads % self.ssm_n_groups == 0, "ssm_n_groups", f"must divide the SSM head count {heads}", self.ssm_n_groups)
-        if kinds & {"bmojo_f", "bmojo"}:
+            _need(heads % self.ssm_n_groups == 0, "ssm_n_groups", f"must divide the SSM head count {heads}",
+                  self.ssm_n_groups)
+        if kinds & BMOJO_KINDS:
             _need(self.innovation_span >= 1, "innovation_span", "must be >= 1", self.innovation_span)
             _need(len(self.innovation_weights) == self.innovation_span, "innovation_weights",
                   f"must have innovation_span={self.innovation_span} entries", self.innovation_weights)
+
+    @property
+    def inert_fields(self) -> list[str]:
+        """Memory-size fields set (> 0) that no layer of `layer_pattern` reads: accepted and ignored."""
+        kinds = set(self.layer_pattern)
+        return [name for name, users in MEMORY_FIELDS.items() if getattr(self, name) > 0 and not kinds & users]
 
     def eidetic_tokens(self, layer_idx: int) -> int:
         """m_e used by layer `layer_idx` (0 unless its kind is 'bmojo')."""
@@ -131,7 +142,8 @@ class BMojoConfig(PreTrainedConfig):
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "BMojoConfig":
-        """A preset's config; `overrides` replace any field (e.g. hidden_size=512, window_size=32)."""
+        """A preset's config; `overrides` replace any field (e.g. hidden_size=512, window_size=32). Memory sizes
+        the preset has no layer for are accepted and inert, so one set of overrides can serve every preset."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})

@@ -4,10 +4,10 @@ final norm, tied LM head. HF `PreTrainedModel` + `GenerationMixin`."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
@@ -15,10 +15,22 @@ from transformers.utils import ModelOutput
 
 from ..layers.attention import Attention
 from ..layers.bmojo import BMojoMixer
-from ..layers.common import RMSNorm, RotaryEmbedding, SwiGLU
+from ..layers.common import RMSNorm, RotaryEmbedding, SwiGLU, rope_inverse_frequencies
 from ..layers.mamba2 import Mamba2Mixer
+from ..ops.loss import next_token_cross_entropy, token_cross_entropy
 from .cache import BMojoCache
-from .configuration import BMojoConfig
+from .configuration import MIXER_KINDS, BMojoConfig
+
+# The mixer of each kind. Every mixer has one contract: `forward(x (b, T, d), state=None, start=0) -> (out, state)`
+# (no state: the parallel form; a state from `init_state(batch_size, device, dtype)`: decoding from position start).
+MIXERS: dict[str, Callable[[BMojoConfig], nn.Module]] = {
+    "attn": lambda config: Attention(config, window=None),
+    "swa": lambda config: Attention(config, window=config.window_size),
+    "ssm": Mamba2Mixer,
+    "bmojo_f": lambda config: BMojoMixer(config, num_eidetic=0),
+    "bmojo": lambda config: BMojoMixer(config, num_eidetic=config.num_eidetic_tokens),
+}
+assert tuple(MIXERS) == MIXER_KINDS
 
 
 class BMojoBlock(nn.Module):
@@ -28,12 +40,7 @@ class BMojoBlock(nn.Module):
         super().__init__()
         self.kind = config.layer_pattern[layer_idx]
         self.input_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        if self.kind == "ssm":
-            self.mixer = Mamba2Mixer(config)
-        elif self.kind in ("attn", "swa"):
-            self.mixer = Attention(config, window=None if self.kind == "attn" else config.window_size)
-        else:
-            self.mixer = BMojoMixer(config, num_eidetic=config.eidetic_tokens(layer_idx))
+        self.mixer = MIXERS[self.kind](config)
         if config.use_mlp:
             self.mlp_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
             self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
@@ -42,7 +49,7 @@ class BMojoBlock(nn.Module):
 
     def forward(self, h: torch.Tensor, state=None, start: int = 0):
         x = self.input_norm(h)
-        out, state = self.mixer(x, state) if self.kind == "ssm" else self.mixer(x, state, start)
+        out, state = self.mixer(x, state, start)
         h = h + out
         if self.mlp is not None:
             h = h + self.mlp(self.mlp_norm(h))
@@ -51,7 +58,7 @@ class BMojoBlock(nn.Module):
 
 @dataclass
 class BMojoCausalLMOutput(ModelOutput):
-    """loss (scalar, with labels); logits (b, T, V); cache (BMojoCache, with use_cache)."""
+    """loss (scalar, with labels or targets); logits (b, T, V); cache (BMojoCache, with use_cache)."""
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
@@ -85,8 +92,7 @@ class BMojoPreTrainedModel(PreTrainedModel):
             init.kaiming_uniform_(module.conv1d.weight, a=math.sqrt(5))
             init.zeros_(module.conv1d.bias)
         elif isinstance(module, RotaryEmbedding):
-            hd = module.inv_freq.shape[0] * 2
-            init.copy_(module.inv_freq, 1.0 / self.config.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+            init.copy_(module.inv_freq, rope_inverse_frequencies(module.inv_freq.shape[0] * 2, self.config.rope_theta))
         elif isinstance(module, BMojoMixer):
             init.copy_(module.innovation_weights, torch.tensor(self.config.innovation_weights))
 
@@ -133,7 +139,8 @@ class BMojoForCausalLM(BMojoPreTrainedModel, GenerationMixin):
 
     def _check_inputs(self, input_ids, attention_mask, cache) -> None:
         if input_ids is None or input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be a (batch, seq_len) tensor, got {None if input_ids is None else tuple(input_ids.shape)}")
+            got = None if input_ids is None else tuple(input_ids.shape)
+            raise ValueError(f"input_ids must be a (batch, seq_len) tensor, got {got}")
         if input_ids.shape[1] == 0:
             raise ValueError("input_ids is an empty sequence (seq_len 0); pass at least one token")
         lo, hi = int(input_ids.min()), int(input_ids.max())
@@ -143,18 +150,21 @@ class BMojoForCausalLM(BMojoPreTrainedModel, GenerationMixin):
             past = cache.seen_tokens if cache is not None else 0
             ok = (input_ids.shape[0], input_ids.shape[1]), (input_ids.shape[0], past + input_ids.shape[1])
             if attention_mask.dim() != 2 or tuple(attention_mask.shape) not in ok:
-                raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected one of {ok} (batch, [past +] seq_len)")
+                raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected one of {ok} "
+                                 "(batch, [past +] seq_len)")
             if not bool(attention_mask.bool().all()):
                 raise ValueError("attention_mask contains padding (zeros): padded batches are not supported; "
                                  "pass sequences of equal length or run them one at a time")
         if cache is not None and not isinstance(cache, BMojoCache):
-            raise ValueError(f"the cache must be a BMojoCache (from model.new_cache(batch_size)), got {type(cache).__name__}")
+            raise ValueError(f"the cache must be a BMojoCache (from model.new_cache(batch_size)), "
+                             f"got {type(cache).__name__}")
 
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        targets: torch.LongTensor | None = None,
         cache: BMojoCache | None = None,
         past_key_values: BMojoCache | None = None,
         use_cache: bool | None = None,
@@ -162,10 +172,16 @@ class BMojoForCausalLM(BMojoPreTrainedModel, GenerationMixin):
         return_dict: bool | None = None,
         **kwargs,
     ) -> BMojoCausalLMOutput:
-        """input_ids: (b, T); labels: (b, T), shifted inside (labels[:, t+1] is the target of position t),
-        -100 ignored. `cache` (or its older name `past_key_values`) continues decoding from a BMojoCache;
-        with `use_cache=True` and no cache, a new one is started. Returns loss, logits (b, T', V) for the last
-        `logits_to_keep` positions (0 = all), cache."""
+        """input_ids: (b, T). The loss takes one of two target conventions (-100 ignored in both):
+        `labels` (b, T), Hugging Face's: shifted inside, labels[:, t+1] is the target of position t (pass the
+        inputs themselves for language modeling); `targets` (b, T), pre-shifted (nanoGPT's, what `bmojo.tasks`
+        returns): targets[:, t] is the target of position t. Passing both is an error.
+        `cache` (or its older name `past_key_values`) continues decoding from a BMojoCache; with `use_cache=True`
+        and no cache, a new one is started. Returns loss, logits (b, T', V) for the last `logits_to_keep`
+        positions (0 = all), cache."""
+        if labels is not None and targets is not None:
+            raise ValueError("pass labels (HF convention, shifted inside) or targets (pre-shifted, as bmojo.tasks "
+                             "returns them), not both")
         cache = cache if cache is not None else past_key_values
         if use_cache and cache is None:
             cache = self.new_cache(input_ids.shape[0])
@@ -174,5 +190,7 @@ class BMojoForCausalLM(BMojoPreTrainedModel, GenerationMixin):
         logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+            loss = next_token_cross_entropy(logits, labels)
+        elif targets is not None:
+            loss = token_cross_entropy(logits, targets)
         return BMojoCausalLMOutput(loss=loss, logits=logits, cache=cache)

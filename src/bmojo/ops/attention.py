@@ -19,7 +19,9 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
-def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def explicit_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
     """`masked_attention` as matmul, additive mask, softmax, matmul, all on `dtype` (bf16/fp16) tensors, for a mask
     of shape (b, 1, T, S). PyTorch's CPU softmax accumulates in fp32 internally and adding 0 / -inf does not round,
     so this rounds where SDPA does, the scores and the probabilities, plus q * 1/sqrt(d) when d is not a power of 4

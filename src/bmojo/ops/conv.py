@@ -56,7 +56,9 @@ def causal_conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
     return out, carry if past is None else carry.to(past.dtype)
 
 
-def causal_conv_silu_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, past: torch.Tensor | None = None):
+def causal_conv_silu_reference(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, past: torch.Tensor | None = None
+):
     """Reference twin of `causal_conv_silu`: `F.conv1d` with groups = C over the transposed input."""
     b, L, C = x.shape
     K = weight.shape[1]

@@ -1,16 +1,65 @@
-"""B'MOJO memory selection (DESIGN.md section 4): the innovation score, the fading-token positions,
-and the running top-m_e eidetic merge shared by the parallel and the recurrent path.
+"""B'MOJO memory rules (docs/design.md, "The B'MOJO layer"): the innovation score, the fading-token
+positions, which past positions a chunk may keep, and the running top-m_e eidetic merge. The parallel
+form (training) and the recurrent form (decoding) of `bmojo.layers.bmojo.BMojoMixer` both call these;
+no rule is written anywhere else.
 
-Conventions: chunk c holds positions [c w, (c+1) w); its history is H_c = {p : p <= c w - w}.
-An empty memory slot has position -1 and score -inf.
+Conventions: chunk c holds positions [c w, (c+1) w); its history is H_c = {p : p <= c w - w}, the
+positions outside the raw window of every query of the chunk. An empty slot has position EMPTY (-1)
+and score -inf.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 EMPTY = -1
+
+
+@dataclass
+class KVSlots:
+    """Tokens held in slots, in time order unless said otherwise: keys and values k, v (b, hk, S, hd);
+    positions pos (b, S) (EMPTY = a free slot, never attended); innovation scores score (b, S) where slots
+    are ranked (eidetic memory and its candidates, B'MOJO's raw window), else None. The raw window of
+    sliding-window layers, the growing KV of full attention and B'MOJO's fading and eidetic memories are
+    all KVSlots."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    pos: torch.Tensor
+    score: torch.Tensor | None = None
+
+    @classmethod
+    def empty(cls, batch_size: int, heads: int, size: int, head_dim: int, device, dtype, scored: bool) -> KVSlots:
+        """`size` free slots (zero keys/values, EMPTY positions, -inf scores when `scored`)."""
+        kv = lambda: torch.zeros(batch_size, heads, size, head_dim, device=device, dtype=dtype)  # noqa: E731
+        score = torch.full((batch_size, size), float("-inf"), device=device) if scored else None
+        return cls(kv(), kv(), torch.full((batch_size, size), EMPTY, dtype=torch.long, device=device), score)
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """(b, S) True where a slot holds a token."""
+        return self.pos >= 0
+
+    def cat(self, other: KVSlots) -> KVSlots:
+        """self's slots followed by other's (scores kept only if both have them)."""
+        score = torch.cat([self.score, other.score], 1) if self.score is not None and other.score is not None else None
+        return KVSlots(torch.cat([self.k, other.k], 2), torch.cat([self.v, other.v], 2),
+                       torch.cat([self.pos, other.pos], 1), score)
+
+    def slots(self, start: int, stop: int | None = None) -> KVSlots:
+        """Slots start..stop-1."""
+        s = slice(start, stop)
+        score = None if self.score is None else self.score[:, s]
+        return KVSlots(self.k[:, :, s], self.v[:, :, s], self.pos[:, s], score)
+
+    def take(self, index: torch.Tensor) -> KVSlots:
+        """Slots index (b, m), per batch row."""
+        kv_index = index[:, None, :, None].expand(-1, self.k.shape[1], -1, self.k.shape[3])
+        score = None if self.score is None else self.score.gather(1, index)
+        return KVSlots(self.k.gather(2, kv_index), self.v.gather(2, kv_index), self.pos.gather(1, index), score)
 
 
 @torch.no_grad()
@@ -30,12 +79,16 @@ def innovation_score(y: torch.Tensor, weights: torch.Tensor, history: torch.Tens
     return (y - guess).pow(2).mean(-1)
 
 
+def history_end(chunk, window: int):
+    """The newest position of chunk c's history H_c: c w - w (int or tensor, like `chunk`)."""
+    return chunk * window - window
+
+
 def fading_positions(chunk: torch.Tensor, window: int, num_fading: int) -> torch.Tensor:
     """Positions of the fading tokens of each chunk: the `num_fading` most recent positions of H_c,
     i.e. [c w - w - m_f + 1, c w - w], oldest first; negatives become EMPTY.
     chunk: (nc,) chunk indices. Returns (nc, m_f) long."""
-    last = chunk[:, None] * window - window
-    pos = last - num_fading + 1 + torch.arange(num_fading, device=chunk.device)[None, :]
+    pos = history_end(chunk[:, None], window) - num_fading + 1 + torch.arange(num_fading, device=chunk.device)[None, :]
     return pos.masked_fill(pos < 0, EMPTY)
 
 
@@ -57,11 +110,18 @@ def eidetic_merge(
     return score.gather(1, index), pos.gather(1, index), index
 
 
+def keep_top(kept: KVSlots, new: KVSlots) -> KVSlots:
+    """`eidetic_merge` on scored slots: the kept.pos.shape[1] best of kept ∪ new, with their keys and values."""
+    _, _, index = eidetic_merge(kept.score, kept.pos, new.score, new.pos)
+    return kept.cat(new).take(index)
+
+
 @torch.no_grad()
 def eidetic_positions(eps: torch.Tensor, window: int, num_eidetic: int) -> torch.Tensor:
     """Parallel form: the eidetic memory of every chunk, by running `eidetic_merge` over chunks
-    (nc small steps). Entering chunk c the candidates are the w positions [(c-2) w + 1, (c-1) w]
-    that just joined H_c. eps: (b, L). Returns positions (b, nc, m_e), EMPTY where unfilled."""
+    (nc small steps). Entering chunk c the candidates are the w positions (history_end(c-1), history_end(c)]
+    = [(c-2) w + 1, (c-1) w] that just joined H_c. eps: (b, L). Returns positions (b, nc, m_e), EMPTY where
+    unfilled."""
     b, L = eps.shape
     w = window
     nc = -(-L // w)

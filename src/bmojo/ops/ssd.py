@@ -11,12 +11,15 @@ The recurrence, per head:  S_t = exp(dt_t A) S_{t-1} + dt_t x_t B_t^T,   y_t = S
 and their operands are in the autocast dtype (see `ssd_chunked`).
 
 On CUDA with flash-linear-attention installed (optional), `ssd_chunked` uses its Triton chunked kernel
-(`ssd_chunked_fla`); the PyTorch code here stays the reference and the CPU path.
+(`ssd_chunked_fla`); the PyTorch code here stays the reference and the CPU path. The backend in use is logged
+once per device type (logger "bmojo.ops.ssd"); `auto` warns when it falls back on CUDA.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -50,9 +53,7 @@ def ssd_chunked(
     The log decays (cumsum, exp) and the scan over chunk states are fp32. The matmul operands (x dt, B, C,
     the decayed scores, the entering states) are in the autocast dtype under autocast (else fp32) and are
     produced directly in it, so no large tensor is cast twice; y comes back in x's dtype."""
-    if backend not in ("auto", "torch", "fla"):
-        raise ValueError(f"ssd_chunked backend must be 'auto', 'torch' or 'fla', got {backend!r}")
-    if backend == "fla" or (backend == "auto" and x.is_cuda and fla_available()):
+    if select_backend(backend, x.device.type) == "fla":
         return ssd_chunked_fla(x, dt, A, B, C, initial_state)
     b, L, h, p = x.shape
     g, n = B.shape[-2:]
@@ -87,7 +88,10 @@ def ssd_chunked(
     # 3. scan over chunks (L / Q small steps, fp32) for the state entering each chunk. (A two-level scan, a
     #    (K x K) decay matmul inside groups of K ~ sqrt(nc) chunks and a loop of nc / K steps, measured 15-20% slower.)
     chunk_decay = torch.exp(cum[..., -1])  # (b, nc, g, r)
-    state = x.new_zeros(b, g, r, p, n, dtype=torch.float32) if initial_state is None else initial_state.float().view(b, g, r, p, n)
+    if initial_state is None:
+        state = x.new_zeros(b, g, r, p, n, dtype=torch.float32)
+    else:
+        state = initial_state.float().view(b, g, r, p, n)
     entering, state = _ChunkScan.apply(chunk_states, chunk_decay, state)  # (b, nc, g, r, p, n) in cd
 
     # 4. contribution of the entering state to every position of the chunk: exp(cum_l) C_l S
@@ -162,14 +166,52 @@ class _ChunkScan(torch.autograd.Function):
         return d_inputs.to(entering.dtype), d_decay, grads[:, 0]
 
 
+BACKENDS = ("auto", "torch", "fla")
+
+
 @functools.cache
-def fla_available() -> bool:
-    """Whether flash-linear-attention's `chunk_simple_gla` (Triton, CUDA) can be imported."""
+def fla_import_error() -> str | None:
+    """None if flash-linear-attention's `chunk_simple_gla` (Triton, CUDA) imports; else why it does not."""
     try:
         from fla.ops.simple_gla import chunk_simple_gla  # noqa: F401
-    except Exception:  # ImportError, or Triton failing to initialise without a GPU
-        return False
-    return True
+    except Exception as err:  # ImportError, or Triton failing to initialise without a GPU
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def fla_available() -> bool:
+    """Whether the fla backend can be used."""
+    return fla_import_error() is None
+
+
+def select_backend(backend: str, device_type: str) -> str:
+    """The SSD backend `ssd_chunked` runs for `backend` on `device_type`: "fla" that cannot load raises with the
+    import error; "auto" takes fla on CUDA when it loads, else torch, with a warning when a CUDA run falls back.
+    Eager calls log the choice once per (backend, device type); under torch.compile nothing is logged."""
+    if backend not in BACKENDS:
+        raise ValueError(f"ssd_chunked backend must be one of {BACKENDS}, got {backend!r}")
+    if torch.compiler.is_compiling():
+        return _choose_backend(backend, device_type)
+    return _choose_and_log_backend(backend, device_type)
+
+
+def _choose_backend(backend: str, device_type: str) -> str:
+    if backend == "auto":
+        return "fla" if device_type == "cuda" and fla_import_error() is None else "torch"
+    if backend == "fla" and fla_import_error() is not None:
+        raise RuntimeError(f"ssd_chunked(backend='fla') needs flash-linear-attention on CUDA "
+                           f"(pip install 'bmojo[gpu]'); importing it failed: {fla_import_error()}")
+    return backend
+
+
+@functools.cache
+def _choose_and_log_backend(backend: str, device_type: str) -> str:
+    chosen = _choose_backend(backend, device_type)
+    if backend == "auto" and device_type == "cuda" and chosen == "torch":
+        warnings.warn(f"SSD on CUDA falls back to the PyTorch reference (slower): flash-linear-attention is not "
+                      f"usable ({fla_import_error()}); pip install 'bmojo[gpu]'", stacklevel=4)
+    logging.getLogger(__name__).info("SSD backend for %s tensors: %s (requested %r)", device_type, chosen, backend)
+    return chosen
 
 
 def ssd_chunked_fla(
@@ -185,8 +227,7 @@ def ssd_chunked_fla(
     Simple GLA is S_t = exp(g_t) S_{t-1} + k_t^T v_t, o_t = scale q_t S_t with a scalar gate per head, so the SSD
     is q = C, k = B (per head), v = dt x, g = dt A, scale = 1; its state (K = n, V = p) is ours transposed.
     Same shapes and results as `ssd_chunked` (its reference twin, tested against it on CUDA)."""
-    if not fla_available():
-        raise RuntimeError("ssd_chunked(backend='fla') needs flash-linear-attention: pip install flash-linear-attention")
+    select_backend("fla", x.device.type)  # raises with the import error when fla cannot load
     from fla.ops.simple_gla import chunk_simple_gla
 
     h = x.shape[2]

@@ -1,35 +1,11 @@
-"""Memory accounting against real caches, budget fitting, and `bmojo compare` end to end on a tiny spec."""
+"""bmojo.compare: budget fitting, and `bmojo compare` end to end on a tiny spec."""
 
 import json
 
 import pytest
-import torch
 
-import bmojo
-from bmojo.accounting import decoding_state_bytes, token_equivalents
-from bmojo.cli import main as cli_main
+from bmojo.accounting import decoding_state_bytes
 from bmojo.compare import CompareSpec, budget_candidates, fit_to_budget, memory_of, preset_config, run_compare
-from conftest import tiny_config, tiny_model
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.mark.parametrize("preset", bmojo.PRESETS)
-def test_accounting_equals_cache_after_prefill(preset):
-    model = tiny_model(preset)
-    seq_len = 77  # 9 chunks of 8 and a remainder
-    cache = model.new_cache(3)
-    with torch.no_grad():
-        model(torch.randint(0, 61, (3, seq_len)), cache=cache)
-    assert decoding_state_bytes(model.config, seq_len, batch_size=3)["total"] == cache.nbytes
-
-
-def test_token_equivalents_of_full_attention_is_about_the_context_length():
-    cfg = tiny_config("transformer")
-    total = decoding_state_bytes(cfg, 500)["total"]
-    # k and v of 500 tokens at full width, plus 8-byte positions per token and layer
-    assert total == 500 * cfg.num_hidden_layers * (2 * cfg.num_key_value_heads * 8 * 4 + 8)
-    assert token_equivalents(total, cfg) == pytest.approx(500 * cfg.num_key_value_heads / cfg.num_attention_heads, rel=0.1)
 
 
 @pytest.mark.parametrize("preset", ["swa", "mamba", "hybrid", "bmojo_f", "bmojo"])
@@ -45,7 +21,7 @@ def test_fit_to_budget_takes_the_most_memory_within_budget(preset):
     assert fit_to_budget(preset, base, 64, 0.5) is None
 
 
-def test_compare_writes_results_table_and_plots(tmp_path):
+def test_compare_writes_results_table_and_plots(tmp_path, png_signature):
     spec = CompareSpec(
         tasks=[dict(task="mqar", vocab_size=64, seq_len=32, num_kv_pairs=4)],
         presets=["swa", "bmojo"],
@@ -70,13 +46,13 @@ def test_compare_writes_results_table_and_plots(tmp_path):
             assert r["memory_bytes"] == decoding_state_bytes(cfg, 32)["total"]
     assert "| mqar" in (tmp_path / "results.md").read_text()
     pngs = list(tmp_path.glob("*.png"))
-    assert pngs and all(p.read_bytes()[:8] == PNG_SIGNATURE for p in pngs)
+    assert pngs and all(p.read_bytes()[:8] == png_signature for p in pngs)
 
 
-def test_compare_cli_rejects_unknown_names(tmp_path, capsys):
-    assert cli_main(["compare", "--tasks", "mqar", "sorting", "--out", str(tmp_path)]) == 2
+def test_compare_cli_rejects_unknown_names(tmp_path, capsys, cli):
+    assert cli("compare", "--tasks", "mqar", "sorting", "--out", tmp_path) == 2
     err = capsys.readouterr().err
     assert "unknown task" in err and "'sorting'" in err and "in_context_recall" in err
-    assert cli_main(["compare", "--presets", "gpt", "--out", str(tmp_path)]) == 2
+    assert cli("compare", "--presets", "gpt", "--out", tmp_path) == 2
     err = capsys.readouterr().err
     assert "unknown preset" in err and "bmojo_f" in err

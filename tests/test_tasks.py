@@ -83,7 +83,7 @@ def test_mqar_layout_and_labels(random_non_queries):
     assert ((y != IGNORE_INDEX).sum(axis=1) == kv).all()
     assert (y[:, : 2 * kv] == IGNORE_INDEX).all()
     for i in range(len(x)):
-        bound = dict(zip(keys[i], values[i]))
+        bound = dict(zip(keys[i], values[i], strict=True))
         positions = np.flatnonzero(y[i] != IGNORE_INDEX)
         assert ((positions - 2 * kv) % 2 == 0).all()
         queried = x[i, positions]

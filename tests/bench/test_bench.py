@@ -1,28 +1,21 @@
-"""`bmojo bench --quick` end to end: it runs every suite and writes a valid bench.json, bench.md and PNGs.
+"""bmojo.bench: `bmojo bench --quick` end to end: it runs every suite and writes a valid bench.json, bench.md and PNGs.
 Nothing here asserts anything about time."""
 
-import ctypes.util
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from bmojo.cli import main
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SUITES = ("kernels", "layers", "models", "decode")
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
+def quick_run(tmp_path_factory, cli):
     out = tmp_path_factory.mktemp("bench")
     threads = torch.get_num_threads()
     try:  # one thread: tiny sizes gain nothing from two, and a busy CI box can stall the second one
-        assert main(["bench", "--quick", "--threads", "1", "--out", str(out)]) == 0
+        assert cli("bench", "--quick", "--threads", "1", "--out", out) == 0
     finally:
         torch.set_num_threads(threads)
     return out, json.loads((out / "bench.json").read_text())
@@ -77,49 +70,16 @@ def test_bench_has_the_issue_figures(quick_run):
     assert len(doc["targets"]) == 8 and all(t["measured"] is not None for t in doc["targets"])
 
 
-def test_bench_markdown_and_plots(quick_run):
+def test_bench_markdown_and_plots(quick_run, png_signature):
     out, doc = quick_run
     md = (out / "bench.md").read_text()
     assert md.startswith("# bmojo bench") and "## Targets" in md and "## layers" in md
     assert set(doc["plots"]) == {"train_throughput.png", "loss_curve.png", "decode_latency.png", "decode_cache.png"}
     for name in doc["plots"]:
         data = (out / name).read_bytes()
-        assert data[:8] == PNG_SIGNATURE and len(data) > 1000, name
+        assert data[:8] == png_signature and len(data) > 1000, name
 
 
-def test_bench_rejects_unknown_suite(tmp_path, capsys):
-    assert main(["bench", "--suite", "kernels,nope", "--out", str(tmp_path)]) == 2
+def test_bench_rejects_unknown_suite(tmp_path, capsys, cli):
+    assert cli("bench", "--suite", "kernels,nope", "--out", tmp_path) == 2
     assert "unknown suite" in capsys.readouterr().err
-
-
-ALLOCATOR_PROBE = """
-import ctypes, sys
-import torch
-from bmojo.allocator import tune_cpu_allocator
-
-class MallInfo2(ctypes.Structure):  # glibc >= 2.33
-    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-libc = ctypes.CDLL("libc.so.6")
-libc.mallinfo2.restype = MallInfo2
-tuned = tune_cpu_allocator()
-before = libc.mallinfo2().hblkhd  # bytes in mmapped blocks (some from imports, before the tuning)
-big = torch.empty(64 << 20, dtype=torch.uint8)  # 64 MiB, above glibc's largest mmap threshold
-print(int(tuned), libc.mallinfo2().hblkhd - before)
-"""
-
-
-@pytest.mark.parametrize("setting", ["tuned", "default"])
-def test_cpu_allocator_tuning_keeps_large_tensors_off_mmap(setting):
-    """Tuned, a 64 MiB tensor comes from the malloc heap (no new bytes in mmapped blocks); with
-    BMOJO_CPU_ALLOCATOR=default glibc serves it with mmap as usual (so the probe can tell them apart)."""
-    if "libc.so.6" != ctypes.util.find_library("c"):
-        pytest.skip("glibc only")
-    env = {**os.environ, "BMOJO_CPU_ALLOCATOR": setting}
-    out = subprocess.run([sys.executable, "-c", ALLOCATOR_PROBE], env=env, capture_output=True, text=True, check=True)
-    tuned, new_mmapped = map(int, out.stdout.split())
-    if setting == "tuned":
-        assert tuned == 1 and new_mmapped == 0
-    else:
-        assert tuned == 0 and new_mmapped >= 64 << 20

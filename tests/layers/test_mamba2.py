@@ -1,14 +1,15 @@
-"""Our `ssm` and `swa` layers against `transformers`' pure-PyTorch Mamba2Mixer and Mistral, weights copied."""
+"""bmojo.layers.mamba2: our `ssm` mixer against `transformers`' pure-PyTorch Mamba2Mixer, weights copied."""
 
 import torch
-from transformers import Mamba2Config, MistralConfig, MistralForCausalLM
+from transformers import Mamba2Config
 from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer as HFMamba2Mixer
 
 from bmojo.layers.mamba2 import Mamba2Mixer
-from conftest import tiny_config, tiny_model
+
+HF_TOL = 1e-4  # ours vs the transformers implementation: the same fp32 function, computed in another order
 
 
-def test_ssm_mixer_matches_transformers_mamba2():
+def test_ssm_mixer_matches_transformers_mamba2(tiny_config):
     cfg = tiny_config("mamba", hidden_size=64, ssm_head_dim=16, ssm_state_size=16, ssm_n_groups=2, ssm_chunk_size=16)
     ours = Mamba2Mixer(cfg)
     hf_cfg = Mamba2Config(
@@ -25,28 +26,4 @@ def test_ssm_mixer_matches_transformers_mamba2():
     with torch.no_grad():
         y, _ = ours(u)
         y_hf = hf(u)
-    torch.testing.assert_close(y, y_hf, atol=1e-4, rtol=1e-4)
-
-
-def test_swa_model_matches_transformers_mistral_sliding_window():
-    """A `swa` preset model is a Mistral with a sliding window: same block (RMSNorm, attention with RoPE and
-    grouped KV heads, RMSNorm, SwiGLU), same window rule (the last w tokens, self included)."""
-    ours = tiny_model("swa", rms_norm_eps=1e-6, tie_word_embeddings=False)
-    cfg = ours.config
-    hf = MistralForCausalLM(MistralConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.num_key_value_heads, sliding_window=cfg.window_size, rms_norm_eps=1e-6,
-        tie_word_embeddings=False, rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
-        attn_implementation="eager",
-    )).eval()
-    rename = {"input_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm", "mixer": "self_attn"}
-    state = {}
-    for name, t in ours.state_dict().items():
-        for a, b in rename.items():
-            name = name.replace(f".{a}.", f".{b}.")
-        state[name] = t
-    hf.load_state_dict(state, strict=True)
-    ids = torch.randint(0, cfg.vocab_size, (2, 45))
-    with torch.no_grad():
-        torch.testing.assert_close(ours(ids).logits, hf(ids).logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(y, y_hf, atol=HF_TOL, rtol=HF_TOL)

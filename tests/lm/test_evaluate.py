@@ -1,0 +1,50 @@
+"""bmojo.lm.evaluate: `bmojo eval` on a run folder (perplexity, bits per byte, the length sweep, its table and
+plot), the recurrent sweep against the parallel one, and bad-input messages."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from bmojo.lm import window_nll
+
+EVAL_TOKENS = 1024  # --eval-tokens of the sweep on the reference run
+
+
+def test_eval_of_a_run_folder(reference_run, capsys, cli):
+    out = reference_run
+    capsys.readouterr()
+    args = ("eval", out, "--lengths", "1,2,4", "--split", "train", "--eval-tokens", EVAL_TOKENS, "--threads", "1")
+    assert cli(*args) == 0
+    report = json.loads((out / "eval.json").read_text())
+    rows = report["results"]
+    assert [r["context_length"] for r in rows] == [32, 64, 128]
+    # the same 1024 tokens each time
+    assert all(r["targets"] == EVAL_TOKENS - EVAL_TOKENS // r["context_length"] for r in rows)
+    for r in rows:  # byte tokenizer: bits per byte is exactly nats per token / ln 2
+        assert r["bits_per_byte"] == pytest.approx(r["loss"] / math.log(2))
+        assert r["perplexity"] == pytest.approx(math.exp(r["loss"]))
+    assert (out / "length_generalization.png").stat().st_size > 1000
+    assert "| run |" in (out / "length_generalization.md").read_text()
+
+
+@pytest.mark.parametrize("preset", ["transformer", "mamba", "hybrid", "bmojo"])
+def test_recurrent_sweep_equals_parallel(preset, tiny_model):
+    """Lengths past --max-parallel-len go through the cache in blocks; the numbers must not change."""
+    model = tiny_model(preset)
+    windows = torch.randint(0, model.config.vocab_size, (3, 45))
+    par = window_nll(model, windows, batch_size=2)
+    rec = window_nll(model, windows, batch_size=2, max_parallel_len=16, block_size=11)
+    assert (par[1], par[2], rec[1], rec[2]) == (3 * 44, "parallel", 3 * 44, "recurrent")
+    assert rec[0] == pytest.approx(par[0], rel=1e-5)
+
+
+def test_eval_bad_input(reference_run, tmp_path, capsys, cli):
+    assert cli("eval", tmp_path / "missing") == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli("eval", reference_run, "--lengths", "1,x") == 2
+    assert "--lengths" in capsys.readouterr().err
+    # the validation split of the toy corpus is one ~5 KB document, too short for a 256 x 32-token window
+    assert cli("eval", reference_run, "--lengths", "256", "--split", "validation", "--threads", "1") == 2
+    assert "corpus too small" in capsys.readouterr().err

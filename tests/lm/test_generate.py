@@ -1,0 +1,21 @@
+"""bmojo.lm.generate: `bmojo generate` from a run folder (greedy is reproducible, sampling runs) and its
+bad-input message."""
+
+PROMPT = "the cat"  # the greedy prompt
+
+
+def test_generate_from_a_run_folder(reference_run, capsys, cli):
+    out = reference_run
+    capsys.readouterr()
+    args = ("generate", out, "--prompt", PROMPT, "--max-new-tokens", "20", "--temperature", "0", "--ignore-eos")
+    assert cli(*args) == 0
+    greedy = capsys.readouterr().out
+    assert cli(*args) == 0
+    assert capsys.readouterr().out == greedy and greedy.startswith(PROMPT) and len(greedy.rstrip("\n")) > len(PROMPT)
+    assert cli("generate", out, "--prompt", "the", "--max-new-tokens", "8", "--num-samples", "2", "--seed", "1") == 0
+
+
+def test_generate_bad_input(tmp_path, capsys, cli):
+    (tmp_path / "empty").mkdir()
+    assert cli("generate", tmp_path / "empty", "--prompt", "x") == 2
+    assert "holds no model" in capsys.readouterr().err

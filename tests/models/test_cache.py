@@ -1,0 +1,38 @@
+"""bmojo.models.cache: the decoding cache stays a constant size for every sub-quadratic preset, and beam
+search reorders it correctly."""
+
+import pytest
+import torch
+
+import bmojo
+
+PRESETS = list(bmojo.PRESETS)
+VOCAB = 61  # the tiny models' vocab_size (TINY in tests/conftest.py)
+
+
+@pytest.mark.parametrize("preset", [p for p in PRESETS if p != "transformer"])
+def test_cache_size_is_constant_in_context_length(preset, tiny_model):
+    model = tiny_model(preset, num_hidden_layers=2)
+    cache = model.new_cache(1)
+    sizes = {}
+    with torch.no_grad():
+        for _ in range(40):  # 20 000 tokens, fed 500 at a time through the recurrent path
+            model(torch.randint(0, VOCAB, (1, 500)), cache=cache, logits_to_keep=1)
+            sizes[cache.seen_tokens] = cache.nbytes
+    assert sizes[2000] == sizes[20000] > 0
+    grow = tiny_model("transformer").new_cache(1)
+    with torch.no_grad():
+        tiny_model("transformer")(torch.randint(0, VOCAB, (1, 100)), cache=grow)
+    assert grow.nbytes > 0  # full attention's cache grows (contrast)
+
+
+@pytest.mark.parametrize("preset", ["hybrid", "bmojo"])
+def test_beam_search_with_cache_equals_without(preset, tiny_model):
+    """Beam search reorders the cache's batch rows (BMojoCache.reorder_cache); recomputing from scratch
+    every step (use_cache=False) must pick the same beams."""
+    model = tiny_model(preset)
+    prompt = torch.randint(1, VOCAB, (2, 13))
+    kwargs = dict(max_new_tokens=12, num_beams=3, do_sample=False, pad_token_id=0)
+    with_cache = model.generate(prompt, use_cache=True, **kwargs)
+    without = model.generate(prompt, use_cache=False, **kwargs)
+    assert torch.equal(with_cache, without)

@@ -1,5 +1,8 @@
 """The `bmojo` command line. Each subcommand lives in its own module, which provides
-`add_arguments(parser)` and `run(args) -> int`; a module is imported only when its command runs."""
+`add_arguments(parser)` and `run(args) -> int`; a module is imported only when its command runs.
+
+What every command shares lives here: the runtime options (`--threads`, added to every command and applied
+by `main`), the hub-offline setting, and the output-folder check (`check_writable`)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,10 @@ import argparse
 import importlib
 import os
 import sys
+import uuid
+from pathlib import Path
+
+import torch
 
 from .allocator import tune_cpu_allocator
 
@@ -19,12 +26,42 @@ COMMANDS = {
 }
 
 
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of every command that set up the process rather than the work: --threads."""
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU (intra-op) threads per process (default: torch's default)")
+
+
+def apply_runtime_arguments(args: argparse.Namespace) -> None:
+    """Apply what `add_runtime_arguments` parsed; ValueError on an invalid value."""
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+
+
+def check_writable(directory: Path) -> None:
+    """Create the output folder `directory` if needed and prove a file can be written there; ValueError
+    otherwise."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-test-{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"output folder {str(directory)!r} is not writable ({err.strerror or err}); "
+                         "choose another --out") from err
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run `bmojo COMMAND ...` (argv without the program name; default sys.argv[1:]); returns the exit code."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network at run time
     argv = sys.argv[1:] if argv is None else argv
     tune_cpu_allocator()  # large CPU tensors reuse freed memory instead of fresh page-faulted mmaps
     if not argv or argv[0] not in COMMANDS:
-        top = argparse.ArgumentParser(prog="bmojo", description="B'MOJO model family: recall, language modeling, benchmarks.")
+        top = argparse.ArgumentParser(prog="bmojo",
+                                      description="B'MOJO model family: recall, language modeling, benchmarks.")
         sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
         for name, (_, help_text) in COMMANDS.items():
             sub.add_parser(name, help=help_text, add_help=False)
@@ -34,8 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"bmojo {argv[0]}", description=description)
     module.add_arguments(parser)
+    add_runtime_arguments(parser)
     args = parser.parse_args(argv[1:])
     try:
+        apply_runtime_arguments(args)
         return int(module.run(args) or 0)
     except (ValueError, FileNotFoundError) as err:  # bad input: one clear line, no traceback
         print(f"bmojo {argv[0]}: error: {err}", file=sys.stderr)

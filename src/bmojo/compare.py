@@ -4,7 +4,7 @@ For every (task, memory budget, architecture preset, seed) the command builds th
 turns its *memory knob* (window for `swa`, SSM state for `mamba`/`hybrid`, fading tokens for
 `bmojo_f`, SSM state and eidetic tokens for `bmojo`) to the setting with the most decoding state within the budget,
 trains it (optionally over an lr x weight-decay sweep, keeping the best), and measures test accuracy
-on the labelled positions only. Budgets are in token-equivalents (see `bmojo.accounting`); a run
+on the scored positions only (targets other than -100). Budgets are in token-equivalents (see `bmojo.accounting`); a run
 whose smallest setting does not fit is recorded as skipped. `transformer` has no knob: its memory is
 the KV of the whole sequence, reported as is.
 """
@@ -15,16 +15,20 @@ import argparse
 import dataclasses
 import json
 import time
+import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import tasks as task_lib
 from .accounting import decoding_state_bytes, parameter_count, token_equivalents
+from .cli import check_writable
 from .models import PRESETS, BMojoConfig, BMojoForCausalLM
+from .plotting import pyplot
 from .training import TrainConfig, Trainer
 
 # preset -> the config fields turned to meet a memory budget, with their candidate values. Every
@@ -42,7 +46,8 @@ MEMORY_KNOBS: dict[str, dict[str, list[int]]] = {
 
 @dataclass
 class CompareSpec:
-    """Everything one `bmojo compare` preset runs. `tasks`: [{"task": name, **generator settings}]."""
+    """Everything one `bmojo compare` experiment runs. `tasks`: [{"task": name, **generator settings}].
+    Plain data: `to_dict()` and `from_dict` / `from_file` (JSON or TOML, validated) convert both ways."""
 
     tasks: list[dict]
     presets: list[str]
@@ -56,8 +61,80 @@ class CompareSpec:
     num_test: int = 256
     time_budget_s: float | None = None  # whole command; split evenly over the remaining runs
 
+    def to_dict(self) -> dict:
+        """The spec as plain JSON-able data; `from_dict` reads it back."""
+        return dataclasses.asdict(self)
 
-ALL_PRESETS = ["transformer", "swa", "mamba", "hybrid", "bmojo_f", "bmojo"]
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "the spec") -> CompareSpec:
+        """A spec from plain data; ValueError naming an unknown or missing field, a value of the wrong type,
+        or an unknown task or preset (`source` names where the data came from)."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        hints = typing.get_type_hints(cls)
+        unknown = [k for k in data if k not in fields]
+        if unknown:
+            raise ValueError(f"{source}: unknown field(s) {unknown}; valid fields: {', '.join(fields)}")
+        missing = [k for k, f in fields.items() if k not in data and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise ValueError(f"{source}: missing field(s) {missing}")
+        for key, value in data.items():
+            if not _has_type(value, hints[key]):
+                raise ValueError(f"{source}: field {key!r} must be {_type_name(hints[key])}, got {value!r}")
+        if not all("task" in t for t in data["tasks"]):
+            raise ValueError(f"{source}: every entry of 'tasks' needs a 'task' name, e.g. {{\"task\": \"mqar\"}}")
+        _check_names("task", [t["task"] for t in data["tasks"]], task_lib.TASKS, f"{source}: ")
+        _check_names("preset", data["presets"], PRESETS, f"{source}: ")
+        _check_names("train field", list(data["train"]), [f.name for f in dataclasses.fields(TrainConfig)],
+                     f"{source}: ")
+        return cls(**data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> CompareSpec:
+        """A spec from a JSON file, or a TOML file if its name ends in .toml (see `from_dict`)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"spec file {str(path)!r} does not exist")
+        text = path.read_text(encoding="utf-8")
+        try:
+            data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+            raise ValueError(f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'} ({err})") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a spec is a JSON object (field: value), got {type(data).__name__}")
+        return cls.from_dict(data, source=str(path))
+
+
+def _has_type(value, hint) -> bool:
+    """Whether plain data `value` fits the type annotation `hint` (an int is a float; a bool is neither)."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType):
+        return any(_has_type(value, h) for h in args)
+    if hint is type(None):
+        return value is None
+    if typing.get_origin(hint) is list:
+        return isinstance(value, list) and all(_has_type(v, args[0]) for v in value)
+    if typing.get_origin(hint) is dict or hint is dict:
+        return isinstance(value, dict)
+    if isinstance(value, bool):
+        return hint is bool
+    return isinstance(value, (int, float)) if hint is float else isinstance(value, hint)
+
+
+def _type_name(hint) -> str:
+    """A type annotation as the spec's reader would write it, e.g. `int`, `list[float]`, `float | None`."""
+    return str(hint).replace("NoneType", "None") if typing.get_args(hint) else hint.__name__
+
+
+def _check_names(kind: str, names: list[str], valid, where: str = "") -> None:
+    """ValueError (its message starting with `where`) listing the `names` that are not in `valid` (the names
+    of tasks, presets, ...) and the valid ones."""
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise ValueError(f"{where}unknown {kind}(s) {unknown}; valid {kind}s: {', '.join(valid)}")
+
+
+ALL_PRESETS = list(MEMORY_KNOBS)  # every preset compare can match to a memory budget
 
 SPECS: dict[str, CompareSpec] = {
     # A 2-core CPU in <= 10 minutes: MQAR with the keys beyond a 16-token window, two kv counts.
@@ -95,29 +172,27 @@ SPECS: dict[str, CompareSpec] = {
 }
 
 
-def task_loss(model, batch) -> torch.Tensor:
-    """Cross-entropy on labelled positions; task labels are already aligned with the outputs."""
-    logits = model(batch["input_ids"]).logits
-    return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100)
-
-
 @torch.no_grad()
-def evaluate_accuracy(model, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 128) -> float:
+def evaluate_accuracy(model, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int = 128) -> float:
+    """Accuracy of the model's greedy predictions on the scored positions of task data (inputs, targets)."""
     device = next(model.parameters()).device
     preds = torch.cat([model(inputs[i : i + batch_size].to(device)).logits.argmax(-1).cpu()
                        for i in range(0, len(inputs), batch_size)])
-    return task_lib.accuracy(preds, labels)
+    return task_lib.accuracy(preds, targets)
 
 
-class _TensorDataset(torch.utils.data.Dataset):
-    def __init__(self, inputs, labels):
-        self.inputs, self.labels = inputs, labels
+class _TaskDataset(torch.utils.data.Dataset):
+    """Task data as Trainer examples {"input_ids", "targets"}: the model's default loss is then the task loss
+    (cross-entropy on the pre-shifted targets, -100 unscored)."""
+
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor):
+        self.inputs, self.targets = inputs, targets
 
     def __len__(self):
         return len(self.inputs)
 
     def __getitem__(self, i):
-        return {"input_ids": self.inputs[i], "labels": self.labels[i]}
+        return {"input_ids": self.inputs[i], "targets": self.targets[i]}
 
 
 def memory_of(config: BMojoConfig, seq_len: int) -> tuple[int, float]:
@@ -126,25 +201,19 @@ def memory_of(config: BMojoConfig, seq_len: int) -> tuple[int, float]:
     return num_bytes, token_equivalents(num_bytes, config)
 
 
-def preset_config(preset: str, base: dict) -> BMojoConfig:
-    """The preset with the shared `base` overrides; memory sizes a preset has no layer for are dropped."""
-    drop = {"bmojo_f": ("num_eidetic_tokens",), "bmojo": ()}.get(preset, ("num_fading_tokens", "num_eidetic_tokens"))
-    return BMojoConfig.from_preset(preset, **{k: v for k, v in base.items() if k not in drop})
-
-
 def budget_candidates(preset: str, base: dict) -> list[BMojoConfig]:
     """Every combination of the preset's memory-knob values on top of `base`."""
     configs = [{}]
     for name, values in MEMORY_KNOBS[preset].items():
         configs = [{**c, name: v} for c in configs for v in values]
-    return [preset_config(preset, {**base, **c}) for c in configs]
+    return [BMojoConfig.from_preset(preset, **{**base, **c}) for c in configs]
 
 
 def fit_to_budget(preset: str, base: dict, seq_len: int, budget: float | None) -> BMojoConfig | None:
     """The candidate with the most memory within `budget` token-equivalents (None if none fits);
     budget None: the base config unchanged."""
     if budget is None:
-        return preset_config(preset, base)
+        return BMojoConfig.from_preset(preset, **base)
     fitting = [(memory_of(c, seq_len)[1], i, c) for i, c in enumerate(budget_candidates(preset, base))]
     fitting = [f for f in fitting if f[0] <= budget]
     return max(fitting, key=lambda f: (f[0], -f[1]))[2] if fitting else None
@@ -152,37 +221,46 @@ def fit_to_budget(preset: str, base: dict, seq_len: int, budget: float | None) -
 
 def run_one(config: BMojoConfig, train, test, spec: CompareSpec, seed: int, lr: float, wd: float,
             device: str, time_budget: float | None) -> dict:
+    """Train one model on task data `train` = (inputs, targets) and report its accuracy on `test`."""
     torch.manual_seed(seed)
     model = BMojoForCausalLM(config)
     cfg = TrainConfig(**{**spec.train, "lr": lr, "weight_decay": wd, "seed": seed, "time_budget_s": time_budget,
                          "cpu": device == "cpu", "progress": False})
-    test_inputs, test_labels = test
-    trainer = Trainer(model, _TensorDataset(*train), cfg, loss_fn=task_loss,
-                      evaluate=lambda m: {"accuracy": evaluate_accuracy(m, test_inputs, test_labels)})
+    test_inputs, test_targets = test
+    trainer = Trainer(model, _TaskDataset(*train), cfg,
+                      evaluate=lambda m: {"accuracy": evaluate_accuracy(m, test_inputs, test_targets)})
     result = trainer.fit()
     return {"accuracy": result.evals[-1]["accuracy"], "steps": result.steps, "train_seconds": result.seconds,
             "stopped": result.stopped, "final_loss": result.history[-1]["loss"] if result.history else None}
 
 
-def run_compare(spec: CompareSpec, out_dir: Path, device: str = "cpu", progress: bool = True) -> list[dict]:
-    """Run every (task, budget, preset, seed) of `spec`; write results.json, results.md and PNGs to out_dir."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _plan(spec: CompareSpec) -> list[tuple]:
+    """Every run of `spec` in order: (task, settings, seq_len, budget, preset, config or None if none fits, seed)."""
     plan = []
     for task in spec.tasks:
         settings = {k: v for k, v in task.items() if k != "task"}
-        seq_len = settings.get("seq_len") or task_lib.make_task(task["task"], num_examples=1, seed=0, **settings)[0].shape[1]
+        seq_len = (settings.get("seq_len")
+                   or task_lib.make_task(task["task"], num_examples=1, seed=0, **settings)[0].shape[1])
         vocab = task_lib.task_vocab_size(task["task"], **settings)
         for budget in spec.budgets or [None]:
             for preset in spec.presets:
                 config = fit_to_budget(preset, {**spec.model, "vocab_size": vocab}, seq_len, budget)
                 for seed in spec.seeds:
                     plan.append((task, settings, seq_len, budget, preset, config, seed))
+    return plan
+
+
+def run_compare(spec: CompareSpec, out_dir: Path, device: str = "cpu", progress: bool = True) -> list[dict]:
+    """Run every (task, budget, preset, seed) of `spec`; write results.json, results.md and PNGs to out_dir."""
+    check_writable(out_dir)
+    plan = _plan(spec)
     records, start = [], time.perf_counter()
     data_cache: dict = {}
     bar = tqdm(plan, desc="compare", disable=not progress, dynamic_ncols=True)
     for i, (task, settings, seq_len, budget, preset, config, seed) in enumerate(bar):
         bar.set_postfix(task=task["task"], preset=preset, budget=budget)
-        record = {"task": task["task"], "task_settings": settings, "preset": preset, "budget_tokens": budget, "seed": seed}
+        record = {"task": task["task"], "task_settings": settings, "preset": preset, "budget_tokens": budget,
+                  "seed": seed}
         if config is None:
             records.append({**record, "skipped": "smallest setting exceeds the memory budget"})
             continue
@@ -200,7 +278,8 @@ def run_compare(spec: CompareSpec, out_dir: Path, device: str = "cpu", progress:
         best = max(sweep, key=lambda r: r["accuracy"])
         num_bytes, tokens = memory_of(config, seq_len)
         records.append({
-            **record, "accuracy": best["accuracy"], "test_sequences_seen_in_training": leaked, "lr": best["lr"], "weight_decay": best["weight_decay"],
+            **record, "accuracy": best["accuracy"], "test_sequences_seen_in_training": leaked, "lr": best["lr"],
+            "weight_decay": best["weight_decay"],
             "memory_bytes": num_bytes, "memory_tokens": tokens,
             "knob": {name: getattr(config, name) for name in MEMORY_KNOBS[preset]},
             "parameters": parameter_count(config),
@@ -213,15 +292,17 @@ def run_compare(spec: CompareSpec, out_dir: Path, device: str = "cpu", progress:
 
 
 def _task_label(record: dict) -> str:
+    """The task with the settings that tell its variants apart, e.g. `mqar (num_kv_pairs=4, seq_len=64)`."""
     s = record["task_settings"]
     extra = ", ".join(f"{k}={v}" for k, v in s.items() if k in ("num_kv_pairs", "seq_len", "frac_noise"))
     return f"{record['task']} ({extra})" if extra else record["task"]
 
 
 def write_outputs(records: list[dict], out_dir: Path, spec: CompareSpec) -> None:
-    (out_dir / "results.json").write_text(json.dumps({"spec": dataclasses.asdict(spec), "runs": records}, indent=1))
-    lines = ["| task | budget (tok) | preset | knob | memory (tok) | memory (KiB) | params | accuracy | steps | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    """results.json (spec and records), results.md (the table) and the recall-vs-memory PNGs."""
+    (out_dir / "results.json").write_text(json.dumps({"spec": spec.to_dict(), "runs": records}, indent=1))
+    lines = ["| task | budget (tok) | preset | knob | memory (tok) | memory (KiB) | params | accuracy | steps "
+             "| train s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         budget = "-" if r["budget_tokens"] is None else f"{r['budget_tokens']:g}"
         if "skipped" in r:
@@ -237,10 +318,7 @@ def write_outputs(records: list[dict], out_dir: Path, spec: CompareSpec) -> None
 
 def plot_recall_vs_memory(records: list[dict], out_dir: Path) -> list[Path]:
     """One PNG per task: accuracy (mean over seeds) vs memory in token-equivalents, a line per preset."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import matplotlib.ticker
 
     paths = []
@@ -273,8 +351,14 @@ def plot_recall_vs_memory(records: list[dict], out_dir: Path) -> list[Path]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", choices=list(SPECS), default="quick", help="which experiment (default: quick)")
-    parser.add_argument("--tasks", nargs="+", metavar="TASK", help=f"restrict to these tasks ({', '.join(task_lib.TASKS)})")
+    """The options of `bmojo compare`."""
+    experiment = parser.add_mutually_exclusive_group()
+    experiment.add_argument("--preset", choices=list(SPECS), default="quick", help="which experiment (default: quick)")
+    experiment.add_argument("--spec", type=Path, metavar="FILE",
+                            help="the experiment as a CompareSpec in a JSON (or .toml) file, e.g. the \"spec\" "
+                                 "object of a results.json")
+    parser.add_argument("--tasks", nargs="+", metavar="TASK",
+                        help=f"restrict to these tasks ({', '.join(task_lib.TASKS)})")
     parser.add_argument("--presets", nargs="+", metavar="ARCH", help=f"architectures ({', '.join(PRESETS)})")
     parser.add_argument("--memory-budgets", nargs="+", type=float, metavar="TOKENS",
                         help="memory budgets in token-equivalents (default: the preset's)")
@@ -286,18 +370,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def spec_from_args(args: argparse.Namespace) -> CompareSpec:
-    spec = dataclasses.replace(SPECS[args.preset])
+    """The --spec file's or --preset's spec, with the command line's restrictions and overrides."""
+    spec = CompareSpec.from_file(args.spec) if args.spec else dataclasses.replace(SPECS[args.preset])
     if args.tasks:
-        unknown = [t for t in args.tasks if t not in task_lib.TASKS]
-        if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; valid tasks: {', '.join(task_lib.TASKS)}")
+        _check_names("task", args.tasks, task_lib.TASKS)
         chosen = [t for t in spec.tasks if t["task"] in args.tasks]
         chosen += [dict(task=t) for t in args.tasks if t not in {c["task"] for c in chosen}]
         spec.tasks = chosen
     if args.presets:
-        unknown = [p for p in args.presets if p not in PRESETS]
-        if unknown:
-            raise ValueError(f"unknown preset(s) {unknown}; valid presets: {', '.join(PRESETS)}")
+        _check_names("preset", args.presets, PRESETS)
         spec.presets = args.presets
     if args.memory_budgets:
         spec.budgets = args.memory_budgets
@@ -311,6 +392,7 @@ def spec_from_args(args: argparse.Namespace) -> CompareSpec:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the experiment `args` describe and print its results table."""
     spec = spec_from_args(args)
     records = run_compare(spec, args.out, device=args.device)
     print((args.out / "results.md").read_text())

@@ -70,7 +70,7 @@ def test_decoding_equals_parallel_forward(preset, variant, tiny_model):
     assert cache.seen_tokens == L
 
 
-# ---------------------------------------------------------------- special cases (DESIGN.md section 4)
+# ---------------------------------------------------------------- special cases (docs/design.md section 4.6)
 
 
 def copy_mixer_weights(src, dst, attr=None):

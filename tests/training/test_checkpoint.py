@@ -18,7 +18,7 @@ RESUME_REL, RESUME_ABS = 1e-6, 1e-7
 
 KILL_DURING_SAVE = """
 import os, signal, sys
-import bmojo.training as T
+import bmojo.training.checkpoint as T
 real_save = T.save_checkpoint
 def save_checkpoint(out_dir, step, *args, **kwargs):
     if step == int(os.environ["KILL_AT_STEP"]):  # die mid-write: files are in the temp folder, no manifest yet

@@ -20,17 +20,20 @@ from pathlib import Path
 import torch
 
 from ..allocator import tune_cpu_allocator
+from ..plotting import pyplot
 
-
-SUITE_NAMES = ("ceiling", "kernels", "layers", "models", "decode")
+SUITES = ("kernels", "layers", "models", "decode")  # what `bmojo bench --suite` chooses from, in run order
+FIGURE_SUITES = ("ceiling", *SUITES)  # the suite of every figure: the ceiling is measured before any suite
 
 
 def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); nothing to wait for on the CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def measure(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int, repeats: int) -> dict[str, list[float]]:
+def measure(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int,
+            repeats: int) -> dict[str, list[float]]:
     """Seconds per call of each function: `warmup` untimed calls each, then `repeats` interleaved rounds."""
     for fn in fns.values():
         for _ in range(warmup):
@@ -70,12 +73,10 @@ class Bench:
 
     def save_plot(self, fig, file_name: str, description: str) -> None:
         """Write a matplotlib figure as out/file_name (PNG) and close it."""
-        import matplotlib.pyplot as plt
-
         if self.out is not None:
             fig.savefig(self.out / file_name, dpi=110)
             self.plots[file_name] = description
-        plt.close(fig)
+        pyplot().close(fig)
 
     def add(self, suite: str, name: str, value: float, unit: str, settings: dict, *, better: str = "lower",
             spread: dict | None = None, peer: str | None = None, ratio: float | None = None, **more) -> dict:
@@ -86,17 +87,19 @@ class Bench:
         if spread is not None:
             fig["stats"] = spread
         if peer is not None:
-            fig["peer"] = peer if peer.split("/")[0] in SUITE_NAMES else f"{suite}/{peer}"
+            fig["peer"] = peer if peer.split("/")[0] in FIGURE_SUITES else f"{suite}/{peer}"
             fig["ratio"] = ratio
         fig.update(more)
         self.figures.append(fig)
         return fig
 
     def get(self, name: str) -> dict | None:
+        """The figure named `name` (suite/...), or None."""
         return next((f for f in self.figures if f["name"] == name), None)
 
 
 def _cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo, else what platform knows)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -108,18 +111,21 @@ def _cpu_model() -> str:
 
 
 def _cpu_flags() -> list[str]:
+    """The CPU's vector and matrix extensions that matter for these kernels (/proc/cpuinfo)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())
-                    return sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni", "fma"})
+                    wanted = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni", "fma"}
+                    return sorted(flags & wanted)
     except OSError:
         pass
     return []
 
 
 def load_average() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages (None where the OS does not report them)."""
     try:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
@@ -127,6 +133,7 @@ def load_average() -> list[float] | None:
 
 
 def machine_info(device: torch.device) -> dict:
+    """The machine record of bench.json: CPU, threads, versions, device, allocator, load."""
     import transformers
 
     info = {

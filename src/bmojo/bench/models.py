@@ -21,20 +21,14 @@ import torch
 from torch import nn
 
 from ..layers.bmojo import BMojoMixer
-from ..models.configuration import PRESETS, BMojoConfig
+from ..models.configuration import BMojoConfig
 from ..models.modeling import BMojoBlock
 
 MAX_LAYERS = 48
 
 
-def preset_config(name: str, **overrides) -> BMojoConfig:
-    """`BMojoConfig.from_preset`, dropping memory sizes (m_f, m_e) for presets that have no such memory."""
-    overrides = {k: v for k, v in overrides.items()
-                 if k not in ("num_fading_tokens", "num_eidetic_tokens") or k in PRESETS[name]}
-    return BMojoConfig.from_preset(name, **overrides)
-
-
 def _block_params(config: BMojoConfig, i: int) -> int:
+    """Parameters of layer i of a model built from `config` (on the meta device)."""
     with torch.device("meta"):
         return sum(p.numel() for p in BMojoBlock(config, i).parameters())
 
@@ -46,12 +40,12 @@ def non_embedding_params(config: BMojoConfig) -> int:
 
 def matched_configs(presets: list[str], anchor_layers: int = 4, **width) -> dict[str, BMojoConfig]:
     """One config per preset, its layer count chosen to match the parameters of `bmojo` x `anchor_layers`."""
-    target = non_embedding_params(preset_config("bmojo", num_hidden_layers=anchor_layers, **width))
+    target = non_embedding_params(BMojoConfig.from_preset("bmojo", num_hidden_layers=anchor_layers, **width))
     out = {}
     for name in presets:
         best = None
         for n in range(1, MAX_LAYERS + 1):
-            cfg = preset_config(name, num_hidden_layers=n, **width)
+            cfg = BMojoConfig.from_preset(name, num_hidden_layers=n, **width)
             err = abs(non_embedding_params(cfg) - target)
             if best is None or err < best[0]:
                 best = (err, cfg)
@@ -62,6 +56,7 @@ def matched_configs(presets: list[str], anchor_layers: int = 4, **width) -> dict
 
 
 def _linear_flops(module: nn.Module) -> int:
+    """Forward FLOPs per token of a module's Linear layers (see the module docstring)."""
     flops = 0
     for m in module.modules():
         if isinstance(m, nn.Linear):
@@ -101,7 +96,8 @@ def forward_flops_per_token(config: BMojoConfig, seq_len: int) -> float:
 
 
 def train_flops_per_token(config: BMojoConfig, seq_len: int) -> float:
+    """Analytic training FLOPs per token: 3 x the forward."""
     return 3 * forward_flops_per_token(config, seq_len)
 
 
-__all__ = ["PRESETS", "preset_config", "matched_configs", "non_embedding_params", "forward_flops_per_token", "train_flops_per_token"]
+__all__ = ["matched_configs", "non_embedding_params", "forward_flops_per_token", "train_flops_per_token"]

@@ -1,8 +1,8 @@
 """Layer-level peers from `transformers`, at the width of our layers.
 
 - Mamba-2: `transformers.models.mamba2.modeling_mamba2.Mamba2Mixer` (its pure-PyTorch path: without the
-  `mamba_ssm` / `causal_conv1d` packages it falls back to reference PyTorch code; HF_HUB_OFFLINE=1 keeps it
-  from fetching hub kernels).
+  `mamba_ssm` / `causal_conv1d` packages it falls back to reference PyTorch code; `bmojo`'s HF_HUB_OFFLINE=1,
+  set by `bmojo.cli.main`, keeps it from fetching hub kernels).
 - Mistral sliding-window attention and Llama full attention (`MistralAttention`, `LlamaAttention`, SDPA
   implementation). They take precomputed rotary embeddings and a mask, which the HF model builds once per
   forward for all layers: we build them the same way (`MistralRotaryEmbedding`, `create_sliding_window_causal_mask`
@@ -13,12 +13,9 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import torch
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def mamba2_peer(config) -> tuple[torch.nn.Module, Callable]:

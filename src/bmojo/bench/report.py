@@ -1,4 +1,4 @@
-"""bench.json and bench.md: every figure, the machine, and the targets of the performance issue."""
+"""bench.json and bench.md: every figure, the machine, and the performance targets (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ import json
 import math
 from pathlib import Path
 
-from .harness import Bench
+from .harness import FIGURE_SUITES, Bench
 from .suites import SIZES
 
 SCHEMA_VERSION = 1
 
 
 def targets(bench: Bench) -> list[dict]:
-    """The issue's targets, read off the figures (None where the suite did not run)."""
+    """The performance targets (docs/benchmarks.md), each with its measured value read off the figures and whether
+    it is met (None where the suite did not run)."""
     size = SIZES[bench.quick]
     mid, long = size["bf16_L"], size["train_L"][-1]
     mfu = size["mfu"]
@@ -23,9 +24,12 @@ def targets(bench: Bench) -> list[dict]:
         (f"bmojo training tokens/s vs transformer at L={long}", f"models/train/bmojo/L{long}", "ratio", ">=", 4.0),
         ("bmojo decode latency, longest / shortest context", "decode/latency_growth/bmojo", "value", "<=", 1.2),
         ("bmojo decode cache bytes, longest / shortest context", "decode/cache_growth/bmojo", "value", "==", 1.0),
-        (f"bmojo bf16 autocast training tokens/s vs fp32 at L={mid}", f"models/train_bf16/bmojo/L{mid}", "ratio", ">=", 1.5),
-        ("bf16 loss tracks fp32: max relative difference, second half", "models/loss_curve/bf16_vs_fp32_max_rel_diff", "value", "<=", 0.02),
-        (f"bmojo MFU vs fp32 ceiling at d {mfu['hidden_size']}, L {mfu['L']} (fp32)", f"models/mfu_bmojo_d{mfu['hidden_size']}/L{mfu['L']}/fp32", "value", ">=", 0.30),
+        (f"bmojo bf16 autocast training tokens/s vs fp32 at L={mid}", f"models/train_bf16/bmojo/L{mid}", "ratio",
+         ">=", 1.5),
+        ("bf16 loss tracks fp32: max relative difference, second half", "models/loss_curve/bf16_vs_fp32_max_rel_diff",
+         "value", "<=", 0.02),
+        (f"bmojo MFU vs fp32 ceiling at d {mfu['hidden_size']}, L {mfu['L']} (fp32)",
+         f"models/mfu_bmojo_d{mfu['hidden_size']}/L{mfu['L']}/fp32", "value", ">=", 0.30),
     ]
     out = []
     for text, name, field, op, threshold in rows:
@@ -39,6 +43,7 @@ def targets(bench: Bench) -> list[dict]:
 
 
 def write_json(bench: Bench, meta: dict, path: Path) -> dict:
+    """Write bench.json (schema version, `meta`, figures, targets, plots, notes, extra); returns its content."""
     doc = {"schema_version": SCHEMA_VERSION, **meta, "figures": bench.figures, "targets": targets(bench),
            "plots": bench.plots, "notes": bench.notes, "extra": bench.extra}
     path.write_text(json.dumps(doc, indent=1, default=_jsonable))
@@ -46,12 +51,14 @@ def write_json(bench: Bench, meta: dict, path: Path) -> dict:
 
 
 def _jsonable(x):
+    """JSON form of what json cannot write itself: tensors/arrays as lists, anything else as its str."""
     if hasattr(x, "tolist"):
         return x.tolist()
     return str(x)
 
 
 def _fmt(x, digits: int = 3) -> str:
+    """A table cell: - for None, yes/**no** for booleans, thousands separators, 3 significant digits."""
     if x is None:
         return "-"
     if isinstance(x, bool):
@@ -64,10 +71,12 @@ def _fmt(x, digits: int = 3) -> str:
 
 
 def _settings(s: dict) -> str:
+    """A figure's settings as `k=v, ...` (without the parameter count, shown elsewhere)."""
     return ", ".join(f"{k}={v}" for k, v in s.items() if k not in ("non_embedding_params",))
 
 
 def write_markdown(doc: dict, path: Path) -> None:
+    """Write bench.md: the machine, the targets, a table per suite, the plots and the notes."""
     m = doc["machine"]
     lines = [
         "# bmojo bench",
@@ -79,16 +88,18 @@ def write_markdown(doc: dict, path: Path) -> None:
         "| machine | |",
         "|---|---|",
     ]
-    for key in ("cpu_model", "cpu_flags", "cpu_count", "torch_threads", "torch_cpu_capability", "cpu_allocator", "device", "cuda_device",
-                "torch", "transformers", "python", "load_average_at_start", "load_average_at_end"):
+    for key in ("cpu_model", "cpu_flags", "cpu_count", "torch_threads", "torch_cpu_capability", "cpu_allocator",
+                "device", "cuda_device", "torch", "transformers", "python", "load_average_at_start",
+                "load_average_at_end"):
         if key in m:
             lines.append(f"| {key} | {', '.join(map(str, m[key])) if isinstance(m[key], list) else m[key]} |")
     lines += ["", "Each figure is the median of the repeats after warm-up; ratios are speed-ups over the peer "
               "(peer time / our time), timed interleaved with it.", "", "## Targets", "",
               "| target | measured | threshold | met |", "|---|---|---|---|"]
     for t in doc["targets"]:
-        lines.append(f"| {t['target']} | {_fmt(t['measured'])} | {t['op']} {t['threshold']} | {_fmt(t['met']) if t['met'] is not None else 'not run'} |")
-    for suite in ("ceiling", "kernels", "layers", "models", "decode"):
+        met = _fmt(t["met"]) if t["met"] is not None else "not run"
+        lines.append(f"| {t['target']} | {_fmt(t['measured'])} | {t['op']} {t['threshold']} | {met} |")
+    for suite in FIGURE_SUITES:
         figs = [f for f in doc["figures"] if f["suite"] == suite]
         if not figs:
             continue
@@ -98,8 +109,8 @@ def write_markdown(doc: dict, path: Path) -> None:
             st = f.get("stats")
             spread = f"{_fmt(st['min'])}..{_fmt(st['max'])} (n={st['repeats']})" if st else ""
             peer = f.get("peer", "").split("/", 1)[-1] if f.get("peer") else ""
-            lines.append(f"| {f['name'].split('/', 1)[1]} | {_fmt(f['value'])} | {f['unit']} | {peer} | {_fmt(f.get('ratio'))} "
-                         f"| {_fmt(f.get('mfu'))} | {spread} | {_settings(f['settings'])} |")
+            lines.append(f"| {f['name'].split('/', 1)[1]} | {_fmt(f['value'])} | {f['unit']} | {peer} "
+                         f"| {_fmt(f.get('ratio'))} | {_fmt(f.get('mfu'))} | {spread} | {_settings(f['settings'])} |")
     if doc["plots"]:
         lines += ["", "## Plots", ""] + [f"- `{name}`: {what}" for name, what in doc["plots"].items()]
     if doc["notes"]:

@@ -22,8 +22,9 @@ from ..models.modeling import BMojoForCausalLM
 from ..ops.attention import masked_attention, window_attention
 from ..ops.memory import EMPTY, eidetic_positions
 from ..ops.ssd import ssd_chunked, ssd_sequential
+from ..plotting import pyplot
 from .harness import Bench, measure, stats, sync
-from .models import matched_configs, non_embedding_params, preset_config, train_flops_per_token
+from .models import matched_configs, non_embedding_params, train_flops_per_token
 from .peers import attention_peer, mamba2_peer
 
 TINY_WIDTH = dict(hidden_size=64, num_attention_heads=2, ssm_state_size=16, ssm_head_dim=16, window_size=16,
@@ -52,10 +53,19 @@ SIZES = {
 
 
 def _median_ms(xs: list[float]) -> float:
+    """The median of samples in seconds, in milliseconds."""
     return statistics.median(xs) * 1e3
 
 
+def _add_kernel_pair(bench: Bench, ours: str, peer: str, ours_s: list[float], peer_s: list[float], settings) -> None:
+    """Record a kernel and the peer (reference twin) it was timed against; ours carries the ratio peer / ours."""
+    bench.add("kernels", peer, _median_ms(peer_s), "ms", settings, spread=stats(peer_s, 1e3))
+    bench.add("kernels", ours, _median_ms(ours_s), "ms", settings, spread=stats(ours_s, 1e3),
+              peer=peer, ratio=_median_ms(peer_s) / _median_ms(ours_s))
+
+
 def _fwd_bwd(fn, inputs):
+    """A callable running fn() forward and backward (of a scalar of its output), then clearing the inputs' grads."""
     def run():
         out = fn()
         out = out[0] if isinstance(out, tuple) else out
@@ -68,32 +78,42 @@ def _fwd_bwd(fn, inputs):
 # ----------------------------------------------------------------------------------------------- kernels
 
 def kernels(bench: Bench) -> None:
-    size = SIZES[bench.quick]
-    dev, L = bench.device, size["kernel_L"]
+    """Our kernels against their reference twins: SSD, blocked window attention, the eidetic selection."""
     gen = torch.Generator(device="cpu").manual_seed(0)
-    rnd = lambda *shape: torch.randn(*shape, generator=gen).to(dev)  # noqa: E731
+    rnd = lambda *shape: torch.randn(*shape, generator=gen).to(bench.device)  # noqa: E731
+    _ssd_kernels(bench, rnd)
+    _window_attention_kernels(bench, rnd, gen)
+    _eidetic_kernels(bench, gen)
 
-    # SSD at the SSM sizes of a d = 256 layer: 16 heads x 32, state 64, one group, chunk 64
+
+def _ssd_kernels(bench: Bench, rnd) -> None:
+    """Chunked SSD vs the sequential scan (forward), and the chunked form's fwd+bwd, at the SSM sizes of a
+    d = 256 layer: 16 heads x 32, state 64, one group, chunk 64."""
+    dev, L = bench.device, SIZES[bench.quick]["kernel_L"]
     b, h, p, n, g, Q = 2, 16, 32, 64, 1, 64
     x, B, C = rnd(b, L, h, p), rnd(b, L, g, n), rnd(b, L, g, n)
     dt = F.softplus(rnd(b, L, h) - 3)
     A = -torch.linspace(1, 16, h, device=dev)
     settings = dict(batch=b, L=L, heads=h, head_dim=p, state=n, groups=g, chunk=Q)
-    fwd = {"ssd_chunked": lambda: ssd_chunked(x, dt, A, B, C, Q), "ssd_sequential": lambda: ssd_sequential(x, dt, A, B, C)}
+    fwd = {"ssd_chunked": lambda: ssd_chunked(x, dt, A, B, C, Q),
+           "ssd_sequential": lambda: ssd_sequential(x, dt, A, B, C)}
     with torch.no_grad():
         s = measure(fwd, dev, bench.warmup, bench.repeats)
-    ours, ref = _median_ms(s["ssd_chunked"]), _median_ms(s["ssd_sequential"])
-    bench.add("kernels", "ssd_sequential/fwd", ref, "ms", settings, spread=stats(s["ssd_sequential"], 1e3))
-    bench.add("kernels", "ssd_chunked/fwd", ours, "ms", settings, spread=stats(s["ssd_chunked"], 1e3),
-              peer="ssd_sequential/fwd", ratio=ref / ours)
+    _add_kernel_pair(bench, "ssd_chunked/fwd", "ssd_sequential/fwd", s["ssd_chunked"], s["ssd_sequential"], settings)
     leaves = [t.clone().requires_grad_() for t in (x, dt, B, C)]
     xl, dtl, Bl, Cl = leaves
     # fwd+bwd of the chunked form alone (the sequential twin's backward, L tiny steps, takes seconds)
-    s = measure({"ssd_chunked": _fwd_bwd(lambda: ssd_chunked(xl, dtl, A, Bl, Cl, Q), leaves)}, dev, bench.warmup, bench.repeats)
-    bench.add("kernels", "ssd_chunked/fwd_bwd", _median_ms(s["ssd_chunked"]), "ms", settings, spread=stats(s["ssd_chunked"], 1e3))
+    s = measure({"ssd_chunked": _fwd_bwd(lambda: ssd_chunked(xl, dtl, A, Bl, Cl, Q), leaves)}, dev, bench.warmup,
+                bench.repeats)
+    bench.add("kernels", "ssd_chunked/fwd_bwd", _median_ms(s["ssd_chunked"]), "ms", settings,
+              spread=stats(s["ssd_chunked"], 1e3))
 
-    # Blocked sliding-window attention with a memory prefix vs one dense masked SDPA over all keys
-    hq, hd, w, M = 4, 64, 64, 32
+
+def _window_attention_kernels(bench: Bench, rnd, gen: torch.Generator) -> None:
+    """Blocked sliding-window attention with a memory prefix vs one dense masked SDPA over all keys (fwd and
+    fwd+bwd; the dense mask is built outside the timing)."""
+    dev, L = bench.device, SIZES[bench.quick]["kernel_L"]
+    b, hq, hd, w, M = 2, 4, 64, 64, 32
     nc = -(-L // w)
     q, k, v = rnd(b, hq, L, hd), rnd(b, hq, L, hd), rnd(b, hq, L, hd)
     mem_k, mem_v = rnd(b, hq, nc, M, hd), rnd(b, hq, nc, M, hd)
@@ -102,7 +122,8 @@ def kernels(bench: Bench) -> None:
     raw = (t[None, :] <= t[:, None]) & (t[None, :] > t[:, None] - w)
     own = (t // w)[:, None] == torch.arange(nc, device=dev).repeat_interleave(M)[None, :]
     dense_mask = torch.cat([own[None] & mem_valid.reshape(b, 1, nc * M), raw.expand(b, L, L)], dim=2)[:, None]
-    settings = dict(batch=b, L=L, heads=hq, head_dim=hd, window=w, memory_slots=M, peer_mask="dense (L, nc*M + L), built outside the timing")
+    settings = dict(batch=b, L=L, heads=hq, head_dim=hd, window=w, memory_slots=M,
+                    peer_mask="dense (L, nc*M + L), built outside the timing")
     leaves = [t_.clone().requires_grad_() for t_ in (q, k, v, mem_k, mem_v)]
     ql, kl, vl, mkl, mvl = leaves
 
@@ -114,24 +135,24 @@ def kernels(bench: Bench) -> None:
     blocked = lambda: window_attention(ql, kl, vl, w, mkl, mvl, mem_valid)  # noqa: E731
     with torch.no_grad():
         fwd_samples = measure({"blocked": blocked, "dense": dense}, dev, bench.warmup, bench.repeats)
-    for direction, s in (("fwd", fwd_samples), ("fwd_bwd", measure({"blocked": _fwd_bwd(blocked, leaves), "dense": _fwd_bwd(dense, leaves)},
-                                                         dev, bench.warmup, bench.repeats))):
-        ours, peer = _median_ms(s["blocked"]), _median_ms(s["dense"])
-        bench.add("kernels", f"dense_masked_sdpa/{direction}", peer, "ms", settings, spread=stats(s["dense"], 1e3))
-        bench.add("kernels", f"window_attention/{direction}", ours, "ms", settings, spread=stats(s["blocked"], 1e3),
-                  peer=f"dense_masked_sdpa/{direction}", ratio=peer / ours)
+    fwd_bwd_samples = measure({"blocked": _fwd_bwd(blocked, leaves), "dense": _fwd_bwd(dense, leaves)},
+                              dev, bench.warmup, bench.repeats)
+    for direction, s in (("fwd", fwd_samples), ("fwd_bwd", fwd_bwd_samples)):
+        _add_kernel_pair(bench, f"window_attention/{direction}", f"dense_masked_sdpa/{direction}", s["blocked"],
+                         s["dense"], settings)
 
-    # Eidetic selection: the running top-m_e merge over chunks vs a brute-force top-m_e of each chunk's history
-    m_e = 16
-    for EL in size["eidetic_L"]:
-        eps = torch.rand(b, EL, generator=gen).to(dev)
+
+def _eidetic_kernels(bench: Bench, gen: torch.Generator) -> None:
+    """Eidetic selection: the running top-m_e merge over chunks vs a brute-force top-m_e of each chunk's history."""
+    b, w, m_e = 2, 64, 16
+    for EL in SIZES[bench.quick]["eidetic_L"]:
+        eps = torch.rand(b, EL, generator=gen).to(bench.device)
         settings = dict(batch=b, L=EL, window=w, num_eidetic=m_e)
-        fns = {"running": lambda eps=eps: eidetic_positions(eps, w, m_e), "brute": lambda eps=eps: _eidetic_brute_force(eps, w, m_e)}
-        s = measure(fns, dev, bench.warmup, bench.repeats)
-        ours, peer = _median_ms(s["running"]), _median_ms(s["brute"])
-        bench.add("kernels", f"eidetic_brute_force/L{EL}", peer, "ms", settings, spread=stats(s["brute"], 1e3))
-        bench.add("kernels", f"eidetic_positions/L{EL}", ours, "ms", settings, spread=stats(s["running"], 1e3),
-                  peer=f"eidetic_brute_force/L{EL}", ratio=peer / ours)
+        fns = {"running": lambda eps=eps: eidetic_positions(eps, w, m_e),
+               "brute": lambda eps=eps: _eidetic_brute_force(eps, w, m_e)}
+        s = measure(fns, bench.device, bench.warmup, bench.repeats)
+        _add_kernel_pair(bench, f"eidetic_positions/L{EL}", f"eidetic_brute_force/L{EL}", s["running"], s["brute"],
+                         settings)
 
 
 def _eidetic_brute_force(eps: torch.Tensor, w: int, m_e: int) -> torch.Tensor:
@@ -149,10 +170,14 @@ def _eidetic_brute_force(eps: torch.Tensor, w: int, m_e: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------ layers
 
 def layer_config(kind: str, d: int, quick: bool) -> BMojoConfig:
-    return preset_config(kind if kind in ("bmojo", "bmojo_f") else "swa", **{**SIZES[quick]["width"], "hidden_size": d})
+    """The config of a `kind` layer at width d: the bmojo/bmojo_f preset, else swa (rope attention, the SSM sizes
+    of the family defaults)."""
+    preset = kind if kind in ("bmojo", "bmojo_f") else "swa"
+    return BMojoConfig.from_preset(preset, **{**SIZES[quick]["width"], "hidden_size": d})
 
 
 def layers(bench: Bench) -> None:
+    """Our mixer layers against the `transformers` layers at the same width, forward and fwd+bwd."""
     size = SIZES[bench.quick]["layer"]
     d, L, b, dev = size["d"], size["L"], size["batch"], bench.device
     torch.manual_seed(0)
@@ -185,7 +210,7 @@ def layers(bench: Bench) -> None:
             fns[name] = (lambda fn=fn: fn(x)) if direction == "fwd" else _fwd_bwd(lambda fn=fn: fn(xg), [xg])
         with torch.set_grad_enabled(direction == "fwd_bwd"):
             s = measure(fns, dev, bench.warmup, bench.repeats)
-        s["hf_mamba2+hf_mistral_swa"] = [a + c for a, c in zip(s["hf_mamba2"], s["hf_mistral_swa"])]
+        s["hf_mamba2+hf_mistral_swa"] = [a + c for a, c in zip(s["hf_mamba2"], s["hf_mistral_swa"], strict=True)]
         settings = dict(d=d, L=L, batch=b, heads=cfg.num_attention_heads, window=cfg.window_size,
                         ssm_heads=cfg.ssm_expand * d // cfg.ssm_head_dim, ssm_state=cfg.ssm_state_size, dtype="fp32")
         for name in ("hf_mamba2", "hf_mistral_swa", "hf_llama_attn", "hf_mamba2+hf_mistral_swa"):
@@ -199,11 +224,13 @@ def layers(bench: Bench) -> None:
 # ------------------------------------------------------------------------------------------------ models
 
 def model_configs(quick: bool) -> dict[str, BMojoConfig]:
+    """Every preset at matched parameter count (the width of `SIZES[quick]`)."""
     size = SIZES[quick]
     return matched_configs(list(PRESETS), anchor_layers=size["anchor_layers"], **size["width"])
 
 
 def _train_step(model: BMojoForCausalLM, ids: torch.Tensor, bf16: bool, device: torch.device):
+    """A callable running one AdamW training step of `model` on `ids` (bf16 autocast if asked)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step():
@@ -217,17 +244,19 @@ def _train_step(model: BMojoForCausalLM, ids: torch.Tensor, bf16: bool, device: 
 
 
 def _model(cfg: BMojoConfig, device: torch.device, seed: int = 0) -> BMojoForCausalLM:
+    """A preset model on `device` in train mode, initialised from `seed`."""
     torch.manual_seed(seed)
     return BMojoForCausalLM(cfg).to(device).train()
 
 
 def models(bench: Bench, ceiling: dict[str, float]) -> None:
+    """Training throughput of every preset at matched parameters, bf16, MFU, compile, the loss curve."""
     size = SIZES[bench.quick]
     dev = bench.device
     configs = model_configs(bench.quick)
     bench.extra["model_configs"] = {
         name: dict(layers=c.num_hidden_layers, hidden_size=c.hidden_size, non_embedding_params=non_embedding_params(c),
-                   pattern=c.layer_pattern, window=c.window_size, num_fading=c.num_fading_tokens, num_eidetic=c.num_eidetic_tokens)
+                   pattern=c.layer_pattern, window=c.window_size, **_memory_sizes(c))
         for name, c in configs.items()
     }
     for L in size["train_L"]:
@@ -244,13 +273,14 @@ def models(bench: Bench, ceiling: dict[str, float]) -> None:
             cfg = configs[name]
             flops = train_flops_per_token(cfg, L)
             settings = dict(L=L, batch=batch, dtype="bf16 autocast" if bf16 else "fp32", layers=cfg.num_hidden_layers,
-                            hidden_size=cfg.hidden_size, non_embedding_params=non_embedding_params(cfg), optimizer="AdamW")
+                            hidden_size=cfg.hidden_size, non_embedding_params=non_embedding_params(cfg),
+                            optimizer="AdamW")
             more = dict(train_flops_per_token=flops, mfu=rate * flops / ceiling["bf16" if bf16 else "fp32"],
                         mfu_vs_fp32_ceiling=rate * flops / ceiling["fp32"])
             spread = stats([batch * L / x for x in s[(name, bf16)]])
             if bf16:
-                bench.add("models", f"train_bf16/{name}/L{L}", rate, "tokens/s", settings, better="higher", spread=spread,
-                          peer=f"models/train/{name}/L{L}", ratio=rate / tps[(name, False)], **more)
+                bench.add("models", f"train_bf16/{name}/L{L}", rate, "tokens/s", settings, better="higher",
+                          spread=spread, peer=f"models/train/{name}/L{L}", ratio=rate / tps[(name, False)], **more)
             else:
                 bench.add("models", f"train/{name}/L{L}", rate, "tokens/s", settings, better="higher", spread=spread,
                           peer=None if name == "transformer" else f"models/train/transformer/L{L}",
@@ -263,12 +293,20 @@ def models(bench: Bench, ceiling: dict[str, float]) -> None:
     _plot_throughput(bench, configs)
 
 
+def _memory_sizes(config: BMojoConfig) -> dict[str, int]:
+    """m_f and m_e as the model uses them: 0 where no layer reads the field (the shared width sets them for
+    every preset)."""
+    inert = config.inert_fields
+    return {"num_fading": 0 if "num_fading_tokens" in inert else config.num_fading_tokens,
+            "num_eidetic": 0 if "num_eidetic_tokens" in inert else config.num_eidetic_tokens}
+
+
 def _mfu_point(bench: Bench, ceiling: dict[str, float]) -> None:
     """bmojo at d_model 512 (or the quick width), L 4096: fp32 and bf16 training MFU."""
     size = SIZES[bench.quick]
     d, L = size["mfu"]["hidden_size"], size["mfu"]["L"]
     width = {**size["width"], "hidden_size": d, "num_attention_heads": max(1, d // 64)}
-    cfg = preset_config("bmojo", num_hidden_layers=size["anchor_layers"], **width)
+    cfg = BMojoConfig.from_preset("bmojo", num_hidden_layers=size["anchor_layers"], **width)
     ids = torch.randint(0, 256, (1, L), device=bench.device)
     model = _model(cfg, bench.device)
     fns = {bf16: _train_step(model, ids, bf16, bench.device) for bf16 in (False, True)}
@@ -276,10 +314,10 @@ def _mfu_point(bench: Bench, ceiling: dict[str, float]) -> None:
     flops = train_flops_per_token(cfg, L)
     for bf16, xs in s.items():
         rate = L / statistics.median(xs)
-        settings = dict(L=L, batch=1, hidden_size=d, layers=cfg.num_hidden_layers, dtype="bf16 autocast" if bf16 else "fp32",
-                        non_embedding_params=non_embedding_params(cfg))
-        bench.add("models", f"mfu_bmojo_d{d}/L{L}/{'bf16' if bf16 else 'fp32'}", rate * flops / ceiling["fp32"], "fraction of fp32 ceiling",
-                  settings, better="higher", tokens_per_s=rate, train_flops_per_token=flops,
+        settings = dict(L=L, batch=1, hidden_size=d, layers=cfg.num_hidden_layers,
+                        dtype="bf16 autocast" if bf16 else "fp32", non_embedding_params=non_embedding_params(cfg))
+        bench.add("models", f"mfu_bmojo_d{d}/L{L}/{'bf16' if bf16 else 'fp32'}", rate * flops / ceiling["fp32"],
+                  "fraction of fp32 ceiling", settings, better="higher", tokens_per_s=rate, train_flops_per_token=flops,
                   mfu_vs_own_dtype_ceiling=rate * flops / ceiling["bf16" if bf16 else "fp32"])
 
 
@@ -344,58 +382,57 @@ def _loss_curve(bench: Bench, cfg: BMojoConfig) -> None:
         curves[key], times[key] = losses, ts
     half = len(batches) // 2
     fp, bf = curves["fp32"][half:], curves["bf16"][half:]
-    rel = max(abs(a - c) / a for a, c in zip(fp, bf))
+    rel = max(abs(a - c) / a for a, c in zip(fp, bf, strict=True))
     settings = dict(L=size["L"], batch=size["batch"], steps=size["steps"], lr=size["lr"], data="builtin corpus bytes",
                     layers=cfg.num_hidden_layers, hidden_size=cfg.hidden_size)
     bench.add("models", "loss_curve/bf16_vs_fp32_max_rel_diff", rel, "fraction", settings,
               final_loss_fp32=curves["fp32"][-1], final_loss_bf16=curves["bf16"][-1],
-              first_loss=curves["fp32"][0], note="max over the second half of the steps of |loss_bf16 - loss_fp32| / loss_fp32")
+              first_loss=curves["fp32"][0],
+              note="max over the second half of the steps of |loss_bf16 - loss_fp32| / loss_fp32")
     bench.extra["loss_curve"] = {"settings": settings, "loss": curves, "step_seconds": times}
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for key, ys in curves.items():
-            ax.plot(range(1, len(ys) + 1), ys, label=key, linestyle="--" if key == "bf16" else "-")
-        ax.set_xlabel("step")
-        ax.set_ylabel("training loss (nats/byte)")
-        ax.set_title(f"bmojo ({cfg.num_hidden_layers} layers, d {cfg.hidden_size}): fp32 vs bf16 autocast")
-        ax.legend()
-        fig.tight_layout()
-        bench.save_plot(fig, "loss_curve.png", "training loss per step, fp32 vs bf16 autocast, same init and batches")
-    except ImportError:  # pragma: no cover
-        bench.notes.append("matplotlib missing: no loss_curve.png")
+    fig, ax = pyplot().subplots(figsize=(6, 4))
+    for key, ys in curves.items():
+        ax.plot(range(1, len(ys) + 1), ys, label=key, linestyle="--" if key == "bf16" else "-")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (nats/byte)")
+    ax.set_title(f"bmojo ({cfg.num_hidden_layers} layers, d {cfg.hidden_size}): fp32 vs bf16 autocast")
+    ax.legend()
+    fig.tight_layout()
+    bench.save_plot(fig, "loss_curve.png", "training loss per step, fp32 vs bf16 autocast, same init and batches")
 
 
 def _plot_throughput(bench: Bench, configs) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover
-        return
-    fig, ax = plt.subplots(figsize=(6, 4))
+    """train_throughput.png: fp32 training tokens/s vs L, a line per preset."""
+    lines = {}
     for name in configs:
         pts = [(f["settings"]["L"], f["value"]) for f in bench.figures if f["name"].startswith(f"models/train/{name}/")]
         if pts:
-            ax.plot(*zip(*sorted(pts)), marker="o", label=name)
+            lines[name] = tuple(zip(*sorted(pts), strict=True))
+    _log_log_plot(bench, lines, "sequence length L", "training tokens/s (fp32)",
+                  "training throughput at matched parameters", "train_throughput.png",
+                  "training tokens/s vs sequence length, every preset, fp32")
+
+
+def _log_log_plot(bench: Bench, lines: dict[str, tuple], xlabel: str, ylabel: str, title: str, file_name: str,
+                  description: str) -> None:
+    """Save a plot of `lines` ({label: (xs, ys)}) with markers on a base-2 log x axis and a log y axis."""
+    fig, ax = pyplot().subplots(figsize=(6, 4))
+    for label, (xs, ys) in lines.items():
+        ax.plot(xs, ys, marker="o", label=label)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel("sequence length L")
-    ax.set_ylabel("training tokens/s (fp32)")
-    ax.set_title("training throughput at matched parameters")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    bench.save_plot(fig, "train_throughput.png", "training tokens/s vs sequence length, every preset, fp32")
+    bench.save_plot(fig, file_name, description)
 
 
 # ------------------------------------------------------------------------------------------------ decode
 
 def decode(bench: Bench) -> None:
+    """Decode latency and cache size per token of every preset at growing context lengths."""
     size = SIZES[bench.quick]
     dev = bench.device
     configs = model_configs(bench.quick)
@@ -437,24 +474,11 @@ def decode(bench: Bench) -> None:
         bench.add("decode", f"latency_growth/{name}", growth[name], f"x (latency at {hi} / at {lo})", settings,
                   peer=None if name == "transformer" else "decode/latency_growth/transformer",
                   ratio=None if name == "transformer" else growth["transformer"] / growth[name])
-        bench.add("decode", f"cache_growth/{name}", c["bytes"][-1] / c["bytes"][0], f"x (cache bytes at {hi} / at {lo})", settings)
+        bench.add("decode", f"cache_growth/{name}", c["bytes"][-1] / c["bytes"][0],
+                  f"x (cache bytes at {hi} / at {lo})", settings)
     bench.extra["decode_curves"] = curves
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover
-        return
-    for key, ylabel, fname in (("ms", "decode latency (ms/token)", "decode_latency.png"), ("bytes", "cache size (bytes)", "decode_cache.png")):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for name, c in curves.items():
-            ax.plot(c["ctx"], c[key], marker="o", label=name)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("context length")
-        ax.set_ylabel(ylabel)
-        ax.set_title(f"decoding, batch 1, matched parameters: {ylabel.split(' (')[0]}")
-        ax.legend()
-        fig.tight_layout()
-        bench.save_plot(fig, fname, f"{ylabel} vs context length, every preset")
+    for key, ylabel, fname in (("ms", "decode latency (ms/token)", "decode_latency.png"),
+                               ("bytes", "cache size (bytes)", "decode_cache.png")):
+        _log_log_plot(bench, {name: (c["ctx"], c[key]) for name, c in curves.items()}, "context length", ylabel,
+                      f"decoding, batch 1, matched parameters: {ylabel.split(' (')[0]}", fname,
+                      f"{ylabel} vs context length, every preset")

@@ -4,17 +4,16 @@
 See docs/language_modeling.md for usage.
 """
 
+from ..accounting import parameter_count
 from .common import (
     bits_per_byte,
     bytes_per_token,
     corpus_splits,
-    count_parameters,
     load_run,
     unigram_entropy,
 )
 from .evaluate import length_sweep, markdown_table, plot, window_nll
 from .generate import generate_text
-from ..accounting import parameter_count
 from .train import build_config
 
 __all__ = [
@@ -22,7 +21,6 @@ __all__ = [
     "build_config",
     "bytes_per_token",
     "corpus_splits",
-    "count_parameters",
     "generate_text",
     "length_sweep",
     "load_run",

@@ -51,23 +51,11 @@ def write_json(path: Path, obj) -> None:
 
 
 def read_json(path: Path) -> dict:
+    """The JSON content of `path`; ValueError naming the file if it is not valid JSON."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON ({err})") from err
-
-
-def check_writable(directory: Path) -> None:
-    """Create `directory` if needed and prove a file can be written there; ValueError otherwise."""
-    directory = Path(directory)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / f".write-test-{uuid.uuid4().hex[:8]}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as err:
-        raise ValueError(f"output folder {str(directory)!r} is not writable ({err.strerror or err}); "
-                         "choose another --out") from err
 
 
 # ---------------------------------------------------------------- corpus and tokens
@@ -86,6 +74,7 @@ def corpus_splits(docs: Sequence[Document], fractions: Sequence[float] = DEFAULT
 
 def load_split(corpus: str, split: str, fractions: Sequence[float] = DEFAULT_FRACTIONS, seed: int = 0,
                text_column: str = "text") -> list[Document]:
+    """The documents of one split (train | validation | test) of a corpus, as `corpus_splits` cuts it."""
     return corpus_splits(load_corpus(corpus, text_column), fractions, seed)[split]
 
 
@@ -112,6 +101,7 @@ def bytes_per_token(docs: Sequence[Document], tokenizer: Tokenizer) -> float:
 
 
 def bits_per_byte(loss_nats_per_token: float, bytes_per_tok: float) -> float:
+    """A loss in nats per token as bits per UTF-8 byte of text."""
     return loss_nats_per_token / math.log(2) / bytes_per_tok
 
 
@@ -145,8 +135,9 @@ def model_weights_dir(run_dir: Path) -> Path:
 
 def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
     """(model in eval mode, tokenizer, run info) of a run folder; ValueError on a vocabulary mismatch."""
-    import bmojo  # noqa: F401  (registers the model with the Auto classes)
     from transformers import AutoModelForCausalLM
+
+    import bmojo  # noqa: F401  (registers the model with the Auto classes)
 
     run_dir = Path(run_dir)
     weights = model_weights_dir(run_dir)
@@ -154,7 +145,7 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
 
     with quiet_hf_progress():
         model = AutoModelForCausalLM.from_pretrained(str(weights)).to(device).eval()
-    if (run_dir / META_FILE).is_file() or (run_dir / "tokenizer.json").is_file() or (run_dir / "tokenizer_config.json").is_file():
+    if any((run_dir / name).is_file() for name in (META_FILE, "tokenizer.json", "tokenizer_config.json")):
         tokenizer = load_tokenizer(run_dir)
     else:
         warnings.warn(f"{run_dir} has no tokenizer files; assuming the byte tokenizer", stacklevel=2)
@@ -165,12 +156,9 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
 
 
 def check_vocab(tokenizer: Tokenizer, vocab_size: int, what: str) -> None:
+    """ValueError if the tokenizer's vocabulary size differs from `what`'s `vocab_size`."""
     if tokenizer.vocab_size != vocab_size:
         raise ValueError(f"vocabulary mismatch: the tokenizer ({tokenizer!r}) has {tokenizer.vocab_size} ids but "
                          f"{what} has vocab_size={vocab_size}; use the tokenizer the model was trained with "
                          "(or a model config with the tokenizer's vocab_size)")
 
-
-def count_parameters(model: torch.nn.Module) -> int:
-    """Distinct parameters (tied embedding/LM head counted once)."""
-    return sum(p.numel() for p in model.parameters())

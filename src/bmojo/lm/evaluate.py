@@ -17,14 +17,16 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+from ..accounting import parameter_count
+from ..cli import check_writable
+from ..ops.loss import next_token_cross_entropy, token_cross_entropy
+from ..plotting import pyplot
 from .common import (
     DEFAULT_FRACTIONS,
     EVAL_FILE,
     bits_per_byte,
     bytes_per_token,
-    count_parameters,
     load_run,
     load_split,
     read_json,
@@ -37,6 +39,7 @@ TABLE_NAME = "length_generalization.md"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `bmojo eval`."""
     parser.add_argument("runs", nargs="+", type=Path, metavar="DIR", help="run folder(s) written by `bmojo train`")
     parser.add_argument("--corpus", help="corpus to evaluate on (default: the run's training corpus)")
     parser.add_argument("--text-column", default=None)
@@ -49,10 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default 65536)")
     parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
     parser.add_argument("--max-parallel-len", type=int, default=4096,
-                        help="longest window run in the parallel form; longer ones use the recurrent form (default 4096)")
+                        help="longest window run in the parallel form; longer ones use the recurrent form "
+                             "(default 4096)")
     parser.add_argument("--block-size", type=int, default=1024, help="recurrent-form block length (default 1024)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (default fp32)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", type=Path,
                         help="where the combined table and PNG go (default: the run folder; with several runs, "
                              "their common parent folder)")
@@ -75,22 +78,23 @@ def window_nll(model, windows: torch.Tensor, batch_size: int = 4, max_parallel_l
         for i in range(0, n, batch_size):
             x = windows[i : i + batch_size].to(device)
             if form == "parallel":
-                logits = model(x).logits
-                total += F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), x[:, 1:].flatten(), reduction="sum").item()
+                total += next_token_cross_entropy(model(x).logits, x, reduction="sum").item()
                 continue
             cache = model.new_cache(x.shape[0])
             for a in range(0, T - 1, block_size):
                 b = min(a + block_size, T - 1)  # inputs a..b-1 predict targets a+1..b
                 logits = model(x[:, a:b], cache=cache).logits
-                total += F.cross_entropy(logits.flatten(0, 1).float(), x[:, a + 1 : b + 1].flatten(), reduction="sum").item()
+                total += token_cross_entropy(logits, x[:, a + 1 : b + 1], reduction="sum").item()
     return total, n * (T - 1), form
 
 
 def parse_lengths(text: str) -> list[float]:
+    """--lengths as sorted distinct positive multiples of the training length; ValueError otherwise."""
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError as err:
-        raise ValueError(f"--lengths must be comma-separated numbers (multiples of the training length), got {text!r}") from err
+        raise ValueError(f"--lengths must be comma-separated numbers (multiples of the training length), "
+                         f"got {text!r}") from err
     if not values or any(v <= 0 for v in values):
         raise ValueError(f"--lengths must be positive multiples of the training length, got {text!r}")
     return sorted(set(values))
@@ -134,12 +138,12 @@ def evaluate_run(run_dir: Path, args: argparse.Namespace, log=print) -> dict:
     blocks = token_blocks(docs, tok, longest, f"{args.split} split of {corpus}")
     n_blocks = min(len(blocks), max(1, math.ceil(args.eval_tokens / longest)))
     bpt = bytes_per_token(docs, tok)
-    name = run_dir.resolve().name
-    log(f"{name}: {count_parameters(model):,} parameters, trained at L={train_len}; scoring {n_blocks * longest:,} "
+    name, n_params = run_dir.resolve().name, parameter_count(model.config)
+    log(f"{name}: {n_params:,} parameters, trained at L={train_len}; scoring {n_blocks * longest:,} "
         f"{args.split} tokens of {corpus} at {', '.join(f'{m:g}x' for m in multiples)}")
     rows = length_sweep(model, blocks[:n_blocks], train_len, multiples, bpt, args.batch_size,
                         args.max_parallel_len, args.block_size, args.bf16, log=log)
-    result = {"run": str(run_dir), "name": name, "preset": info.get("preset"), "parameters": count_parameters(model),
+    result = {"run": str(run_dir), "name": name, "preset": info.get("preset"), "parameters": n_params,
               "corpus": corpus, "split": args.split, "train_seq_len": train_len, "tokenizer": repr(tok),
               "evaluated_tokens": n_blocks * longest, "bytes_per_token": bpt, "results": rows}
     write_json(run_dir / EVAL_FILE, result)
@@ -165,11 +169,7 @@ def markdown_table(results: list[dict]) -> str:
 def plot(results: list[dict], path: Path) -> Path:
     """Left: perplexity vs context length, one line per model. Right: the same relative to each model's
     perplexity at its training length (1.0 = no change). The training length is dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (ax, rel) = plt.subplots(1, 2, figsize=(11, 4.2))
     lengths = sorted({r["context_length"] for res in results for r in res["results"]})
     for res in results:
@@ -201,8 +201,7 @@ def plot(results: list[dict], path: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    """Evaluate every run folder of `args` (or reread their eval.json) and write the combined table and plot."""
     for name in ("eval_tokens", "batch_size", "max_parallel_len", "block_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
@@ -211,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
         if not d.is_dir():
             raise FileNotFoundError(f"run folder {str(d)!r} does not exist")
     out = args.out or (args.runs[0] if len(args.runs) == 1 else common_parent(args.runs))
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     results = []
     for d in args.runs:
@@ -231,9 +230,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def common_parent(paths: list[Path]) -> Path:
+    """The deepest folder that holds all `paths` (the current folder if they share none)."""
     parts = [p.resolve().parts for p in paths]
     common = []
-    for level in zip(*parts):
+    for level in zip(*parts, strict=False):
         if len(set(level)) != 1:
             break
         common.append(level[0])

@@ -12,6 +12,7 @@ from .common import load_run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `bmojo generate`."""
     parser.add_argument("run", type=Path, metavar="DIR", help="run folder written by `bmojo train`")
     parser.add_argument("--prompt", default="", help="text to continue (default: empty = start of a document)")
     parser.add_argument("--max-new-tokens", type=int, default=200)
@@ -25,7 +26,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not put the end-of-document token before the prompt (default: it is there, as "
                              "after every document in training)")
     parser.add_argument("--ignore-eos", action="store_true", help="keep going past an end-of-document token")
-    parser.add_argument("--threads", type=int, default=None)
 
 
 def generate_text(model, tokenizer, prompt: str = "", max_new_tokens: int = 200, temperature: float = 0.8,
@@ -54,8 +54,7 @@ def generate_text(model, tokenizer, prompt: str = "", max_new_tokens: int = 200,
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    """Print the samples `args` ask for (a separator line on stderr between several)."""
     if args.max_new_tokens < 1 or args.num_samples < 1:
         raise ValueError("--max-new-tokens and --num-samples must be >= 1")
     if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:

@@ -12,19 +12,24 @@ import argparse
 import importlib
 import json
 import math
+import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from ..accounting import parameter_count
+from ..cli import check_writable
 from ..data import ByteTokenizer, LMDataset, Tokenizer, load_corpus, load_tokenizer, train_bpe
 from ..data.tokenizers import META_FILE
 from ..models import PRESETS, BMojoConfig, BMojoForCausalLM
+from ..ops.loss import next_token_cross_entropy
 from ..training import (
     TrainConfig,
     Trainer,
+    TrainResult,
     check_resume_config,
     force_cpu,
     latest_valid_checkpoint,
@@ -38,9 +43,7 @@ from .common import (
     bits_per_byte,
     bytes_per_token,
     check_vocab,
-    check_writable,
     corpus_splits,
-    count_parameters,
     read_json,
     token_blocks,
     unigram_entropy,
@@ -52,6 +55,7 @@ DATA_KEYS = ("corpus", "text_column", "tokenizer", "seq_len", "split_seed", "fra
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `bmojo train`."""
     model = parser.add_argument_group("model")
     src = model.add_mutually_exclusive_group()
     src.add_argument("--preset", choices=list(PRESETS), help="architecture preset")
@@ -105,7 +109,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                      help="stop (and checkpoint) after this many seconds of training")
     run.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to OUT/tensorboard")
-    run.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     run.add_argument("--cpu", action="store_true", help="train on CPU even if a GPU is visible")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -113,6 +116,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------- pieces
 
 def parse_overrides(items: list[str]) -> dict:
+    """--set KEY=VALUE items as a dict; values are JSON where they parse, else bare strings."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -126,6 +130,7 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def _config_from_file(path: Path, overrides: dict) -> BMojoConfig:
+    """A BMojoConfig from a config.json file (or a folder holding one), plus `overrides`."""
     if not path.exists():
         raise FileNotFoundError(f"model config {str(path)!r} does not exist")
     file = path / "config.json" if path.is_dir() else path
@@ -191,9 +196,7 @@ def _lm_evaluator(blocks: torch.Tensor, batch_size: int, bpt: float):
         total, count = 0.0, 0
         for i in range(0, len(blocks), batch_size):
             x = blocks[i : i + batch_size].to(device)
-            logits = model(x).logits
-            total += torch.nn.functional.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), x[:, 1:].flatten(), reduction="sum").item()
+            total += next_token_cross_entropy(model(x).logits, x, reduction="sum").item()
             count += x[:, 1:].numel()
         loss = total / count
         return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_bpb": bits_per_byte(loss, bpt)}
@@ -216,6 +219,7 @@ def _log_line(start_step: int, max_steps: int):
 
 
 def _log(state, msg: str) -> None:
+    """Print `msg` to stderr on the main process."""
     if state.is_main_process:
         print(msg, file=sys.stderr, flush=True)
 
@@ -223,10 +227,40 @@ def _log(state, msg: str) -> None:
 # ---------------------------------------------------------------- the command
 
 def run(args: argparse.Namespace) -> int:
+    """Train as `args` say; every input error is raised before the first training step."""
     from accelerate import PartialState
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _check_arguments(args)
+    out: Path = args.out
+    state = PartialState(cpu=force_cpu(args.cpu))
+    if state.is_main_process:
+        check_writable(out)
+    state.wait_for_everyone()
+    settings, ckpt, saved_run = _settle_run_settings(args, out)
+    t0 = time.perf_counter()
+    splits, tok = _load_corpus_and_tokenizer(args, settings, out, ckpt, state)
+    config = _model_config(args, tok, ckpt)
+    train, evaluate = _load_datasets(args, splits, tok, settings["seq_len"], state)
+    max_steps = _max_steps(args, settings["seq_len"])
+    model = _build_model(args, config)
+    info = _run_info(args, settings, saved_run, config, train, splits, tok)
+    if state.is_main_process and ckpt is None:
+        tok.save(out)
+        write_json(out / RUN_FILE, info)
+    _log(state, f"{_describe_model(config)}: {info['parameters']:,} parameters; {len(train):,} train sequences x "
+                f"{settings['seq_len']} tokens ({tok!r}); unigram baseline {info['unigram_entropy']:.3f} nats/token; "
+                f"{max_steps} steps x {args.batch_size} sequences on {state.num_processes} process(es); "
+                f"data ready in {time.perf_counter() - t0:.1f}s")
+    trainer = _make_trainer(args, model, train, evaluate, max_steps, settings["seq_len"], ckpt, state)
+    result = trainer.fit()
+    if state.is_main_process:
+        _write_results(trainer, result, info, out)
+    state.wait_for_everyone()
+    return 0
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """ValueError for a size below its minimum or --tensorboard without the tensorboard package."""
     for name in ("max_steps", "batch_size", "bpe_vocab_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -238,63 +272,67 @@ def run(args: argparse.Namespace) -> int:
         except ImportError as err:
             raise ValueError("--tensorboard needs the tensorboard package (pip install tensorboard)") from err
 
-    out: Path = args.out
-    state = PartialState(cpu=force_cpu(args.cpu))
-    if state.is_main_process:
-        check_writable(out)
-    state.wait_for_everyone()
 
-    # -- resume or fresh start: settle the data settings first
-    checkpoints = list_checkpoints(out)
-    saved_run = read_json(out / RUN_FILE) if (out / RUN_FILE).is_file() else None
-    if args.resume:
-        if not checkpoints:
-            raise ValueError(f"--resume: {out} has no checkpoints to resume from; drop --resume to start a new run")
-        ckpt = latest_valid_checkpoint(out)
-        if ckpt is None:
-            raise ValueError(f"--resume: every checkpoint in {out / 'checkpoints'} is damaged; nothing to resume")
-        if saved_run is None:
-            raise ValueError(f"--resume: {out / RUN_FILE} is missing; was {out} written by `bmojo train`?")
-    else:
-        if checkpoints or (out / "model.safetensors").is_file():
-            raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose a new --out")
-        ckpt = None
+def _given_data_settings(args: argparse.Namespace) -> dict:
+    """The DATA_KEYS settings given on the command line (None where not given)."""
     given = {"corpus": args.corpus, "text_column": args.text_column, "tokenizer": args.tokenizer,
-             "seq_len": args.seq_len, "split_seed": args.split_seed}
+             "seq_len": args.seq_len, "split_seed": args.split_seed, "fractions": None}
     if args.val_fraction is not None or args.test_fraction is not None:
         v = DEFAULT_FRACTIONS[1] if args.val_fraction is None else args.val_fraction
         t = DEFAULT_FRACTIONS[2] if args.test_fraction is None else args.test_fraction
         given["fractions"] = [1.0 - v - t, v, t]
-    else:
-        given["fractions"] = None
-    if ckpt is not None:
-        clash = [k for k in DATA_KEYS if given[k] is not None and given[k] != saved_run.get(k)]
-        if clash:
-            raise ValueError(f"--resume: {', '.join(f'{k}={given[k]!r} (saved {saved_run.get(k)!r})' for k in clash)} "
-                             f"differ from the run in {out}; a resumed run must read the same data")
-        settings = {k: saved_run[k] for k in DATA_KEYS}
-    else:
+    return given
+
+
+def _settle_run_settings(args: argparse.Namespace, out: Path) -> tuple[dict, Path | None, dict | None]:
+    """(data settings, checkpoint to resume or None, the saved run.json or None): a resumed run keeps its saved
+    settings (ValueError if the command line contradicts them), a fresh one takes the given ones or defaults."""
+    checkpoints = list_checkpoints(out)
+    saved_run = read_json(out / RUN_FILE) if (out / RUN_FILE).is_file() else None
+    given = _given_data_settings(args)
+    if not args.resume:
+        if checkpoints or (out / "model.safetensors").is_file():
+            raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose a new --out")
         settings = {"corpus": "builtin", "text_column": "text", "tokenizer": "byte", "seq_len": 256,
                     "split_seed": 0, "fractions": list(DEFAULT_FRACTIONS)}
         settings.update({k: v for k, v in given.items() if v is not None})
         if settings["tokenizer"] not in ("byte", "bpe"):
             settings["tokenizer"] = str(Path(settings["tokenizer"]).resolve())
-        if settings["corpus"] != "builtin":
-            settings["corpus"] = str(Path(settings["corpus"]).resolve()) if Path(settings["corpus"]).exists() else settings["corpus"]
-    seq_len = settings["seq_len"]
+        if settings["corpus"] != "builtin" and Path(settings["corpus"]).exists():
+            settings["corpus"] = str(Path(settings["corpus"]).resolve())
+        return settings, None, saved_run
+    if not checkpoints:
+        raise ValueError(f"--resume: {out} has no checkpoints to resume from; drop --resume to start a new run")
+    ckpt = latest_valid_checkpoint(out)
+    if ckpt is None:
+        raise ValueError(f"--resume: every checkpoint in {out / 'checkpoints'} is damaged; nothing to resume")
+    if saved_run is None:
+        raise ValueError(f"--resume: {out / RUN_FILE} is missing; was {out} written by `bmojo train`?")
+    clash = [k for k in DATA_KEYS if given[k] is not None and given[k] != saved_run.get(k)]
+    if clash:
+        raise ValueError(f"--resume: {', '.join(f'{k}={given[k]!r} (saved {saved_run.get(k)!r})' for k in clash)} "
+                         f"differ from the run in {out}; a resumed run must read the same data")
+    return {k: saved_run[k] for k in DATA_KEYS}, ckpt, saved_run
 
-    # -- corpus (missing/empty raise here) and tokenizer
-    t0 = time.perf_counter()
+
+def _load_corpus_and_tokenizer(args: argparse.Namespace, settings: dict, out: Path, ckpt: Path | None,
+                               state) -> tuple[dict[str, list], Tokenizer]:
+    """(document splits, tokenizer); a missing or empty corpus raises here."""
     docs = load_corpus(settings["corpus"], settings["text_column"])
     splits = corpus_splits(docs, settings["fractions"], settings["split_seed"])
     tok = _resolve_tokenizer(settings["tokenizer"], out, splits["train"], args.bpe_vocab_size,
                              resuming=ckpt is not None, state=state)
+    return splits, tok
 
-    # -- model config (vocab mismatch / incompatible resume raise here)
+
+def _model_config(args: argparse.Namespace, tok: Tokenizer, ckpt: Path | None) -> BMojoConfig:
+    """The model config from --preset/--config/--set (or the checkpoint's); a vocabulary mismatch or a config
+    the checkpoint cannot resume into raises here."""
     overrides = parse_overrides(args.set)
     if args.preset is None and args.config is None:
         if ckpt is None:
-            raise ValueError("pass --preset NAME or --config FILE (only --resume can take the model from the checkpoint)")
+            raise ValueError("pass --preset NAME or --config FILE "
+                             "(only --resume can take the model from the checkpoint)")
         config = _config_from_file(ckpt, overrides)
     else:
         config = build_config(args.preset, args.config, overrides, tok.vocab_size, args.target_params)
@@ -303,41 +341,60 @@ def run(args: argparse.Namespace) -> int:
         config.eos_token_id = tok.eos_id
     if ckpt is not None:
         check_resume_config(ckpt, read_json(ckpt / "config.json"), config.to_dict())
+    return config
 
-    # -- datasets (too-small corpus raises here)
+
+def _load_datasets(args: argparse.Namespace, splits: dict[str, list], tok: Tokenizer, seq_len: int,
+                   state) -> tuple[LMDataset, Callable | None]:
+    """(train set, validation evaluator or None); a train split smaller than one batch raises here."""
     train = LMDataset(token_blocks(splits["train"], tok, seq_len, "train split"))
     if len(train) < args.batch_size:
         raise ValueError(f"the train split packs into {len(train)} sequences of seq_len={seq_len}, fewer than one "
                          f"batch of {args.batch_size}; use more text, a smaller --seq-len or --batch-size")
-    evaluate, val_bpt = None, None
-    if args.eval_sequences and splits["validation"]:
-        try:
-            val_blocks = token_blocks(splits["validation"], tok, seq_len, "validation split")
-            if len(val_blocks) > args.eval_sequences:  # evenly spread over the split, not just its first document
-                val_blocks = val_blocks[torch.linspace(0, len(val_blocks) - 1, args.eval_sequences).round().long()]
-            val_bpt = bytes_per_token(splits["validation"], tok)
-            evaluate = _lm_evaluator(val_blocks, max(1, min(args.batch_size, 16)), val_bpt)
-        except ValueError as err:
-            _log(state, f"note: no validation during training ({err})")
-    max_steps = args.max_steps
+    if not (args.eval_sequences and splits["validation"]):
+        return train, None
+    try:
+        val_blocks = token_blocks(splits["validation"], tok, seq_len, "validation split")
+    except ValueError as err:
+        _log(state, f"note: no validation during training ({err})")
+        return train, None
+    if len(val_blocks) > args.eval_sequences:  # evenly spread over the split, not just its first document
+        val_blocks = val_blocks[torch.linspace(0, len(val_blocks) - 1, args.eval_sequences).round().long()]
+    bpt = bytes_per_token(splits["validation"], tok)
+    return train, _lm_evaluator(val_blocks, max(1, min(args.batch_size, 16)), bpt)
+
+
+def _max_steps(args: argparse.Namespace, seq_len: int) -> int:
+    """--max-steps, or the steps that --max-tokens takes at this batch size and sequence length."""
     if args.max_tokens:
-        max_steps = max(1, math.ceil(args.max_tokens / (args.batch_size * seq_len)))
-    unigram = unigram_entropy(train.blocks, tok.vocab_size)
+        return max(1, math.ceil(args.max_tokens / (args.batch_size * seq_len)))
+    return args.max_steps
 
+
+def _build_model(args: argparse.Namespace, config: BMojoConfig) -> BMojoForCausalLM:
+    """The model, initialised from --seed."""
     torch.manual_seed(args.seed)
-    model = BMojoForCausalLM(config)
-    n_params = count_parameters(model)
-    info = {**settings, "preset": args.preset or (saved_run or {}).get("preset"), "parameters": n_params,
-            "train_sequences": len(train), "train_tokens": train.num_tokens, "unigram_entropy": unigram,
-            "documents": {k: len(v) for k, v in splits.items()}}
-    if state.is_main_process and ckpt is None:
-        tok.save(out)
-        write_json(out / RUN_FILE, info)
-    _log(state, f"{config.layer_pattern[0] if len(set(config.layer_pattern)) == 1 else config.layer_pattern}: "
-                f"{n_params:,} parameters; {len(train):,} train sequences x {seq_len} tokens ({tok!r}); "
-                f"unigram baseline {unigram:.3f} nats/token; {max_steps} steps x {args.batch_size} sequences "
-                f"on {state.num_processes} process(es); data ready in {time.perf_counter() - t0:.1f}s")
+    return BMojoForCausalLM(config)
 
+
+def _run_info(args: argparse.Namespace, settings: dict, saved_run: dict | None, config: BMojoConfig,
+              train: LMDataset, splits: dict[str, list], tok: Tokenizer) -> dict:
+    """run.json's content: the data settings, the preset, the parameter count, the data sizes, the unigram
+    baseline."""
+    return {**settings, "preset": args.preset or (saved_run or {}).get("preset"),
+            "parameters": parameter_count(config), "train_sequences": len(train),
+            "train_tokens": train.num_tokens, "unigram_entropy": unigram_entropy(train.blocks, tok.vocab_size),
+            "documents": {k: len(v) for k, v in splits.items()}}
+
+
+def _describe_model(config: BMojoConfig) -> str:
+    """The layer kind of a uniform model, else its whole layer pattern."""
+    return config.layer_pattern[0] if len(set(config.layer_pattern)) == 1 else str(config.layer_pattern)
+
+
+def _make_trainer(args: argparse.Namespace, model: BMojoForCausalLM, train: LMDataset, evaluate: Callable | None,
+                  max_steps: int, seq_len: int, ckpt: Path | None, state) -> Trainer:
+    """The Trainer of this run, resumed from `ckpt` if given, with plain log lines under --no-progress."""
     cfg = TrainConfig(
         max_steps=max_steps, batch_size=args.batch_size, lr=args.lr, ssm_lr=args.ssm_lr,
         weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, min_lr_ratio=args.min_lr_ratio,
@@ -345,36 +402,37 @@ def run(args: argparse.Namespace) -> int:
         eval_every=args.eval_every, save_every=args.save_every, keep_checkpoints=args.keep_checkpoints,
         time_budget_s=args.time_budget, progress=not args.no_progress, tensorboard=args.tensorboard, cpu=args.cpu,
     )
-    trainer = Trainer(model, train, cfg, out_dir=out, evaluate=evaluate, tokens_per_example=seq_len)
+    trainer = Trainer(model, train, cfg, out_dir=args.out, evaluate=evaluate, tokens_per_example=seq_len)
     if ckpt is not None:
         path = trainer.resume(ckpt)
         _log(state, f"resumed from {path} (step {trainer.step})")
     if args.no_progress:
         trainer.on_log = _log_line(trainer.step, max_steps)
-    result = trainer.fit()
+    return trainer
 
-    if state.is_main_process:
-        save_final(trainer.unwrapped, out)
-        final = result.evals[-1] if result.evals else {}
-        write_json(out / METRICS_FILE, {
-            "steps": result.steps, "seconds": result.seconds, "stopped": result.stopped,
-            "tokens": result.steps * args.batch_size * seq_len, "parameters": n_params,
-            "unigram_entropy": unigram, "final": final, "history": result.history, "evals": result.evals,
-            "train_config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
-        })
-        last = result.history[-1]["loss"] if result.history else float("nan")
-        val = f", val loss {final['val_loss']:.4f} (ppl {final['val_ppl']:.2f}, {final['val_bpb']:.3f} bits/byte)" if final else ""
-        print(f"trained {result.steps} steps in {result.seconds:.0f}s ({result.stopped}): train loss {last:.4f}{val}; "
-              f"unigram baseline {unigram:.4f}; model saved to {out}", flush=True)
-    state.wait_for_everyone()
-    return 0
+
+def _write_results(trainer: Trainer, result: TrainResult, info: dict, out: Path) -> None:
+    """Save the final model and metrics.json in the run folder and print the one-line summary."""
+    save_final(trainer.unwrapped, out)
+    cfg = trainer.cfg
+    final = result.evals[-1] if result.evals else {}
+    unigram = info["unigram_entropy"]
+    write_json(out / METRICS_FILE, {
+        "steps": result.steps, "seconds": result.seconds, "stopped": result.stopped,
+        "tokens": result.steps * cfg.batch_size * info["seq_len"], "parameters": info["parameters"],
+        "unigram_entropy": unigram, "final": final, "history": result.history, "evals": result.evals,
+        "train_config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+    })
+    last = result.history[-1]["loss"] if result.history else float("nan")
+    val = (f", val loss {final['val_loss']:.4f} (ppl {final['val_ppl']:.2f}, {final['val_bpb']:.3f} bits/byte)"
+           if final else "")
+    print(f"trained {result.steps} steps in {result.seconds:.0f}s ({result.stopped}): train loss {last:.4f}{val}; "
+          f"unigram baseline {unigram:.4f}; model saved to {out}", flush=True)
 
 
 def save_final(model, out: Path) -> None:
     """Save the final model at the top of the run folder, atomically per file (temp folder, then renames)."""
     tmp = out / ".final.tmp"
-    import shutil
-
     shutil.rmtree(tmp, ignore_errors=True)
     with quiet_hf_progress():
         model.save_pretrained(tmp)

@@ -19,6 +19,7 @@ BF16_LOGITS_TOL = 2e-2  # bf16 autocast vs fp32 logits, relative (tests/conftest
 BF16_LOSS_TOL = 1e-3  # bf16 autocast vs fp32 loss, relative
 BF16_GRAD_TOL = 5e-2  # bf16 autocast vs fp32 gradients (all together), relative
 BF16_GRAD_COSINE = 0.999  # bf16 autocast vs fp32 gradients: the update direction, minimum cosine similarity
+CROSS_DOCUMENT_GRAD = 1e-7  # gradient reaching another document, relative: the SSD's fp32 cumulative-sum rounding
 CUDA_TOL = 1e-3  # CUDA vs CPU logits: the same fp32 arithmetic (no TF32) in another order
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (the GPU path is optional)")
@@ -289,3 +290,182 @@ def test_cuda_model_matches_cpu(preset, tiny_model):
         step = torch.cat([gpu(ids[:, t : t + 1].cuda(), cache=cache).logits.cpu() for t in range(L)], dim=1)
     torch.testing.assert_close(out, ref, atol=CUDA_TOL, rtol=CUDA_TOL)
     torch.testing.assert_close(step, ref, atol=CUDA_TOL, rtol=CUDA_TOL)
+
+
+# ---------------------------------------------------------------- documents: left padding and packed sequences
+
+PROMPT_LENGTHS = (5, 17, 40)  # left-padded to 40: no padding, a little, most of the row
+DOC_LENGTHS = (11, 1, 20)  # a packed row: a 1-token document between two that do not fill whole windows
+GENERATED = 12  # greedy tokens compared per prompt
+
+
+def left_padded(prompts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """HF-style left padding with pad id 0: (input_ids, attention_mask), both (len(prompts), longest)."""
+    L = max(len(p) for p in prompts)
+    ids = torch.zeros(len(prompts), L, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, L - len(p) :], mask[i, L - len(p) :] = p, 1
+    return ids, mask
+
+
+def packed(docs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One row holding `docs` back to back: (input_ids (1, N), seq_idx (1, N))."""
+    seq_idx = torch.cat([torch.full((len(d),), i) for i, d in enumerate(docs)])
+    return torch.cat(docs)[None], seq_idx[None]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_left_padded_batch_equals_each_prompt_alone(preset, tiny_model):
+    """Logits of the real positions and greedy generate() of a left-padded batch equal each prompt run alone."""
+    model = tiny_model(preset)
+    prompts = [torch.randint(1, VOCAB, (n,)) for n in PROMPT_LENGTHS]
+    ids, mask = left_padded(prompts)
+    L = ids.shape[1]
+    kwargs = dict(max_new_tokens=GENERATED, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        batch = model(ids, attention_mask=mask).logits
+        generated = model.generate(ids, attention_mask=mask, **kwargs)
+        for i, p in enumerate(prompts):
+            torch.testing.assert_close(batch[i, L - len(p) :], model(p[None]).logits[0], rtol=0, atol=DECODE_TOL)
+            assert torch.equal(generated[i, L:], model.generate(p[None], **kwargs)[0, len(p) :]), i
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_packed_documents_equal_each_document_alone(preset, tiny_model):
+    """A row of packed documents (seq_idx): each document's logits equal the document run alone, in the parallel
+    form and in token-by-token decoding."""
+    model = tiny_model(preset)
+    docs = [torch.randint(1, VOCAB, (n,)) for n in DOC_LENGTHS]
+    ids, seq_idx = packed(docs)
+    with torch.no_grad():
+        parallel = model(ids, seq_idx=seq_idx).logits[0]
+        cache = model.new_cache(1)
+        decoded = torch.cat([model(ids[:, t : t + 1], seq_idx=seq_idx[:, t : t + 1], cache=cache).logits
+                             for t in range(ids.shape[1])], dim=1)[0]
+        a = 0
+        for d in docs:
+            alone = model(d[None]).logits[0]
+            torch.testing.assert_close(parallel[a : a + len(d)], alone, rtol=0, atol=DECODE_TOL)
+            torch.testing.assert_close(decoded[a : a + len(d)], alone, rtol=0, atol=DECODE_TOL)
+            a += len(d)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_no_gradient_crosses_a_document_boundary(preset, tiny_model):
+    """The loss of a packed row's second document has no gradient with respect to the first one's inputs: exactly
+    zero through attention and the conv; through the SSM, whose log-decays are summed along each chunk before the
+    masks apply, what is left is the rounding of that sum (~1e-10 of the own document's gradient)."""
+    model = tiny_model(preset)
+    ids, seq_idx = packed([torch.randint(1, VOCAB, (n,)) for n in (DOC_LENGTHS[0], DOC_LENGTHS[2])])
+    embeds = model.get_input_embeddings()(ids).detach().requires_grad_()
+    model(inputs_embeds=embeds, seq_idx=seq_idx).logits[0, DOC_LENGTHS[0] :].sum().backward()
+    own = embeds.grad[0, DOC_LENGTHS[0] :].abs().max()
+    assert own > 0
+    assert embeds.grad[0, : DOC_LENGTHS[0]].abs().max() <= CROSS_DOCUMENT_GRAD * own
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_all_padding_row_and_one_token_prompt(preset, tiny_model):
+    """A batch with an all-padding row and a 1-token prompt: the prompt's logits and generation equal it alone,
+    the padding row gives finite numbers."""
+    model = tiny_model(preset)
+    prompt = torch.randint(1, VOCAB, (1,))
+    ids, mask = torch.zeros(2, 6, dtype=torch.long), torch.zeros(2, 6, dtype=torch.long)
+    ids[1, -1], mask[1, -1] = prompt, 1
+    kwargs = dict(max_new_tokens=GENERATED, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        logits = model(ids, attention_mask=mask).logits
+        torch.testing.assert_close(logits[1, -1], model(prompt[None]).logits[0, 0], rtol=0, atol=DECODE_TOL)
+        assert torch.isfinite(logits).all()
+        generated = model.generate(ids, attention_mask=mask, **kwargs)
+        assert torch.equal(generated[1, 6:], model.generate(prompt[None], **kwargs)[0, 1:])
+
+
+def test_flattening_collator_output_is_accepted(tiny_model):
+    """transformers' DataCollatorWithFlattening (one row, position_ids restarting at each document, labels -100 at
+    each document's first token) works as it is: per-document logits equal each document alone, and the loss
+    equals the mean over the documents' own next-token losses."""
+    from transformers import DataCollatorWithFlattening
+
+    model = tiny_model("bmojo")
+    docs = [torch.randint(1, VOCAB, (n,)) for n in DOC_LENGTHS]
+    batch = DataCollatorWithFlattening(return_tensors="pt")([{"input_ids": d.tolist()} for d in docs])
+    with torch.no_grad():
+        out = model(**batch)
+        a, total, count = 0, 0.0, 0
+        for d in docs:
+            alone = model(d[None], labels=d[None])
+            torch.testing.assert_close(out.logits[0, a : a + len(d)], alone.logits[0], rtol=0, atol=DECODE_TOL)
+            if len(d) > 1:
+                total, count = total + alone.loss * (len(d) - 1), count + len(d) - 1
+            a += len(d)
+    torch.testing.assert_close(out.loss, total / count, rtol=1e-5, atol=0)
+
+
+def test_document_inputs_are_checked(tiny_model):
+    model = tiny_model("bmojo")
+    ids = torch.randint(1, VOCAB, (2, 6))
+    with pytest.raises(ValueError, match="nondecreasing"):
+        model(ids, seq_idx=torch.tensor([[0, 0, 1, 1, 0, 0], [0] * 6]))
+    with pytest.raises(ValueError, match=r"seq_idx has shape \(2, 5\)"):
+        model(ids, seq_idx=torch.zeros(2, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="attention_mask has shape"):
+        model(ids, attention_mask=torch.ones(2, 9))
+    cache = model.new_cache(2)
+    model(ids, cache=cache)
+    right_padded = torch.ones(2, 7, dtype=torch.long)
+    right_padded[0, 5:] = 0
+    with pytest.raises(ValueError, match="right padding"):
+        model(ids[:, :1], attention_mask=right_padded, cache=cache)
+
+
+# ---------------------------------------------------------------- the rest of the HF interface
+
+
+@pytest.mark.parametrize("preset", ["hybrid", "bmojo"])
+def test_hidden_states_are_the_blocks_outputs(preset, tiny_model):
+    """output_hidden_states: the embeddings, every block's output, the last one after the final norm."""
+    model = tiny_model(preset)
+    ids = torch.randint(0, VOCAB, (2, L))
+    outputs = []
+    hooks = [layer.register_forward_hook(lambda m, i, o: outputs.append(o[0])) for layer in model.model.layers]
+    with torch.no_grad():
+        out = model(ids, output_hidden_states=True)
+    for hook in hooks:
+        hook.remove()
+    hidden = out.hidden_states
+    assert len(hidden) == model.config.num_hidden_layers + 1
+    assert torch.equal(hidden[0], model.get_input_embeddings()(ids))
+    for got, block in zip(hidden[1:-1], outputs[:-1], strict=True):
+        assert torch.equal(got, block)
+    assert torch.equal(hidden[-1], model.model.norm(outputs[-1]))
+    assert model(ids).hidden_states is None
+
+
+@pytest.mark.parametrize("preset", ["transformer", "bmojo"])
+def test_inputs_embeds_equal_the_ids_path(preset, tiny_model):
+    model = tiny_model(preset)
+    ids = torch.randint(0, VOCAB, (2, L))
+    with torch.no_grad():
+        assert torch.equal(model(inputs_embeds=model.get_input_embeddings()(ids)).logits, model(ids).logits)
+    with pytest.raises(ValueError, match="exactly one of input_ids"):
+        model()
+
+
+@pytest.mark.parametrize("preset", ["hybrid", "bmojo"])
+def test_gradient_checkpointing_gives_the_same_gradients(preset, tiny_model):
+    model = tiny_model(preset).train()
+    ids = torch.randint(0, VOCAB, (2, L))
+
+    def grads() -> list[torch.Tensor]:
+        model.zero_grad()
+        model(ids, labels=ids).loss.backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    plain = grads()
+    model.gradient_checkpointing_enable()
+    checkpointed = grads()
+    assert model.model.gradient_checkpointing
+    for a, b in zip(plain, checkpointed, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=EQUIVALENT_TOL)

@@ -59,3 +59,16 @@ def test_explicit_attention_matches_sdpa(rel):
     grads_ref = torch.autograd.grad(ref.square().sum(), ins_ref)
     grads = torch.autograd.grad(out.float().square().sum(), ins)
     assert all(rel(a, b) <= BF16_TOL for a, b in zip(grads, grads_ref, strict=True))
+
+
+def test_window_attention_with_documents_equals_each_document_alone():
+    """seq_idx: raw keys of another document are masked; each document equals the dense reference over it alone."""
+    seq_idx = torch.tensor([[0] * 7 + [1] * 2 + [2] * 14, [0] * 23])
+    q, k, v = torch.randn(2, 4, 23, 8), torch.randn(2, 2, 23, 8), torch.randn(2, 2, 23, 8)
+    out = window_attention(q, k, v, 5, seq_idx=seq_idx)
+    for row in range(2):
+        for doc in seq_idx[row].unique():
+            a, e = (seq_idx[row] == doc).nonzero()[[0, -1], 0].tolist()
+            part = [t[row : row + 1, :, a : e + 1] for t in (q, k, v)]
+            alone = window_attention_reference(*part, 5)
+            torch.testing.assert_close(out[row : row + 1, :, a : e + 1], alone, rtol=0, atol=FP32_TOL)

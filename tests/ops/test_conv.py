@@ -43,3 +43,18 @@ def test_bf16_autocast_conv_matches_fp32_reference_twin(rel):
     assert all(
         g.dtype == torch.float32 and rel(g, g_ref) <= BF16_TOL for g, g_ref in zip(grads, grads_ref, strict=True)
     )
+
+
+def test_causal_conv_silu_with_documents_equals_each_document_alone():
+    """seq_idx: each document's output equals the conv over that document alone (`past` feeds the first one)."""
+    seq_idx = torch.tensor([[0] * 3 + [1] + [2] * 9, [0] * 13])
+    x, w, b = torch.randn(2, 13, 6, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64), torch.randn(6)
+    past = torch.randn(2, 3, 6, dtype=torch.float64)
+    out, carry = causal_conv_silu(x, w, b.double(), past, seq_idx)
+    torch.testing.assert_close(carry, x[:, -3:])
+    for row in range(2):
+        for doc in seq_idx[row].unique():
+            a, e = (seq_idx[row] == doc).nonzero()[[0, -1], 0].tolist()
+            p = past[row : row + 1] if a == 0 else None
+            alone, _ = causal_conv_silu_reference(x[row : row + 1, a : e + 1], w, b.double(), p)
+            torch.testing.assert_close(out[row : row + 1, a : e + 1], alone)

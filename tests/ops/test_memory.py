@@ -40,3 +40,25 @@ def test_eidetic_positions_match_brute_force(L, w, m_e, brute_force_eidetic):
         for c in range(pos.shape[1]):
             got = sorted(p for p in pos[b, c].tolist() if p != EMPTY)
             assert got == brute_force_eidetic(eps[b], w, m_e, c), (b, c)
+
+
+def test_innovation_score_with_documents_restarts_the_predictor():
+    """seq_idx: outputs of another document count as zeros, so each document scores as if alone."""
+    seq_idx = torch.tensor([[0] * 6 + [1] * 9])
+    y, weights = torch.randn(1, 15, 5), torch.tensor([0.4, 0.3, 0.2, 0.1])
+    eps = innovation_score(y, weights, seq_idx=seq_idx)
+    torch.testing.assert_close(eps[:, :6], innovation_score(y[:, :6], weights))
+    torch.testing.assert_close(eps[:, 6:], innovation_score(y[:, 6:], weights))
+
+
+def test_eidetic_positions_with_aligned_documents_match_brute_force_per_document(brute_force_eidetic):
+    """Documents aligned to the chunk grid (w 4: lengths 8, 4, 12): each document's chunks hold the top m_e of its
+    own history only, as if it stood alone."""
+    w, m_e = 4, 3
+    seq_idx = torch.tensor([[0] * 8 + [1] * 4 + [2] * 12])
+    eps = torch.randint(0, 6, (1, 24)).float()
+    pos = eidetic_positions(eps, w, m_e, seq_idx)
+    for start, length in ((0, 8), (8, 4), (12, 12)):
+        for c in range(length // w):
+            got = sorted(p - start for p in pos[0, start // w + c].tolist() if p != EMPTY)
+            assert got == brute_force_eidetic(eps[0, start : start + length], w, m_e, c), (start, c)

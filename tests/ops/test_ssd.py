@@ -150,3 +150,24 @@ def test_backend_choice_is_explicit():
         assert select_backend("auto", "cuda") == "torch"
     with pytest.raises(ValueError, match="'auto', 'torch', 'fla'"):
         select_backend("triton", "cpu")
+
+
+SEQ_IDX = torch.tensor([[0] * 5 + [1] * 20 + [2] * 12, [0] * 16 + [1] + [2] * 20])  # L 37: boundaries in and at chunks
+
+
+@pytest.mark.parametrize("Q", [4, 8, 16, 64])
+def test_ssd_chunked_with_documents_matches_sequential_and_each_document(Q):
+    """Packed documents (seq_idx): the chunked scan equals its sequential twin (which restarts the state at every
+    boundary), and each document equals the document scanned alone (the initial state belongs to the first)."""
+    x, dt, A, B, C = ssd_inputs()
+    s0 = torch.randn(2, 4, 8, 6, dtype=torch.float64)
+    y, state = ssd_chunked(x, dt, A, B, C, Q, s0, seq_idx=SEQ_IDX)
+    y_ref, state_ref = ssd_sequential(x, dt, A, B, C, s0, seq_idx=SEQ_IDX)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=FP32_TOL * 10)
+    torch.testing.assert_close(state, state_ref.to(state.dtype), rtol=0, atol=FP32_TOL)
+    for row in range(2):
+        for doc in SEQ_IDX[row].unique():
+            a, e = (SEQ_IDX[row] == doc).nonzero()[[0, -1], 0].tolist()
+            part = [t[row : row + 1, a : e + 1] for t in (x, dt, B, C)]
+            alone, _ = ssd_sequential(part[0], part[1], A, part[2], part[3], s0[row : row + 1] if a == 0 else None)
+            torch.testing.assert_close(y[row : row + 1, a : e + 1], alone, rtol=0, atol=FP32_TOL * 10)

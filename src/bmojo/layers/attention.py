@@ -13,6 +13,7 @@ from torch import nn
 from ..ops.attention import causal_attention, masked_attention, window_attention
 from ..ops.memory import KVSlots
 from .common import RotaryEmbedding
+from .documents import Documents
 
 
 def chunk_segments(start: int, length: int, window: int) -> list[tuple[int, int]]:
@@ -27,9 +28,9 @@ def chunk_segments(start: int, length: int, window: int) -> list[tuple[int, int]
 
 
 def window_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int) -> torch.Tensor:
-    """q_pos (T,), k_pos (b, S) -> (b, T, S), True where key position s is in query t's window:
+    """q_pos (b, T), k_pos (b, S) -> (b, T, S), True where key position s is in query t's window:
     t - w < s <= t (and s is not an empty slot)."""
-    t, s = q_pos[None, :, None], k_pos[:, None, :]
+    t, s = q_pos[:, :, None], k_pos[:, None, :]
     return (s >= 0) & (s <= t) & (s > t - window)
 
 
@@ -73,13 +74,13 @@ class Attention(nn.Module):
     def attend_window(self, q: torch.Tensor, window: KVSlots, new: KVSlots, memory: KVSlots | None = None):
         """One decoding step of a sliding window, for n new tokens that do not cross a chunk boundary.
 
-        q (b, h, n, hd) are the new tokens' queries, `new` their keys/values (positions new.pos, equal in
-        every row); each attends, under one softmax, to the window's and the new tokens' raw keys in its
-        window and to every valid slot of `memory` (B'MOJO's memory prefix). Returns (o (b, h, n, hd), the
+        q (b, h, n, hd) are the new tokens' queries, `new` their keys/values (positions new.pos); each attends,
+        under one softmax, to the window's and the new tokens' raw keys in its window and to every valid slot of
+        `memory` (B'MOJO's memory prefix). Returns (o (b, h, n, hd), the
         window after the step (its last w slots), the n slots that left it, oldest first)."""
         n = new.pos.shape[1]
         slots = window.cat(new)
-        mask = window_mask(new.pos[0], slots.pos, self.window)
+        mask = window_mask(new.pos, slots.pos, self.window)
         k, v = slots.k, slots.v
         if memory is not None:
             mask = torch.cat([memory.valid[:, None, :].expand(-1, n, -1), mask], dim=2)
@@ -87,19 +88,26 @@ class Attention(nn.Module):
         o = masked_attention(q, k, v, mask[:, None])
         return o, slots.slots(n), slots.slots(0, n)
 
-    def forward(self, x: torch.Tensor, state: KVSlots | None = None, start: int = 0):
-        """x: (b, T, d), tokens at positions start..start+T-1. Without state: the parallel form (start 0);
-        with state: decoding, continuing from it. Returns (out, new state or None)."""
+    def forward(self, x: torch.Tensor, state: KVSlots | None = None, start: int = 0, docs: Documents | None = None):
+        """x: (b, T, d), tokens at positions start..start+T-1 (with `docs`: at docs.positions, masked to their
+        documents). Without state: the parallel form (start 0); with state: decoding, continuing from it (with
+        docs, one token per call). Returns (out, new state or None)."""
         b, T, _ = x.shape
-        positions = torch.arange(start, start + T, device=x.device)
+        positions = torch.arange(start, start + T, device=x.device) if docs is None else docs.positions
+        seq_idx = None if docs is None else docs.seq_idx
         q, k, v = self.qkv(x, positions)
         if state is None:
-            o = causal_attention(q, k, v) if self.window is None else window_attention(q, k, v, self.window)
-            return self.merge(o), None
+            if self.window is None:
+                return self.merge(causal_attention(q, k, v, seq_idx)), None
+            return self.merge(window_attention(q, k, v, self.window, seq_idx=seq_idx)), None
         new = KVSlots(k, v, positions.expand(b, -1))
-        if self.window is None:  # full attention: every past token stays
+        if self.window is None:  # full attention: every past token stays (empty slots: padding, earlier documents)
             state = state.cat(new)
-            return self.merge(causal_attention(q, state.k, state.v)), state
+            if docs is None:
+                return self.merge(causal_attention(q, state.k, state.v)), state
+            S = state.pos.shape[1]
+            causal = torch.arange(S, device=x.device)[None, :] <= torch.arange(S - T, S, device=x.device)[:, None]
+            return self.merge(masked_attention(q, state.k, state.v, (causal & state.valid[:, None, :])[:, None])), state
         outs = []
         for a, e in chunk_segments(start, T, self.window):
             o, state, _ = self.attend_window(q[:, :, a:e], state, new.slots(a, e))

@@ -25,6 +25,7 @@ from ..ops.memory import (
     keep_top,
 )
 from .attention import Attention, chunk_segments
+from .documents import Documents, align_documents, select_rows
 from .mamba2 import Mamba2Mixer, SSMState
 
 
@@ -91,35 +92,59 @@ class BMojoMixer(nn.Module):
         out = self.attn.merge(o)
         return out + y if self.fading_residual else out
 
-    def forward(self, u: torch.Tensor, state: BMojoState | None = None, start: int = 0):
-        """u: (b, T, d) at positions start..start+T-1. Without state: the parallel form (start must be 0).
-        With state: the recurrent form, continuing from it. Returns (out, new state or None)."""
+    def forward(self, u: torch.Tensor, state: BMojoState | None = None, start: int = 0,
+                docs: Documents | None = None):
+        """u: (b, T, d) at positions start..start+T-1 (with `docs`: packed or padded documents, each computed as if
+        alone). Without state: the parallel form (start must be 0). With state: the recurrent form, continuing from
+        it (with docs, one token per call). Returns (out, new state or None)."""
         if state is not None:
-            return self._recurrent(u, state, start)
+            return self._recurrent(u, state, start, docs)
+        if docs is None:
+            return self._parallel(u), None
+        # documents start at multiples of w, so that each one's chunk grid counts from its own start
+        index, seq_idx, positions = align_documents(docs.seq_idx, self.window)
+        where = index[..., None].expand(-1, -1, u.shape[2])
+        aligned = u.new_zeros(u.shape[0], seq_idx.shape[1], u.shape[2]).scatter(1, where, u)
+        return self._parallel(aligned, seq_idx, positions).gather(1, where), None
+
+    def _parallel(self, u: torch.Tensor, seq_idx: torch.Tensor | None = None,
+                  positions: torch.Tensor | None = None) -> torch.Tensor:
+        """The parallel form over u (b, L, d); with seq_idx/positions (b, L), documents aligned to the chunk grid."""
         b, L, _ = u.shape
         w = self.window
-        positions = torch.arange(L, device=u.device)
-        y, _ = self.ssm(u)
+        docs = None
+        if seq_idx is not None:
+            docs = Documents(seq_idx, positions, torch.cat([seq_idx[:, :1] < 0, seq_idx[:, 1:] != seq_idx[:, :-1]], 1))
+        else:
+            positions = torch.arange(L, device=u.device)
+        y, _ = self.ssm(u, docs=docs)
         q, k, v = self.attn.qkv(u, positions)
         nc = -(-L // w)
         mem_k, mem_v, mem_valid = [], [], []
         if self.num_fading:
             fpos = fading_positions(torch.arange(nc, device=u.device), w, self.num_fading)  # (nc, m_f)
             flat = fpos.clamp(min=0).flatten()
-            fk, fv = self.fading_kv(y[:, flat], flat)  # only the nc * m_f outputs that are read
+            if seq_idx is None:
+                fk, fv = self.fading_kv(y[:, flat], flat)  # only the nc * m_f outputs that are read
+                valid = (fpos >= 0).expand(b, -1, -1)
+            else:  # a fading token of another document is empty
+                fk, fv = self.fading_kv(y[:, flat], positions[:, flat])
+                valid = (fpos >= 0) & (seq_idx[:, flat].view(b, *fpos.shape) == seq_idx[:, ::w, None])
             mem_k.append(fk.unflatten(2, fpos.shape))
             mem_v.append(fv.unflatten(2, fpos.shape))
-            mem_valid.append((fpos >= 0).expand(b, -1, -1))
+            mem_valid.append(valid)
         if self.num_eidetic:
-            epos = eidetic_positions(innovation_score(y, self.innovation_weights), w, self.num_eidetic)
+            eps = innovation_score(y, self.innovation_weights, seq_idx=seq_idx)
+            epos = eidetic_positions(eps, w, self.num_eidetic, seq_idx)
             mem_k.append(gather_positions(k, epos))
             mem_v.append(gather_positions(v, epos))
             mem_valid.append(epos >= 0)
         if mem_k:
-            o = window_attention(q, k, v, w, torch.cat(mem_k, 3), torch.cat(mem_v, 3), torch.cat(mem_valid, 2))
+            o = window_attention(q, k, v, w, torch.cat(mem_k, 3), torch.cat(mem_v, 3), torch.cat(mem_valid, 2),
+                                 seq_idx=seq_idx)
         else:
-            o = window_attention(q, k, v, w)
-        return self.output(o, y), None
+            o = window_attention(q, k, v, w, seq_idx=seq_idx)
+        return self.output(o, y)
 
     def init_state(self, batch_size: int, device, dtype) -> BMojoState:
         hk, hd = self.attn.num_kv_heads, self.attn.head_dim
@@ -135,43 +160,67 @@ class BMojoMixer(nn.Module):
             pending=slots(min(self.window, m_e), True),
         )
 
-    def _enter_chunk(self, s: BMojoState, chunk: int) -> None:
-        """Refresh the memory for chunk `chunk` (its first token is next): fading tokens from the y history at
-        `fading_positions`; eidetic = top m_e of the previous eidetic memory and the pending candidates."""
-        if self.num_fading:
-            pos = fading_positions(torch.tensor([chunk], device=s.y.device), self.window, self.num_fading)[0]
-            # the y history ends at position chunk * w - 1 (EMPTY slots read a zero entry from before position 0)
-            y = s.y[:, pos - chunk * self.window + s.y.shape[1]]
-            k, v = self.fading_kv(y, pos.clamp(min=0))
-            s.fading = KVSlots(k, v, pos.expand(s.y.shape[0], -1))
+    def _enter_chunk(self, s: BMojoState, chunk, rows) -> BMojoState:
+        """The state once chunk `chunk` (an int, or (b,) per row) is entered (its first token is next), for the
+        rows where `rows` (True, or (b,) bool) holds: the window's oldest token (at history_end(chunk)) joins the
+        pending candidates; fading tokens from the y history at `fading_positions`; eidetic = top m_e of the
+        previous eidetic memory and the candidates."""
+        b, m_f, w = s.y.shape[0], self.num_fading, self.window
+        entered = dataclasses.replace(s)
         if self.num_eidetic:
-            s.eidetic = keep_top(s.eidetic, s.pending)
-            s.pending = dataclasses.replace(s.pending, score=torch.full_like(s.pending.score, float("-inf")),
-                                            pos=torch.full_like(s.pending.pos, EMPTY))
+            entered.pending = keep_top(s.pending, s.window.slots(0, 1))
+        if m_f:
+            chunk = torch.as_tensor(chunk, device=s.y.device).expand(b)
+            pos = fading_positions(chunk, w, m_f)  # (b, m_f)
+            # the y history ends at position chunk * w - 1 (EMPTY slots read a zero entry from before position 0)
+            index = pos - chunk[:, None] * w + s.y.shape[1]
+            y = s.y.gather(1, index[..., None].expand(-1, -1, s.y.shape[2]))
+            k, v = self.fading_kv(y, pos.clamp(min=0))
+            entered.fading = KVSlots(k, v, pos)
+        if self.num_eidetic:
+            entered.eidetic = keep_top(s.eidetic, entered.pending)
+            entered.pending = dataclasses.replace(entered.pending, pos=torch.full_like(s.pending.pos, EMPTY),
+                                                  score=torch.full_like(s.pending.score, float("-inf")))
+        return entered if rows is True else select_rows(rows, entered, s)
 
-    def _recurrent(self, u: torch.Tensor, state: BMojoState, start: int):
+    def _recurrent(self, u: torch.Tensor, state: BMojoState, start: int, docs: Documents | None):
         b, T, _ = u.shape
         w, m_e = self.window, self.num_eidetic
-        positions = torch.arange(start, start + T, device=u.device)
-        y, ssm_state = self.ssm(u, state.ssm)
+        positions = torch.arange(start, start + T, device=u.device).expand(b, -1) if docs is None else docs.positions
+        y, ssm_state = self.ssm(u, state.ssm, start, docs)
         q, k, v = self.attn.qkv(u, positions)
         eps = None
         if m_e:
             k_hist = self.innovation_weights.shape[0]
-            eps = innovation_score(y, self.innovation_weights, state.y[:, state.y.shape[1] - k_hist :])
-        new = KVSlots(k, v, positions.expand(b, -1), eps)
+            eps = innovation_score(y, self.innovation_weights, state.y[:, state.y.shape[1] - k_hist :],
+                                   None if docs is None else docs.seq_idx)
+        new = KVSlots(k, v, positions, eps)
         s = dataclasses.replace(state, ssm=ssm_state)
         outs = []
-        for a, e in chunk_segments(start, T, w):
-            boundary = (start + a) % w == 0 and start + a > 0
-            if boundary:
+        for a, e in chunk_segments(start, T, w) if docs is None else [(t, t + 1) for t in range(T)]:
+            if docs is None:  # every row at the same position: a chunk boundary is a Python decision
+                boundary = (start + a) % w == 0 and start + a > 0
                 chunk = (start + a) // w
-                if m_e:  # the window's oldest token, at history_end(chunk), becomes a candidate for this chunk
-                    s.pending = keep_top(s.pending, s.window.slots(0, 1))
-                self._enter_chunk(s, chunk)
+            else:
+                boundary = (positions[:, a] % w == 0) & (positions[:, a] > 0)  # (b,)
+                chunk = positions[:, a] // w
+            if boundary is not False:
+                s = self._enter_chunk(s, chunk, boundary)
             o, s.window, left = self.attn.attend_window(q[:, :, a:e], s.window, new.slots(a, e), s.memory)
             outs.append(o)
             if m_e:  # the other tokens that left the window are candidates for the next chunk
-                s.pending = keep_top(s.pending, left.slots(1 if boundary else 0))
+                s.pending = keep_top(s.pending, _without_first(left, boundary))
             s.y = torch.cat([s.y, y[:, a:e]], 1)[:, -s.y.shape[1] :]
         return self.output(torch.cat(outs, dim=2), y), s
+
+
+def _without_first(slots: KVSlots, rows) -> KVSlots:
+    """`slots` minus its first slot in `rows` (True: every row; False: none; or (b,) bool): that token, at
+    history_end of the chunk just entered, was already a candidate there."""
+    if rows is True:
+        return slots.slots(1)
+    if rows is False:
+        return slots
+    first = torch.zeros_like(slots.pos, dtype=torch.bool)
+    first[:, 0] = rows
+    return KVSlots(slots.k, slots.v, slots.pos.masked_fill(first, EMPTY), slots.score.masked_fill(first, float("-inf")))

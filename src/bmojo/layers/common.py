@@ -67,9 +67,11 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("inv_freq", rope_inverse_frequencies(head_dim, theta), persistent=False)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """x: (b, H, T, hd); positions: (T,) long. Returns x rotated by its positions."""
-        angles = positions.float()[:, None] * self.inv_freq[None, :]
+        """x: (b, H, T, hd); positions: (T,) or per row (b, T), long. Returns x rotated by its positions."""
+        angles = positions.float()[..., None] * self.inv_freq
         angles = torch.cat([angles, angles], dim=-1)
+        if angles.dim() == 3:  # per-row positions: broadcast over heads
+            angles = angles[:, None]
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos + torch.cat([-x2, x1], dim=-1) * sin

@@ -11,6 +11,7 @@ from torch import nn
 from ..ops.conv import causal_conv_silu
 from ..ops.ssd import ssd_chunked, ssd_step
 from .common import GatedRMSNorm
+from .documents import Documents
 
 
 @dataclass
@@ -52,15 +53,17 @@ class Mamba2Mixer(nn.Module):
                             dtype=torch.float32),
         )
 
-    def forward(self, u: torch.Tensor, state: SSMState | None = None,
-                start: int = 0) -> tuple[torch.Tensor, SSMState | None]:
+    def forward(self, u: torch.Tensor, state: SSMState | None = None, start: int = 0,
+                docs: Documents | None = None) -> tuple[torch.Tensor, SSMState | None]:
         """u: (b, L, d). With `state`, continues from it and returns the state after the last token
         (L == 1 uses the one-step recurrence); without, returns (y, None). `start` (the position of u[:, 0])
-        is part of the mixer contract; the SSM does not depend on it."""
+        is part of the mixer contract; the SSM does not depend on it. With `docs`, the conv and the scan
+        restart at every document boundary inside u (the state belongs to u[:, 0]'s document)."""
         L = u.shape[1]
+        seq_idx = None if docs is None else docs.seq_idx
         z, xBC, dt = self.in_proj(u).split([self.inner, self.conv_dim, self.num_heads], dim=-1)
         xBC, conv_state = causal_conv_silu(xBC, self.conv1d.weight[:, 0], self.conv1d.bias,
-                                           state.conv if state is not None else None)
+                                           state.conv if state is not None else None, seq_idx)
         gn = self.n_groups * self.state_size
         x, B, C = xBC.split([self.inner, gn, gn], dim=-1)
         x = x.unflatten(-1, (self.num_heads, self.head_dim))
@@ -72,7 +75,8 @@ class Mamba2Mixer(nn.Module):
             y, ssm = ssd_step(state.ssm, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0])
             y = y[:, None]
         else:
-            y, ssm = ssd_chunked(x, dt, A, B, C, self.chunk_size, state.ssm if state is not None else None)
+            y, ssm = ssd_chunked(x, dt, A, B, C, self.chunk_size, state.ssm if state is not None else None,
+                                 seq_idx=seq_idx)
         y = y + x * self.D.to(y.dtype)[:, None]
         y = self.norm(y.flatten(-2), z)
         new_state = None

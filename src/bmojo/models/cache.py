@@ -21,15 +21,31 @@ def _tensors(obj):
 
 
 class BMojoCache:
-    """Per-layer states (SSMState, KVSlots, BMojoState: whatever each mixer's `init_state` returns) plus the
-    number of tokens seen."""
+    """Per-layer states (SSMState, KVSlots, BMojoState: whatever each mixer's `init_state` returns), the number
+    of tokens seen, and where each row stands in its current document: `positions` (b,) the next token's position
+    inside it, `seq_idx` (b,) its index. While every row has read the same unpadded tokens (`aligned`), rows
+    share their positions and decoding takes the chunked fast path."""
 
     is_compileable = False
 
-    def __init__(self, states: list, layer_pattern: list[str]):
+    def __init__(self, states: list, layer_pattern: list[str], batch_size: int = 1, device=None,
+                 dtype: torch.dtype = torch.float32):
         self.states = states
+        self.dtype = dtype  # of the states that follow the model's dtype
         self.layer_pattern = list(layer_pattern)
         self.seen_tokens = 0
+        self.positions = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.seq_idx = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.aligned = True
+
+    def advance(self, num_tokens: int, docs=None) -> None:
+        """Record that `num_tokens` more tokens were read (with their `Documents`, if any)."""
+        self.seen_tokens += num_tokens
+        if docs is None:
+            self.positions = self.positions + num_tokens
+        else:
+            self.positions, self.seq_idx = docs.positions[:, -1] + 1, docs.seq_idx[:, -1]
+            self.aligned = False
 
     def __len__(self) -> int:
         return len(self.states)
@@ -51,6 +67,7 @@ class BMojoCache:
         """Select batch rows (beam search)."""
         for i, s in enumerate(self.states):
             self.states[i] = _index_batch(s, beam_idx)
+        self.positions, self.seq_idx = _index_batch(self.positions, beam_idx), _index_batch(self.seq_idx, beam_idx)
 
 
 def _index_batch(obj, idx):

@@ -16,6 +16,7 @@ from transformers.utils import ModelOutput
 from ..layers.attention import Attention
 from ..layers.bmojo import BMojoMixer
 from ..layers.common import RMSNorm, RotaryEmbedding, SwiGLU, rope_inverse_frequencies
+from ..layers.documents import Documents, documents_from_starts, restart_rows
 from ..layers.mamba2 import Mamba2Mixer
 from ..ops.loss import next_token_cross_entropy, token_cross_entropy
 from .cache import BMojoCache
@@ -33,6 +34,16 @@ MIXERS: dict[str, Callable[[BMojoConfig], nn.Module]] = {
 assert tuple(MIXERS) == MIXER_KINDS
 
 
+def _require(condition: torch.Tensor, message) -> None:
+    """ValueError(message) unless the boolean tensor `condition` holds; on accelerators an asynchronous device
+    assertion instead (no host sync). `message`: a string or a function returning one."""
+    if condition.device.type == "cpu":
+        if not bool(condition):
+            raise ValueError(message() if callable(message) else message)
+    else:
+        torch._assert_async(condition, message() if not callable(message) else "invalid model input")
+
+
 class BMojoBlock(nn.Module):
     """h = h + mixer(norm(h)); then, if config.use_mlp, h = h + mlp(norm(h))."""
 
@@ -47,9 +58,9 @@ class BMojoBlock(nn.Module):
         else:
             self.mlp = None
 
-    def forward(self, h: torch.Tensor, state=None, start: int = 0):
+    def forward(self, h: torch.Tensor, state=None, start: int = 0, docs: Documents | None = None):
         x = self.input_norm(h)
-        out, state = self.mixer(x, state, start)
+        out, state = self.mixer(x, state, start, docs)
         h = h + out
         if self.mlp is not None:
             h = h + self.mlp(self.mlp_norm(h))
@@ -58,11 +69,13 @@ class BMojoBlock(nn.Module):
 
 @dataclass
 class BMojoCausalLMOutput(ModelOutput):
-    """loss (scalar, with labels or targets); logits (b, T, V); cache (BMojoCache, with use_cache)."""
+    """loss (scalar, with labels or targets); logits (b, T, V); cache (BMojoCache, with use_cache);
+    hidden_states (with output_hidden_states): embeddings, each block's output, the last after the final norm."""
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     cache: BMojoCache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
 
     @property
     def past_key_values(self) -> BMojoCache | None:  # the pre-5.x name
@@ -74,7 +87,7 @@ class BMojoPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     _no_split_modules = ["BMojoBlock"]
     _is_stateful = True  # recurrent state: no cache rollback (assisted decoding)
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
@@ -103,20 +116,42 @@ class BMojoModel(BMojoPreTrainedModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(BMojoBlock(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.gradient_checkpointing = False
         self.post_init()
 
-    def forward(self, input_ids: torch.Tensor, cache: BMojoCache | None = None) -> torch.Tensor:
-        """input_ids: (b, T). Returns hidden states (b, T, d); advances `cache` in place if given."""
-        h = self.embed_tokens(input_ids)
+    def forward(self, inputs_embeds: torch.Tensor, cache: BMojoCache | None = None, docs: Documents | None = None
+                ) -> list[torch.Tensor]:
+        """inputs_embeds: (b, T, d). Returns the hidden states [input, after block 1, ..., after the final norm]
+        ((b, T, d) each); advances `cache` in place if given. Decoding with documents (padding, packing) reads one
+        token at a time, so that each row's document boundaries and chunk grid are its own."""
+        if cache is not None and docs is not None and inputs_embeds.shape[1] > 1:
+            steps = [self._blocks(inputs_embeds[:, t : t + 1], cache, docs.slice(t, t + 1))
+                     for t in range(inputs_embeds.shape[1])]
+            hidden = [torch.cat(parts, dim=1) for parts in zip(*steps, strict=True)]
+        else:
+            hidden = self._blocks(inputs_embeds, cache, docs)
+        return hidden[:-1] + [self.norm(hidden[-1])]
+
+    def _blocks(self, h: torch.Tensor, cache: BMojoCache | None, docs: Documents | None) -> list[torch.Tensor]:
+        """Every block over h (b, T, d); returns [h, after block 1, ..., after the last block]."""
         start = cache.seen_tokens if cache is not None else 0
+        hidden = [h]
         for i, layer in enumerate(self.layers):
             if cache is None:
-                h, _ = layer(h)
+                if self.gradient_checkpointing and self.training:
+                    h, _ = self._gradient_checkpointing_func(layer.__call__, h, None, 0, docs)
+                else:
+                    h, _ = layer(h, None, 0, docs)
             else:
-                h, cache.states[i] = layer(h, cache.states[i], start)
+                state = cache.states[i]
+                if docs is not None:  # rows whose first token starts a document forget the previous one
+                    fresh = layer.mixer.init_state(h.shape[0], h.device, cache.dtype)
+                    state = restart_rows(docs.starts[:, 0], state, fresh)
+                h, cache.states[i] = layer(h, state, start, docs)
+            hidden.append(h)
         if cache is not None:
-            cache.seen_tokens += input_ids.shape[1]
-        return self.norm(h)
+            cache.advance(h.shape[1], docs)
+        return hidden
 
 
 class BMojoForCausalLM(BMojoPreTrainedModel, GenerationMixin):
@@ -135,29 +170,7 @@ class BMojoForCausalLM(BMojoPreTrainedModel, GenerationMixin):
         """An empty decoding cache for `batch_size` sequences, on the model's device and dtype."""
         p = next(self.parameters())
         states = [layer.mixer.init_state(batch_size, p.device, p.dtype) for layer in self.model.layers]
-        return BMojoCache(states, self.config.layer_pattern)
-
-    def _check_inputs(self, input_ids, attention_mask, cache) -> None:
-        if input_ids is None or input_ids.dim() != 2:
-            got = None if input_ids is None else tuple(input_ids.shape)
-            raise ValueError(f"input_ids must be a (batch, seq_len) tensor, got {got}")
-        if input_ids.shape[1] == 0:
-            raise ValueError("input_ids is an empty sequence (seq_len 0); pass at least one token")
-        lo, hi = int(input_ids.min()), int(input_ids.max())
-        if lo < 0 or hi >= self.config.vocab_size:
-            raise ValueError(f"token ids must lie in [0, vocab_size={self.config.vocab_size}); got min {lo}, max {hi}")
-        if attention_mask is not None:
-            past = cache.seen_tokens if cache is not None else 0
-            ok = (input_ids.shape[0], input_ids.shape[1]), (input_ids.shape[0], past + input_ids.shape[1])
-            if attention_mask.dim() != 2 or tuple(attention_mask.shape) not in ok:
-                raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected one of {ok} "
-                                 "(batch, [past +] seq_len)")
-            if not bool(attention_mask.bool().all()):
-                raise ValueError("attention_mask contains padding (zeros): padded batches are not supported; "
-                                 "pass sequences of equal length or run them one at a time")
-        if cache is not None and not isinstance(cache, BMojoCache):
-            raise ValueError(f"the cache must be a BMojoCache (from model.new_cache(batch_size)), "
-                             f"got {type(cache).__name__}")
+        return BMojoCache(states, self.config.layer_pattern, batch_size, p.device, p.dtype)
 
     def forward(
         self,
@@ -168,29 +181,113 @@ class BMojoForCausalLM(BMojoPreTrainedModel, GenerationMixin):
         cache: BMojoCache | None = None,
         past_key_values: BMojoCache | None = None,
         use_cache: bool | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        seq_idx: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
         logits_to_keep: int = 0,
         return_dict: bool | None = None,
         **kwargs,
     ) -> BMojoCausalLMOutput:
-        """input_ids: (b, T). The loss takes one of two target conventions (-100 ignored in both):
-        `labels` (b, T), Hugging Face's: shifted inside, labels[:, t+1] is the target of position t (pass the
-        inputs themselves for language modeling); `targets` (b, T), pre-shifted (nanoGPT's, what `bmojo.tasks`
-        returns): targets[:, t] is the target of position t. Passing both is an error.
+        """input_ids: (b, T) (or inputs_embeds (b, T, d)).
+
+        Documents: `attention_mask` (b, T) or (b, past + T), HF style: zeros mark padding, on the left (in a
+        decoding call, padding after real tokens is an error); `seq_idx` (b, T): a document index per token,
+        nondecreasing along a row (packed sequences, as mamba-ssm names it); or `position_ids` (b, T) that restart
+        at 0 where a document starts (what `transformers.DataCollatorWithFlattening` returns). Each document is
+        computed as if it stood alone: the SSM, the windows and the B'MOJO memories restart at its first token,
+        and its positions count from there; pad tokens form documents that no real token reads.
+
+        The loss takes one of two target conventions (-100 ignored in both): `labels` (b, T), Hugging Face's:
+        shifted inside, labels[:, t+1] is the target of position t (pass the inputs themselves for language
+        modeling); `targets` (b, T), pre-shifted (nanoGPT's, what `bmojo.tasks` returns): targets[:, t] is the
+        target of position t. Passing both is an error.
         `cache` (or its older name `past_key_values`) continues decoding from a BMojoCache; with `use_cache=True`
         and no cache, a new one is started. Returns loss, logits (b, T', V) for the last `logits_to_keep`
-        positions (0 = all), cache."""
+        positions (0 = all), cache, and with `output_hidden_states` the hidden states (embeddings, each block's
+        output, the last one after the final norm)."""
         if labels is not None and targets is not None:
             raise ValueError("pass labels (HF convention, shifted inside) or targets (pre-shifted, as bmojo.tasks "
                              "returns them), not both")
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids (b, T) and inputs_embeds (b, T, hidden_size)")
         cache = cache if cache is not None else past_key_values
-        if use_cache and cache is None:
-            cache = self.new_cache(input_ids.shape[0])
-        self._check_inputs(input_ids, attention_mask, cache)
-        h = self.model(input_ids, cache)
+        shape = tuple(input_ids.shape) if input_ids is not None else tuple(inputs_embeds.shape[:-1])
+        if use_cache and cache is None and len(shape) == 2:
+            cache = self.new_cache(shape[0])
+        self._check_inputs(input_ids, inputs_embeds, cache)
+        docs = self._documents(shape, attention_mask, seq_idx, position_ids, cache)
+        h = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        hidden = self.model(h, cache, docs)
+        h = hidden[-1]
         logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
         loss = None
         if labels is not None:
             loss = next_token_cross_entropy(logits, labels)
         elif targets is not None:
             loss = token_cross_entropy(logits, targets)
-        return BMojoCausalLMOutput(loss=loss, logits=logits, cache=cache)
+        return BMojoCausalLMOutput(loss=loss, logits=logits, cache=cache,
+                                   hidden_states=tuple(hidden) if output_hidden_states else None)
+
+    def _check_inputs(self, input_ids, inputs_embeds, cache) -> None:
+        """ValueError for inputs of the wrong shape, empty, or with token ids outside the vocabulary (checked
+        without a host sync on accelerators: there an out-of-range id fails asynchronously)."""
+        if input_ids is not None and input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be a (batch, seq_len) tensor, got {tuple(input_ids.shape)}")
+        d = self.config.hidden_size
+        if inputs_embeds is not None and (inputs_embeds.dim() != 3 or inputs_embeds.shape[2] != d):
+            raise ValueError(f"inputs_embeds must be (batch, seq_len, hidden_size={self.config.hidden_size}), "
+                             f"got {tuple(inputs_embeds.shape)}")
+        ids = input_ids if input_ids is not None else inputs_embeds[..., 0]
+        if ids.shape[1] == 0:
+            raise ValueError("input_ids is an empty sequence (seq_len 0); pass at least one token")
+        if cache is not None and not isinstance(cache, BMojoCache):
+            raise ValueError(f"the cache must be a BMojoCache (from model.new_cache(batch_size)), "
+                             f"got {type(cache).__name__}")
+        if input_ids is not None:
+            in_range = (input_ids >= 0).all() & (input_ids < self.config.vocab_size).all()
+            _require(in_range, lambda: f"token ids must lie in [0, vocab_size={self.config.vocab_size}); got min "
+                                       f"{int(input_ids.min())}, max {int(input_ids.max())}")
+
+    def _documents(self, shape, attention_mask, seq_idx, position_ids, cache) -> Documents | None:
+        """The document structure of a (b, T) block, or None when it is one document per row that continues the
+        cache (or starts at position 0): the fast path."""
+        b, T = shape
+        past = cache.seen_tokens if cache is not None else 0
+        device = (seq_idx if seq_idx is not None else attention_mask if attention_mask is not None
+                  else position_ids if position_ids is not None else None)
+        device = device.device if device is not None else self.model.embed_tokens.weight.device
+        starts = None
+        if seq_idx is not None:
+            if tuple(seq_idx.shape) != (b, T):
+                raise ValueError(f"seq_idx has shape {tuple(seq_idx.shape)}; expected (batch, seq_len) = {(b, T)}")
+            _require((seq_idx[:, 1:] >= seq_idx[:, :-1]).all(),
+                     "seq_idx must be nondecreasing along each row (a document index per token)")
+            before = cache.seq_idx if past else seq_idx[:, 0]
+            starts = torch.cat([seq_idx[:, :1] != before[:, None], seq_idx[:, 1:] != seq_idx[:, :-1]], dim=1)
+        elif attention_mask is not None:
+            ok = (b, T), (b, past + T)
+            if attention_mask.dim() != 2 or tuple(attention_mask.shape) not in ok:
+                raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected one of {ok} "
+                                 "(batch, [past +] seq_len)")
+            real = attention_mask.bool()
+            if past:
+                _require(~(real[:, :-1] & ~real[:, 1:]).any(), "attention_mask has padding after real tokens (right "
+                         "padding) in a decoding call; pad on the left (tokenizer.padding_side = 'left')")
+            before = torch.ones_like(real[:, :1]) if real.shape[1] == T and past else torch.zeros_like(real[:, :1])
+            starts = real & ~torch.cat([before, real[:, :-1]], dim=1)  # a real token after padding
+            starts = starts[:, -T:]
+            if not past:
+                starts[:, 0] = True
+        elif position_ids is not None:
+            if tuple(position_ids.shape) != (b, T):
+                raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}; expected (batch, seq_len)")
+            starts = position_ids == 0
+        aligned = cache is None or cache.aligned
+        if starts is None or (aligned and not bool(starts[:, 1:].any()) and (not past or not bool(starts[:, 0].any()))):
+            if aligned:
+                return None
+            starts = torch.zeros(b, T, dtype=torch.bool, device=device)
+        first_seq = cache.seq_idx if cache is not None else torch.zeros(b, dtype=torch.long, device=device)
+        first_position = cache.positions if cache is not None else torch.zeros(b, dtype=torch.long, device=device)
+        return documents_from_starts(starts, first_seq, first_position)

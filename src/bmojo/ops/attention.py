@@ -38,9 +38,15 @@ def explicit_attention(
     return torch.matmul(probs.view(b, hk, rep * T, S), v.to(dtype)).view(b, hq, T, d)
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Full causal attention where the T queries are the last T of the S keys. Returns (b, hq, T, d)."""
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_idx: torch.Tensor | None = None
+                     ) -> torch.Tensor:
+    """Full causal attention where the T queries are the last T of the S keys. seq_idx (b, S) (optional,
+    packed documents: a dense (T, S) mask per row): keys of another document are masked. Returns (b, hq, T, d)."""
     T, S = q.shape[2], k.shape[2]
+    if seq_idx is not None:
+        causal = torch.arange(S, device=q.device)[None, :] <= torch.arange(S - T, S, device=q.device)[:, None]
+        same = seq_idx[:, -T:, None] == seq_idx[:, None, :]
+        return masked_attention(q, k, v, (causal & same)[:, None])
     if T == S:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
     mask = torch.arange(S, device=q.device)[None, :] <= torch.arange(S - T, S, device=q.device)[:, None]
@@ -55,14 +61,15 @@ def window_attention(
     mem_k: torch.Tensor | None = None,
     mem_v: torch.Tensor | None = None,
     mem_valid: torch.Tensor | None = None,
+    seq_idx: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Blocked causal sliding-window attention with optional memory tokens per chunk.
 
     Positions are cut into chunks of length `window` (w). Query t (chunk c = t // w) attends, under one
     softmax, to raw keys s with t - w < s <= t and to the M memory slots of its chunk.
     q: (b, hq, L, d); k, v: (b, hk, L, d); mem_k, mem_v: (b, hk, nc, M, d); mem_valid: (b, nc, M),
-    nc = ceil(L / w). Cost O(L (2w + M)): each chunk's queries see [memory; chunk c-1; chunk c].
-    Returns (b, hq, L, d).
+    nc = ceil(L / w); seq_idx (b, L) (optional, packed documents): raw keys of another document are masked.
+    Cost O(L (2w + M)): each chunk's queries see [memory; chunk c-1; chunk c]. Returns (b, hq, L, d).
     """
     b, hq, L, d = q.shape
     hk, w = k.shape[1], window
@@ -83,6 +90,10 @@ def window_attention(
     raw_mask = raw_mask.expand(nc, w, 2 * w).clone()
     raw_mask[0, :, :w] = False  # chunk -1 does not exist
     mask = raw_mask.expand(b, nc, w, 2 * w)
+    if seq_idx is not None:
+        docs = F.pad(seq_idx, (0, pad), mode="replicate").view(b, nc, w) if pad else seq_idx.view(b, nc, w)
+        key_docs = torch.cat([F.pad(docs, (0, 0, 1, 0), value=-1)[:, :nc], docs], dim=2)  # [chunk c-1; chunk c]
+        mask = mask & (docs[..., :, None] == key_docs[..., None, :])
     if mem_k is not None and mem_k.shape[3] > 0:
         keys = torch.cat([mem_k, keys], dim=3)
         values = torch.cat([mem_v, values], dim=3)

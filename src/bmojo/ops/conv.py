@@ -4,6 +4,8 @@
 Shapes: x (b, L, C); weight (C, K) (the Conv1d weight (C, 1, K) squeezed); bias (C,);
 past (b, K-1, C): the K-1 inputs before x[:, 0] (zeros at the start of a sequence).
 out_t = silu(bias + sum_k weight[:, k] * x_{t-K+1+k}).
+seq_idx (b, L) (optional, packed documents): inputs of another document count as zeros; `past` belongs to
+the document of x[:, 0].
 """
 
 from __future__ import annotations
@@ -40,10 +42,12 @@ class _CausalConvSiLU(torch.autograd.Function):
         return grad_full, grad_weight_t, grad_pre.sum((0, 1))
 
 
-def causal_conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, past: torch.Tensor | None = None):
+def causal_conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, past: torch.Tensor | None = None,
+                     seq_idx: torch.Tensor | None = None):
     """Returns (out (b, L, C), the last K-1 inputs (b, K-1, C): the `past` of the next call, in past's dtype).
     Computes in the weight's dtype, or under autocast in the autocast dtype (x comes from the input projection
-    in it), like the Linear layers around it: elementwise work on half the bytes, no cast of the activations."""
+    in it), like the Linear layers around it: elementwise work on half the bytes, no cast of the activations.
+    With `seq_idx`, each shifted input is masked to the output's document (plain autograd ops)."""
     K = weight.shape[1]
     dtype = compute_dtype(x.device.type, weight.dtype)
     x = x.to(dtype)  # one cast up front rather than one per shifted product
@@ -51,7 +55,16 @@ def causal_conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
         full = F.pad(x, (0, 0, K - 1, 0))
     else:
         full = torch.cat([past.to(dtype), x], dim=1)
-    out = _CausalConvSiLU.apply(full, weight.t().to(dtype).contiguous(), bias.to(dtype))
+    weight_t = weight.t().to(dtype).contiguous()
+    if seq_idx is None:
+        out = _CausalConvSiLU.apply(full, weight_t, bias.to(dtype))
+    else:
+        L = x.shape[1]
+        docs = torch.cat([seq_idx[:, :1].expand(-1, K - 1), seq_idx], dim=1)  # `past` joins x[:, 0]'s document
+        pre = bias.to(dtype)
+        for k in range(K):
+            pre = pre + full[:, k : k + L] * weight_t[k] * (docs[:, k : k + L] == seq_idx)[..., None].to(dtype)
+        out = F.silu(pre)
     carry = full[:, x.shape[1] :]
     return out, carry if past is None else carry.to(past.dtype)
 

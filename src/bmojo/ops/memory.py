@@ -63,11 +63,14 @@ class KVSlots:
 
 
 @torch.no_grad()
-def innovation_score(y: torch.Tensor, weights: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
+def innovation_score(y: torch.Tensor, weights: torch.Tensor, history: torch.Tensor | None = None,
+                     seq_idx: torch.Tensor | None = None) -> torch.Tensor:
     """eps_t = mean_i (y_t,i - sum_j alpha_j y_{t-j},i)^2, computed without gradient, in fp32.
 
     y: (b, L, d) SSM outputs; weights: (k,) the fixed predictor alpha_1..alpha_k; history: (b, k, d),
-    the k outputs before y[:, 0] (oldest first; zeros = "y before position 0 is 0"). Returns (b, L).
+    the k outputs before y[:, 0] (oldest first; zeros = "y before position 0 is 0"); seq_idx (b, L)
+    (optional, packed documents): outputs of another document count as zeros (history belongs to y[:, 0]'s
+    document). Returns (b, L).
     """
     k = weights.shape[0]
     y = y.float()
@@ -75,7 +78,13 @@ def innovation_score(y: torch.Tensor, weights: torch.Tensor, history: torch.Tens
         history = y.new_zeros(y.shape[0], k, y.shape[2])
     full = torch.cat([history.float(), y], dim=1)
     L = y.shape[1]
-    guess = sum(weights[j - 1].float() * full[:, k - j : k - j + L] for j in range(1, k + 1))
+    docs = None if seq_idx is None else torch.cat([seq_idx[:, :1].expand(-1, k), seq_idx], dim=1)
+
+    def past(j: int) -> torch.Tensor:  # y_{t-j} for every t, zero where it lies in another document
+        shifted = full[:, k - j : k - j + L]
+        return shifted if docs is None else shifted * (docs[:, k - j : k - j + L] == seq_idx)[..., None]
+
+    guess = sum(weights[j - 1].float() * past(j) for j in range(1, k + 1))
     return (y - guess).pow(2).mean(-1)
 
 
@@ -117,11 +126,14 @@ def keep_top(kept: KVSlots, new: KVSlots) -> KVSlots:
 
 
 @torch.no_grad()
-def eidetic_positions(eps: torch.Tensor, window: int, num_eidetic: int) -> torch.Tensor:
+def eidetic_positions(eps: torch.Tensor, window: int, num_eidetic: int, seq_idx: torch.Tensor | None = None
+                      ) -> torch.Tensor:
     """Parallel form: the eidetic memory of every chunk, by running `eidetic_merge` over chunks
     (nc small steps). Entering chunk c the candidates are the w positions (history_end(c-1), history_end(c)]
-    = [(c-2) w + 1, (c-1) w] that just joined H_c. eps: (b, L). Returns positions (b, nc, m_e), EMPTY where
-    unfilled."""
+    = [(c-2) w + 1, (c-1) w] that just joined H_c. eps: (b, L). With seq_idx (b, L) (documents laid out so that
+    each starts at a multiple of w, see `bmojo.layers.documents.align_documents`), the memory empties at a
+    document's first chunk and only candidates of the chunk's document enter. Returns positions (b, nc, m_e),
+    EMPTY where unfilled."""
     b, L = eps.shape
     w = window
     nc = -(-L // w)
@@ -129,11 +141,20 @@ def eidetic_positions(eps: torch.Tensor, window: int, num_eidetic: int) -> torch
     shifted = F.pad(eps.float(), (w - 1, nc * w - L), value=float("-inf"))
     pos = torch.arange(-(w - 1), nc * w, device=eps.device)
     pos = pos.masked_fill((pos < 0) | (pos >= L), EMPTY).expand(b, -1)
+    if seq_idx is not None:
+        chunk_doc = seq_idx[:, ::w]  # (b, nc): the document of each chunk
+        shifted_doc = F.pad(seq_idx, (w - 1, nc * w - L), value=-1)
     mem_score = eps.new_full((b, num_eidetic), float("-inf"), dtype=torch.float32)
     mem_pos = torch.full((b, num_eidetic), EMPTY, dtype=torch.long, device=eps.device)
     out = [mem_pos]
     for c in range(1, nc):
         block = slice((c - 1) * w, c * w)
-        mem_score, mem_pos, _ = eidetic_merge(mem_score, mem_pos, shifted[:, block], pos[:, block])
+        new_score, new_pos = shifted[:, block], pos[:, block]
+        if seq_idx is not None:
+            restart = (chunk_doc[:, c] != chunk_doc[:, c - 1])[:, None]
+            mem_score, mem_pos = mem_score.masked_fill(restart, float("-inf")), mem_pos.masked_fill(restart, EMPTY)
+            other = shifted_doc[:, block] != chunk_doc[:, c : c + 1]
+            new_score, new_pos = new_score.masked_fill(other, float("-inf")), new_pos.masked_fill(other, EMPTY)
+        mem_score, mem_pos, _ = eidetic_merge(mem_score, mem_pos, new_score, new_pos)
         out.append(mem_pos)
     return torch.stack(out, dim=1)

@@ -5,8 +5,10 @@ Shapes (all functions):
     x:  (b, L, h, p)   inputs per head          dt: (b, L, h)   step sizes (already softplus-ed)
     A:  (h,)           negative decay rates     B, C: (b, L, g, n) input/output projections,
                                                  head i uses group i // (h // g)
-    state: (b, h, p, n)
+    state: (b, h, p, n)                         seq_idx: (b, L) document index per token (optional)
 The recurrence, per head:  S_t = exp(dt_t A) S_{t-1} + dt_t x_t B_t^T,   y_t = S_t C_t.
+With `seq_idx` (packed documents) the state restarts from zero at every token whose document index differs
+from the previous token's; `initial_state` belongs to the document of x[:, 0].
 (The D skip connection is applied by the caller.) Computation runs in fp32; under autocast the matmuls
 and their operands are in the autocast dtype (see `ssd_chunked`).
 
@@ -41,19 +43,22 @@ def ssd_chunked(
     chunk_size: int,
     initial_state: torch.Tensor | None = None,
     backend: str = "auto",
+    seq_idx: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked SSD: quadratic (attention-like) inside chunks of `chunk_size`, a linear scan over
     chunk states between them. Returns (y (b, L, h, p), final_state (b, h, p, n)).
 
     `backend`: "torch" (this code, any device), "fla" (the Triton kernel of flash-linear-attention, CUDA
-    only, see `ssd_chunked_fla`), or "auto": fla for CUDA tensors when it is installed, else torch.
+    only, see `ssd_chunked_fla`), or "auto": fla for CUDA tensors when it is installed, else torch. Packed
+    documents (`seq_idx`) always run here: every term that would cross a document boundary is masked (pairs
+    inside a chunk, a chunk's contribution to the carried state, the carried state itself).
 
     Heads are kept as (g groups, r = h // g heads per group), so B and C are never repeated per head:
     C B^T is formed once per group, and the state matmuls batch a group's r heads together.
     The log decays (cumsum, exp) and the scan over chunk states are fp32. The matmul operands (x dt, B, C,
     the decayed scores, the entering states) are in the autocast dtype under autocast (else fp32) and are
     produced directly in it, so no large tensor is cast twice; y comes back in x's dtype."""
-    if select_backend(backend, x.device.type) == "fla":
+    if seq_idx is None and select_backend(backend, x.device.type) == "fla":
         return ssd_chunked_fla(x, dt, A, B, C, initial_state)
     b, L, h, p = x.shape
     g, n = B.shape[-2:]
@@ -70,6 +75,7 @@ def ssd_chunked(
         xdt, B, C = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (xdt, B, C))
         dt = F.pad(dt, (0, 0, 0, pad))
     nc = (L + pad) // Q
+    docs = None if seq_idx is None else _chunk_documents(seq_idx, Q, pad)
     xdt = xdt.view(b, nc, Q, g, r, p)
     B, C = B.view(b, nc, Q, g, n), C.view(b, nc, Q, g, n)
     # log decay from the chunk start, in two layouts (contiguous, so elementwise ops stream through memory)
@@ -79,15 +85,21 @@ def ssd_chunked(
     # 1. within chunks: y_l += sum_{s<=l} (C_l . B_s) exp(cum_l - cum_s) xdt_s, per head, in the head-major
     #    layout (b, nc, g, r, Q, p) so that every per-head matmul is a contiguous batch
     CB = torch.einsum("bclgn,bcsgn->bcgls", C, B)  # (b, nc, g, Q, Q)
-    y = _IntraChunk.apply(cum, CB, xdt.permute(0, 1, 3, 4, 2, 5).contiguous()).permute(0, 1, 4, 2, 3, 5)
+    same_doc = None if docs is None else docs["pairs"]
+    y = _IntraChunk.apply(cum, CB, xdt.permute(0, 1, 3, 4, 2, 5).contiguous(), same_doc).permute(0, 1, 4, 2, 3, 5)
 
     # 2. state contributed by each chunk, taken at its end: sum_l exp(cum_end - cum_l) xdt_l B_l^T
-    to_end = torch.exp(cum_t[:, :, -1:] - cum_t).to(cd)  # (b, nc, Q, g, r)
+    to_end = torch.exp(cum_t[:, :, -1:] - cum_t)  # (b, nc, Q, g, r)
+    if docs is not None:  # only the chunk's last document reaches its end state
+        to_end = to_end * docs["reaches_end"][..., None, None]
+    to_end = to_end.to(cd)
     chunk_states = torch.einsum("bclgrp,bclgn->bcgrpn", xdt * to_end[..., None], B)
 
     # 3. scan over chunks (L / Q small steps, fp32) for the state entering each chunk. (A two-level scan, a
     #    (K x K) decay matmul inside groups of K ~ sqrt(nc) chunks and a loop of nc / K steps, measured 15-20% slower.)
     chunk_decay = torch.exp(cum[..., -1])  # (b, nc, g, r)
+    if docs is not None:  # a document that starts inside chunk c does not carry the state entering it
+        chunk_decay = chunk_decay * docs["carries"][..., None, None]
     if initial_state is None:
         state = x.new_zeros(b, g, r, p, n, dtype=torch.float32)
     else:
@@ -96,9 +108,25 @@ def ssd_chunked(
 
     # 4. contribution of the entering state to every position of the chunk: exp(cum_l) C_l S
     y_off = torch.einsum("bclgn,bcgrpn->bclgrp", C, entering)
-    y = y + y_off * torch.exp(cum_t).to(cd)[..., None]
+    from_start = torch.exp(cum_t)  # (b, nc, Q, g, r)
+    if docs is not None:  # the entering state reaches only the tokens of the document it belongs to
+        from_start = from_start * docs["continues"][..., None, None]
+    y = y + y_off * from_start.to(cd)[..., None]
     y = y.reshape(b, nc * Q, h, p)[:, :L]
     return y.to(in_dtype), state.reshape(b, h, p, n)
+
+
+def _chunk_documents(seq_idx: torch.Tensor, Q: int, pad: int) -> dict[str, torch.Tensor]:
+    """Document masks of the chunked scan, from seq_idx (b, L) padded to nc chunks of Q:
+    pairs (b, nc, Q, Q): tokens l, s of a chunk in the same document; reaches_end (b, nc, Q): token l is in the
+    document of its chunk's last token; continues (b, nc, Q): token l is in the document of the token before
+    its chunk (x[:, 0]'s for chunk 0: the initial state's); carries (b, nc): the chunk's last token is."""
+    seg = F.pad(seq_idx, (0, pad), mode="replicate") if pad else seq_idx  # padding joins the last document
+    seg = seg.view(seg.shape[0], -1, Q)
+    before = torch.cat([seg[:, :1, 0], seg[:, :-1, -1]], dim=1)  # (b, nc): document of the token before chunk c
+    continues = seg == before[..., None]
+    return {"pairs": seg[..., :, None] == seg[..., None, :], "reaches_end": seg == seg[..., -1:],
+            "continues": continues, "carries": continues[..., -1]}
 
 
 class _IntraChunk(torch.autograd.Function):
@@ -107,13 +135,17 @@ class _IntraChunk(torch.autograd.Function):
     gradients need no negated copy (d cum = row sums - column sums of d scores * scores).
     cum: (b, nc, g, r, Q) fp32; CB: (b, nc, g, Q, Q) [l, s] = C_l . B_s; xdt: (b, nc, g, r, Q, p).
     CB and xdt are in the matmul dtype (bf16 under autocast, else fp32): the decay is computed in fp32 and
-    rounded to it once, so that the scores, the saved tensors and all matmuls are in it; y comes out in it."""
+    rounded to it once, so that the scores, the saved tensors and all matmuls are in it; y comes out in it.
+    same_doc (b, nc, Q, Q) or None: pairs in different documents are masked like s > l."""
 
     @staticmethod
-    def forward(ctx, cum, CB, xdt):
+    def forward(ctx, cum, CB, xdt, same_doc=None):
         Q = cum.shape[-1]
         decay = cum[..., :, None] - cum[..., None, :]  # (b, nc, g, r, Q, Q), [l, s] = cum_l - cum_s
-        decay.masked_fill_(torch.ones(Q, Q, dtype=torch.bool, device=cum.device).triu(1), float("-inf")).exp_()
+        masked = torch.ones(Q, Q, dtype=torch.bool, device=cum.device).triu(1)
+        if same_doc is not None:
+            masked = masked | ~same_doc[:, :, None, None]
+        decay.masked_fill_(masked, float("-inf")).exp_()
         decay = decay.to(CB.dtype)
         scores = decay * CB[:, :, :, None]
         ctx.save_for_backward(decay, scores, xdt)
@@ -127,7 +159,7 @@ class _IntraChunk(torch.autograd.Function):
         d_xdt = torch.matmul(scores.transpose(-1, -2), dy)
         d_CB = (d_scores * decay).sum(3)
         d_seg = d_scores.mul_(scores)
-        return d_seg.sum(-1).float() - d_seg.sum(-2).float(), d_CB, d_xdt
+        return d_seg.sum(-1).float() - d_seg.sum(-2).float(), d_CB, d_xdt, None
 
 
 class _ChunkScan(torch.autograd.Function):
@@ -241,14 +273,17 @@ def ssd_chunked_fla(
 
 
 def ssd_step(
-    state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor
+    state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    restart: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One recurrence step. x: (b, h, p), dt: (b, h), B, C: (b, g, n), state: (b, h, p, n).
-    Returns (y (b, h, p), new_state)."""
+    """One recurrence step. x: (b, h, p), dt: (b, h), B, C: (b, g, n), state: (b, h, p, n); restart (b,) bool:
+    rows whose token starts a new document (their state is dropped first). Returns (y (b, h, p), new_state)."""
     h = x.shape[1]
     xf, dtf = x.float(), dt.float()
     Bh, Ch = _heads(B.float(), h), _heads(C.float(), h)
     decay = torch.exp(dtf * A.float())[..., None, None]
+    if restart is not None:
+        decay = decay.masked_fill(restart[:, None, None, None], 0.0)
     state = state.float() * decay + (xf * dtf[..., None])[..., None] * Bh[:, :, None, :]
     y = torch.einsum("bhpn,bhn->bhp", state, Ch)
     return y.to(x.dtype), state
@@ -261,12 +296,14 @@ def ssd_sequential(
     B: torch.Tensor,
     C: torch.Tensor,
     initial_state: torch.Tensor | None = None,
+    seq_idx: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference twin of `ssd_chunked`: the plain per-token recurrence (slow; tests and benchmarks)."""
     b, L, h, p = x.shape
     state = x.new_zeros(b, h, p, B.shape[-1], dtype=torch.float32) if initial_state is None else initial_state
     ys = []
     for t in range(L):
-        y, state = ssd_step(state, x[:, t], dt[:, t], A, B[:, t], C[:, t])
+        restart = None if seq_idx is None or t == 0 else seq_idx[:, t] != seq_idx[:, t - 1]
+        y, state = ssd_step(state, x[:, t], dt[:, t], A, B[:, t], C[:, t], restart)
         ys.append(y)
     return torch.stack(ys, dim=1), state

@@ -116,7 +116,12 @@ class ByteTokenizer(Tokenizer):
         return [np.frombuffer(t.encode("utf-8"), dtype=np.uint8) for t in texts]
 
     def save(self, directory: str | os.PathLike) -> None:
+        """The meta file, plus the same tokenizer as an HF one (`bmojo.BMojoByteTokenizer`), so that the folder
+        also serves `AutoTokenizer` and `pipeline("text-generation", model=folder)`."""
+        from ..models.tokenization import BMojoByteTokenizer
+
         _write_meta(directory, kind=self.kind)
+        BMojoByteTokenizer().save_pretrained(directory)
 
     def __repr__(self) -> str:
         return "ByteTokenizer()"

@@ -21,6 +21,7 @@ from ..layers.mamba2 import Mamba2Mixer
 from ..ops.loss import next_token_cross_entropy, token_cross_entropy
 from .cache import BMojoCache
 from .configuration import MIXER_KINDS, BMojoConfig
+from .remote import AUTO_MAP, write_remote_code_shim
 
 # The mixer of each kind. Every mixer has one contract: `forward(x (b, T, d), state=None, start=0) -> (out, state)`
 # (no state: the parallel form; a state from `init_state(batch_size, device, dtype)`: decoding from position start).
@@ -92,6 +93,14 @@ class BMojoPreTrainedModel(PreTrainedModel):
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
         return False  # the model builds its own BMojoCache
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """HF's save (config.json with an `auto_map`, safetensors weights), plus `bmojo_auto.py`: the folder then
+        loads in a Python that has not imported bmojo, with trust_remote_code=True (see `bmojo.models.remote`)."""
+        self.config.auto_map = AUTO_MAP
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        write_remote_code_shim(save_directory)
+        return result
 
     @torch.no_grad()
     def _init_weights(self, module):

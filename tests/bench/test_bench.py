@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-SUITES = ("kernels", "layers", "models", "decode")
+SUITES = ("kernels", "layers", "models", "packing", "decode")
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,8 @@ def test_bench_reports_every_target_figure(quick_run):
         assert by_name[f"decode/latency_growth/{preset}"]["value"] > 0
     assert by_name["decode/cache_growth/bmojo"]["value"] == 1.0  # constant-size cache
     assert by_name["decode/cache_growth/transformer"]["value"] > 1.0  # the KV cache grows
-    assert len(doc["targets"]) == 8 and all(t["measured"] is not None for t in doc["targets"])
+    assert by_name["packing/train_packed/bmojo/L128"]["peer"] == "packing/train_unpacked/bmojo/L128"
+    assert len(doc["targets"]) == 9 and all(t["measured"] is not None for t in doc["targets"])
 
 
 def test_bench_markdown_and_plots(quick_run, png_signature):

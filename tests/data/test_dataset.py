@@ -49,3 +49,14 @@ def test_build_lm_dataset_builtin_splits_are_disjoint(builtin: list[Document], b
     assert bytes(val.blocks.flatten().tolist()) == expected[: val.num_tokens]
     small = build_lm_dataset(builtin[:40], bpe, seq_len=128, split="train", fractions=(0.5, 0.25, 0.25))
     assert small.blocks.max() < bpe.vocab_size and (small.blocks == bpe.eos_id).any()
+
+
+def test_lm_dataset_with_document_boundaries() -> None:
+    """With the separator, items carry seq_idx (a separator ends its document) and no label crosses a boundary;
+    the model then gives each document the logits it has alone."""
+    blocks = torch.tensor([[5, 6, 0, 7, 8, 9, 0, 4], [3, 0, 0, 2, 2, 2, 2, 2]])
+    item = LMDataset(blocks, sep_id=0)[0]
+    assert item["seq_idx"].tolist() == [0, 0, 0, 1, 1, 1, 1, 2]
+    assert item["labels"].tolist() == [5, 6, 0, -100, 8, 9, 0, -100]
+    assert LMDataset(blocks, sep_id=0)[1]["seq_idx"].tolist() == [0, 0, 1, 2, 2, 2, 2, 2]
+    assert set(LMDataset(blocks)[0]) == {"input_ids", "labels"}

@@ -30,6 +30,8 @@ def targets(bench: Bench) -> list[dict]:
          "value", "<=", 0.02),
         (f"bmojo MFU vs fp32 ceiling at d {mfu['hidden_size']}, L {mfu['L']} (fp32)",
          f"models/mfu_bmojo_d{mfu['hidden_size']}/L{mfu['L']}/fp32", "value", ">=", 0.30),
+        (f"bmojo packed-document training tokens/s vs one stream at L={mid} (at most 10% slower)",
+         f"packing/train_packed/bmojo/L{mid}", "ratio", ">=", 1 / 1.1),
     ]
     out = []
     for text, name, field, op, threshold in rows:

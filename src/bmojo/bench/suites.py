@@ -36,6 +36,7 @@ SIZES = {
         layer=dict(d=256, L=2048, batch=2),
         width={}, anchor_layers=4,
         train_L=(1024, 4096, 16384), tokens_per_step=4096, bf16_L=4096, model_repeats=5, long_repeats=3,
+        packed_docs=(64, 1024), packed_presets=("mamba", "hybrid", "bmojo"),
         mfu=dict(hidden_size=512, L=4096),
         curve=dict(L=512, batch=2, steps=40, lr=1e-3),
         decode_ctx=(1024, 2048, 4096, 8192, 16384, 32768), prefill_block=2048, decode_steps=16,
@@ -45,6 +46,7 @@ SIZES = {
         layer=dict(d=64, L=128, batch=1),
         width=TINY_WIDTH, anchor_layers=4,
         train_L=(64, 128), tokens_per_step=256, bf16_L=128, model_repeats=2, long_repeats=2,
+        packed_docs=(8, 48), packed_presets=("bmojo",),
         mfu=dict(hidden_size=128, L=128),
         curve=dict(L=64, batch=2, steps=4, lr=1e-3),
         decode_ctx=(32, 128), prefill_block=32, decode_steps=4,
@@ -229,14 +231,16 @@ def model_configs(quick: bool) -> dict[str, BMojoConfig]:
     return matched_configs(list(PRESETS), anchor_layers=size["anchor_layers"], **size["width"])
 
 
-def _train_step(model: BMojoForCausalLM, ids: torch.Tensor, bf16: bool, device: torch.device):
-    """A callable running one AdamW training step of `model` on `ids` (bf16 autocast if asked)."""
+def _train_step(model: BMojoForCausalLM, ids: torch.Tensor, bf16: bool, device: torch.device,
+                seq_idx: torch.Tensor | None = None):
+    """A callable running one AdamW training step of `model` on `ids` (bf16 autocast if asked; packed documents
+    if `seq_idx` is given)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step():
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = model(ids, labels=ids).loss
+            loss = model(ids, labels=ids, seq_idx=seq_idx).loss
         loss.backward()
         opt.step()
         return loss
@@ -291,6 +295,40 @@ def models(bench: Bench, ceiling: dict[str, float]) -> None:
         _compiled_point(bench, configs["bmojo"])
     _loss_curve(bench, configs["bmojo"])
     _plot_throughput(bench, configs)
+
+
+def packing(bench: Bench) -> None:
+    """Training on packed documents (seq_idx: every state restarts at each document) vs the same tokens as one
+    stream, per preset at matched parameters, fp32, at the bf16 length; timed interleaved. Document lengths are
+    drawn uniformly in [min_doc, max_doc] (the builtin corpus' files are mostly longer)."""
+    size = SIZES[bench.quick]
+    dev, L = bench.device, size["bf16_L"]
+    batch = max(1, size["tokens_per_step"] // L)
+    ids = torch.randint(0, 256, (batch, L), device=dev)
+    gen = torch.Generator().manual_seed(0)
+    lo, hi = size["packed_docs"]
+    seq_idx = torch.stack([_packed_row(L, lo, hi, gen) for _ in range(batch)]).to(dev)
+    for name in size["packed_presets"]:
+        cfg = model_configs(bench.quick)[name]
+        fns = {packed: _train_step(_model(cfg, dev), ids, False, dev, seq_idx if packed else None)
+               for packed in (False, True)}
+        s = measure(fns, dev, bench.warmup, size["model_repeats"])
+        rates = {packed: batch * L / statistics.median(xs) for packed, xs in s.items()}
+        settings = dict(L=L, batch=batch, dtype="fp32", documents_per_row=int(seq_idx[0, -1]) + 1,
+                        doc_lengths=f"uniform {lo}..{hi}")
+        bench.add("packing", f"train_unpacked/{name}/L{L}", rates[False], "tokens/s", settings, better="higher",
+                  spread=stats([batch * L / x for x in s[False]]))
+        bench.add("packing", f"train_packed/{name}/L{L}", rates[True], "tokens/s", settings, better="higher",
+                  spread=stats([batch * L / x for x in s[True]]), peer=f"train_unpacked/{name}/L{L}",
+                  ratio=rates[True] / rates[False])
+
+
+def _packed_row(L: int, lo: int, hi: int, gen: torch.Generator) -> torch.Tensor:
+    """seq_idx (L,) of documents with lengths uniform in [lo, hi] laid back to back (the last one cut)."""
+    lengths = []
+    while sum(lengths) < L:
+        lengths.append(int(torch.randint(lo, hi + 1, (1,), generator=gen)))
+    return torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))[:L]
 
 
 def _memory_sizes(config: BMojoConfig) -> dict[str, int]:

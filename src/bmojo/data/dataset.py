@@ -2,7 +2,9 @@
 
 Convention (HF causal-LM style): each item is ``{"input_ids": (seq_len,), "labels": (seq_len,)}``
 with ``labels`` equal to ``input_ids``; the model shifts internally (position ``t`` predicts
-``labels[t + 1]``), so an item yields ``seq_len - 1`` next-token targets.
+``labels[t + 1]``), so an item yields ``seq_len - 1`` next-token targets. With document boundaries
+(``LMDataset(blocks, sep_id)``), items also carry ``seq_idx`` (the model restarts every state at each
+document) and ``labels`` hold -100 at each document's first token, which nothing in its document predicts.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..ops.loss import IGNORE_INDEX
 from .corpus import SPLITS, Document, load_corpus, split_documents
 from .tokenizers import TokenIds, Tokenizer, load_tokenizer
 
@@ -42,17 +45,26 @@ def pack(token_ids_per_doc: Iterable[TokenIds], seq_len: int, sep_id: int) -> to
     return torch.from_numpy(stream[: n * seq_len].reshape(n, seq_len))
 
 
+def document_index(blocks: torch.Tensor, sep_id: int) -> torch.Tensor:
+    """seq_idx (N, seq_len) of packed blocks: the document index of each token, counted from 0 in every block;
+    a separator belongs to the document it ends."""
+    ends = (blocks == sep_id).long()
+    return torch.cumsum(ends, dim=1) - ends
+
+
 class LMDataset(Dataset):
     """In-memory fixed-length LM blocks. Item ``i``: ``{"input_ids", "labels"}``, LongTensors ``(seq_len,)``.
 
-    ``labels`` is a copy of ``input_ids`` (the model shifts internally; see module docstring).
+    ``labels`` is a copy of ``input_ids`` (the model shifts internally; see module docstring). With ``sep_id``
+    (the packing separator), items also hold ``seq_idx`` and no label crosses a document boundary.
     """
 
-    def __init__(self, blocks: torch.Tensor) -> None:
+    def __init__(self, blocks: torch.Tensor, sep_id: int | None = None) -> None:
         if blocks.ndim != 2 or blocks.dtype != torch.long:
             raise ValueError(f"blocks must be a 2-D LongTensor (N, seq_len), got {blocks.dtype} "
                              f"{tuple(blocks.shape)}")
         self.blocks = blocks
+        self.seq_idx = None if sep_id is None else document_index(blocks, sep_id)
 
     @property
     def seq_len(self) -> int:
@@ -67,7 +79,12 @@ class LMDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         row = self.blocks[index]
-        return {"input_ids": row, "labels": row.clone()}
+        if self.seq_idx is None:
+            return {"input_ids": row, "labels": row.clone()}
+        seq_idx = self.seq_idx[index]
+        first = torch.zeros_like(row, dtype=torch.bool)
+        first[1:] = seq_idx[1:] != seq_idx[:-1]
+        return {"input_ids": row, "labels": row.masked_fill(first, IGNORE_INDEX), "seq_idx": seq_idx}
 
 
 def build_lm_dataset(corpus: str | os.PathLike | Sequence[Document], tokenizer: str | os.PathLike | Tokenizer,

@@ -99,30 +99,41 @@ class BMojoMixer(nn.Module):
         it (with docs, one token per call). Returns (out, new state or None)."""
         if state is not None:
             return self._recurrent(u, state, start, docs)
-        if docs is None:
-            return self._parallel(u), None
-        # documents start at multiples of w, so that each one's chunk grid counts from its own start
-        index, seq_idx, positions = align_documents(docs.seq_idx, self.window)
-        where = index[..., None].expand(-1, -1, u.shape[2])
-        aligned = u.new_zeros(u.shape[0], seq_idx.shape[1], u.shape[2]).scatter(1, where, u)
-        return self._parallel(aligned, seq_idx, positions).gather(1, where), None
-
-    def _parallel(self, u: torch.Tensor, seq_idx: torch.Tensor | None = None,
-                  positions: torch.Tensor | None = None) -> torch.Tensor:
-        """The parallel form over u (b, L, d); with seq_idx/positions (b, L), documents aligned to the chunk grid."""
-        b, L, _ = u.shape
-        w = self.window
-        docs = None
-        if seq_idx is not None:
-            docs = Documents(seq_idx, positions, torch.cat([seq_idx[:, :1] < 0, seq_idx[:, 1:] != seq_idx[:, :-1]], 1))
-        else:
-            positions = torch.arange(L, device=u.device)
+        L = u.shape[1]
+        positions = torch.arange(L, device=u.device) if docs is None else docs.positions
         y, _ = self.ssm(u, docs=docs)
         q, k, v = self.attn.qkv(u, positions)
+        eps = None
+        if self.num_eidetic:
+            eps = innovation_score(y, self.innovation_weights, seq_idx=None if docs is None else docs.seq_idx)
+        if docs is None:
+            return self.output(self._read_memory(q, k, v, y, eps, positions), y), None
+        # the memory reads run with every document starting at a multiple of w (its chunk grid counts from its own
+        # start); the SSM and the projections above ran on the tokens as they are
+        index, seq_idx, aligned_positions = align_documents(docs.seq_idx, self.window)
+        b, L_aligned = seq_idx.shape
+
+        def aligned(t: torch.Tensor, dim: int, fill: float = 0.0) -> torch.Tensor:
+            shape = list(t.shape)
+            shape[dim] = L_aligned
+            where = index.view(b, *([1] * (dim - 1)), L, *([1] * (t.dim() - dim - 1))).expand_as(t)
+            return t.new_full(shape, fill).scatter(dim, where, t)
+
+        o = self._read_memory(aligned(q, 2), aligned(k, 2), aligned(v, 2), aligned(y, 1),
+                              None if eps is None else aligned(eps, 1, float("-inf")), aligned_positions, seq_idx)
+        o = o.gather(2, index[:, None, :, None].expand(-1, o.shape[1], -1, o.shape[3]))
+        return self.output(o, y), None
+
+    def _read_memory(self, q, k, v, y, eps, positions, seq_idx=None) -> torch.Tensor:
+        """Blocked attention of every query over its window and its chunk's memory: q (b, h, L, hd), k, v
+        (b, hk, L, hd), SSM outputs y (b, L, d), innovation scores eps (b, L) (None without eidetic tokens),
+        positions (L,) or (b, L); seq_idx (b, L) for documents laid out on the chunk grid. Returns (b, h, L, hd)."""
+        b, L = y.shape[:2]
+        w = self.window
         nc = -(-L // w)
         mem_k, mem_v, mem_valid = [], [], []
         if self.num_fading:
-            fpos = fading_positions(torch.arange(nc, device=u.device), w, self.num_fading)  # (nc, m_f)
+            fpos = fading_positions(torch.arange(nc, device=y.device), w, self.num_fading)  # (nc, m_f)
             flat = fpos.clamp(min=0).flatten()
             if seq_idx is None:
                 fk, fv = self.fading_kv(y[:, flat], flat)  # only the nc * m_f outputs that are read
@@ -134,17 +145,14 @@ class BMojoMixer(nn.Module):
             mem_v.append(fv.unflatten(2, fpos.shape))
             mem_valid.append(valid)
         if self.num_eidetic:
-            eps = innovation_score(y, self.innovation_weights, seq_idx=seq_idx)
             epos = eidetic_positions(eps, w, self.num_eidetic, seq_idx)
             mem_k.append(gather_positions(k, epos))
             mem_v.append(gather_positions(v, epos))
             mem_valid.append(epos >= 0)
         if mem_k:
-            o = window_attention(q, k, v, w, torch.cat(mem_k, 3), torch.cat(mem_v, 3), torch.cat(mem_valid, 2),
-                                 seq_idx=seq_idx)
-        else:
-            o = window_attention(q, k, v, w, seq_idx=seq_idx)
-        return self.output(o, y)
+            return window_attention(q, k, v, w, torch.cat(mem_k, 3), torch.cat(mem_v, 3), torch.cat(mem_valid, 2),
+                                    seq_idx=seq_idx)
+        return window_attention(q, k, v, w, seq_idx=seq_idx)
 
     def init_state(self, batch_size: int, device, dtype) -> BMojoState:
         hk, hd = self.attn.num_kv_heads, self.attn.head_dim

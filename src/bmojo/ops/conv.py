@@ -61,9 +61,10 @@ def causal_conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
     else:
         L = x.shape[1]
         docs = torch.cat([seq_idx[:, :1].expand(-1, K - 1), seq_idx], dim=1)  # `past` joins x[:, 0]'s document
-        pre = bias.to(dtype)
-        for k in range(K):
-            pre = pre + full[:, k : k + L] * weight_t[k] * (docs[:, k : k + L] == seq_idx)[..., None].to(dtype)
+        pre = torch.addcmul(bias.to(dtype), full[:, K - 1 :], weight_t[K - 1])  # the token itself: same document
+        for k in range(K - 1):
+            same = (docs[:, k : k + L] == seq_idx)[..., None].to(dtype)
+            pre = torch.addcmul(pre, full[:, k : k + L] * same, weight_t[k])
         out = F.silu(pre)
     carry = full[:, x.shape[1] :]
     return out, carry if past is None else carry.to(past.dtype)

@@ -1,8 +1,11 @@
-"""bmojo.compare: budget fitting, and `bmojo compare` end to end on a tiny spec."""
+"""bmojo.compare: budget fitting, `bmojo compare` end to end on a tiny spec, its argument checks, and an
+interrupted compare resumed."""
 
 import json
+import re
 
 import pytest
+import torch
 
 from bmojo import BMojoConfig
 from bmojo.accounting import decoding_state_bytes
@@ -112,3 +115,129 @@ def test_compare_cli_runs_a_spec_file(tmp_path, cli, capsys):
     with pytest.raises(SystemExit):  # --spec and --preset are alternatives
         cli("compare", "--spec", path, "--preset", "paper", "--out", tmp_path / "out")
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_spec_values_are_checked(tmp_path):
+    """Values out of range, misspelt or missing settings and fields, a train field compare sets itself, and a batch
+    larger than the training set stop a spec file when it is read."""
+    path = tmp_path / "spec.json"
+    for change, message in [
+        (dict(seeds=[0, -1]), "seeds must be in [0, 2**32), got -1"),
+        (dict(budgets=[64.0, 0.0]), "budgets must be > 0 (token-equivalents), got 0.0"),
+        (dict(lrs=[-1.0]), "lrs must be > 0, got -1.0"),
+        (dict(num_train=0), "num_train must be >= 1, got 0"),
+        (dict(time_budget_s=-5.0), "time_budget_s must be > 0 seconds, got -5.0"),
+        (dict(presets=[]), "'presets' is empty: nothing would run"),
+        (dict(train=dict(max_steps=0)), "train.max_steps must be >= 1, got 0"),
+        (dict(train=dict(batch_size=32)), "train.batch_size=32 exceeds num_train=16"),
+        (dict(model=dict(windowsize=8)), "model: unknown BMojoConfig field 'windowsize'; did you mean 'window_size'?"),
+        (dict(tasks=[dict(task="mqar", vocab_size=64, seq_len=32, num_kv_pair=4)]),
+         "unknown mqar setting(s) ['num_kv_pair']; valid mqar settings: vocab_size, seq_len, num_kv_pairs"),
+        (dict(tasks=[dict(task="mqar", vocab_size=64, seq_len=32)]),
+         "task 'mqar' needs the setting(s) ['num_kv_pairs']"),
+        (dict(train=dict(lr=0.01)), "train.lr is set for each run by compare; use lrs"),
+        (dict(train=dict(batch_size="8")), "train.batch_size must be int, got '8'"),
+    ]:
+        path.write_text(json.dumps({**TINY_SPEC, **change}))
+        with pytest.raises(ValueError, match=re.escape(f"{path}: {message}")):
+            CompareSpec.from_file(path)
+
+
+def _exit_code(cli, *argv) -> int:
+    """`cli(*argv)`, with argparse's own errors (SystemExit) as their exit code."""
+    try:
+        return cli(*argv)
+    except SystemExit as stop:
+        return stop.code
+
+
+@pytest.mark.parametrize(
+    "case, argv, message",
+    [
+        ("max_steps", ["--max-steps", "0"], "--max-steps must be >= 1, got 0"),
+        ("tpu", ["--device", "tpu"], "argument --device: invalid choice: 'tpu' (choose from"),
+        ("cuda", ["--device", "cuda"], "--device cuda: this machine has no CUDA GPU"),
+        ("budgets", ["--memory-budgets", "-5"], "--memory-budgets must be > 0 (token-equivalents), got -5.0"),
+        ("seeds", ["--seeds", "-1"], "--seeds must be in [0, 2**32), got -1"),
+        ("time_budget", ["--time-budget", "0"], "--time-budget must be > 0 seconds, got 0.0"),
+        ("out_file", [], "is a file, not a folder"),
+        ("all_skipped", ["--memory-budgets", "0.01"], "nothing to run: no preset fits the memory budget(s) [0.01]"),
+        ("other_folder", [], "is not empty and holds no compare results (spec.json); choose a new --out"),
+        ("compare_folder", [], "already holds compare results; pass --resume to continue that run, or choose a new"),
+        ("other_spec", ["--resume", "--seeds", "1"], "holds results of another spec (differs in seeds)"),
+    ],
+)
+def test_compare_cli_checks_arguments_before_any_run(case, argv, message, tmp_path, cli, capsys, monkeypatch):
+    """Every bad argument stops `bmojo compare` with exit code 2 and one line, before a run trains or a file is
+    written (an existing folder is left as it was)."""
+    path, out = tmp_path / "spec.json", tmp_path / "out"
+    path.write_text(json.dumps(TINY_SPEC))
+    if case == "cuda":
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    elif case == "out_file":
+        out.write_text("x")
+    elif case == "other_folder":
+        out.mkdir()
+        (out / "notes.txt").write_text("x")
+    elif case in ("compare_folder", "other_spec"):
+        out.mkdir()
+        (out / "spec.json").write_text(json.dumps(CompareSpec(**TINY_SPEC).to_dict()))
+        (out / "runs.jsonl").write_text("")
+    before = sorted(p.name for p in out.iterdir()) if out.is_dir() else None
+    monkeypatch.setattr("bmojo.compare.run_one", _no_training)
+    capsys.readouterr()
+    assert _exit_code(cli, "compare", "--spec", path, *argv, "--out", out) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+    assert (sorted(p.name for p in out.iterdir()) if out.is_dir() else None) == before
+
+
+def _no_training(*args, **kwargs):
+    raise AssertionError("a run started")
+
+
+TIMING = ("train_seconds",)  # record fields that vary from run to run; everything else is deterministic
+
+
+def _without_timing(records: list[dict]) -> list[dict]:
+    return [{k: ([_without_timing([s])[0] for s in v] if k == "sweep" else v) for k, v in r.items() if k not in TIMING}
+            for r in records]
+
+
+def test_interrupted_compare_keeps_finished_runs_and_resumes(tmp_path, cli, capsys, monkeypatch):
+    """Interrupted during its 2nd run, `compare` keeps the 1st in runs.jsonl and results.json; `--resume` runs
+    only the rest (a line torn by the interruption is dropped) and ends with the records of an uninterrupted run."""
+    import bmojo.compare
+
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps({**TINY_SPEC, "seeds": [0, 1, 2]}))
+    assert cli("compare", "--spec", path, "--threads", "1", "--out", tmp_path / "whole") == 0
+    whole = json.loads((tmp_path / "whole" / "results.json").read_text())["runs"]
+    assert len(whole) == 3
+
+    out, train, calls = tmp_path / "interrupted", bmojo.compare.run_one, []
+
+    def interrupt_the_second(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(bmojo.compare, "run_one", interrupt_the_second)
+    capsys.readouterr()
+    assert cli("compare", "--spec", path, "--threads", "1", "--out", out) == 130
+    err = capsys.readouterr().err
+    assert "interrupted; 1 finished run(s) are recorded" in err and "--resume" in err
+    recorded = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert _without_timing(recorded) == _without_timing(whole[:1])
+    assert _without_timing(json.loads((out / "results.json").read_text())["runs"]) == _without_timing(whole[:1])
+    with open(out / "runs.jsonl", "a") as f:
+        f.write('{"task": "mqar", "task_se')  # a line cut short by the interruption
+
+    assert cli("compare", "--spec", path, "--threads", "1", "--out", out, "--resume") == 0
+    assert len(calls) == 4  # the 2nd and 3rd runs only
+    resumed = json.loads((out / "results.json").read_text())["runs"]
+    assert _without_timing(resumed) == _without_timing(whole)
+    assert (out / "runs.jsonl").read_text().count("\n") == 3 and list(out.glob("*.png"))
+    monkeypatch.setattr(bmojo.compare, "run_one", _no_training)  # a finished folder: --resume runs nothing
+    assert cli("compare", "--spec", path, "--threads", "1", "--out", out, "--resume") == 0

@@ -7,17 +7,26 @@ trains it (optionally over an lr x weight-decay sweep, keeping the best), and me
 on the scored positions only (targets other than -100). Budgets are in token-equivalents (see `bmojo.accounting`); a run
 whose smallest setting does not fit is recorded as skipped. `transformer` has no knob: its memory is
 the KV of the whole sequence, reported as is.
+
+Nothing finished is lost: each run is appended to `runs.jsonl` in the output folder as it ends (flushed to disk),
+the tables are rewritten atomically after it, and `--resume` continues an interrupted folder of the same spec.
+Every argument is checked before the first run.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import inspect
 import json
+import math
+import os
+import sys
 import time
 import tomllib
-import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +37,7 @@ from . import tasks as task_lib
 from .accounting import decoding_state_bytes, parameter_count, token_equivalents
 from .cli import check_writable
 from .models import PRESETS, BMojoConfig, BMojoForCausalLM
+from .models.configuration import has_type, type_name
 from .plotting import pyplot
 from .training import TrainConfig, Trainer
 
@@ -42,6 +52,27 @@ MEMORY_KNOBS: dict[str, dict[str, list[int]]] = {
     "bmojo": {"ssm_state_size": [2, 4, 8, 16, 32], "num_fading_tokens": [0, 2, 8],
               "num_eidetic_tokens": [1, 2, 4, 8, 16, 32, 64, 128, 256]},
 }
+
+# The allowed numbers of a spec: spec field or train field -> (test of one value, what is allowed). The
+# command-line flags that set a field are checked by its rule. NaN fails every test.
+VALUE_RULES: dict[str, tuple[Callable, str]] = {
+    "budgets": (lambda v: 0 < v < math.inf, "> 0 (token-equivalents)"),
+    "seeds": (lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
+    "lrs": (lambda v: 0 < v < math.inf, "> 0"),
+    "weight_decays": (lambda v: 0 <= v < math.inf, ">= 0"),
+    "num_train": (lambda v: v >= 1, ">= 1"),
+    "num_test": (lambda v: v >= 1, ">= 1"),
+    "time_budget_s": (lambda v: v is None or 0 < v < math.inf, "> 0 seconds"),
+    "max_steps": (lambda v: v >= 1, ">= 1"),
+    "batch_size": (lambda v: v >= 1, ">= 1"),
+}
+# TrainConfig fields compare sets for each run itself -> what sets them (so a spec's `train` may not)
+SET_PER_RUN = {"lr": "lrs", "weight_decay": "weight_decays", "seed": "seeds", "time_budget_s": "time_budget_s",
+               "cpu": "--device", "progress": "compare's own progress bar"}
+NON_EMPTY = ("tasks", "presets", "seeds", "lrs", "weight_decays")  # spec lists that need an entry for anything to run
+DEVICES = ("cpu", "cuda")
+SPEC_FILE = "spec.json"  # in the output folder: the spec its runs belong to (what --resume checks)
+RUNS_FILE = "runs.jsonl"  # in the output folder: one finished run per line, appended as each ends
 
 
 @dataclass
@@ -79,15 +110,47 @@ class CompareSpec:
         if missing:
             raise ValueError(f"{source}: missing field(s) {missing}")
         for key, value in data.items():
-            if not _has_type(value, hints[key]):
-                raise ValueError(f"{source}: field {key!r} must be {_type_name(hints[key])}, got {value!r}")
-        if not all("task" in t for t in data["tasks"]):
-            raise ValueError(f"{source}: every entry of 'tasks' needs a 'task' name, e.g. {{\"task\": \"mqar\"}}")
-        _check_names("task", [t["task"] for t in data["tasks"]], task_lib.TASKS, f"{source}: ")
-        _check_names("preset", data["presets"], PRESETS, f"{source}: ")
-        _check_names("train field", list(data["train"]), [f.name for f in dataclasses.fields(TrainConfig)],
-                     f"{source}: ")
-        return cls(**data)
+            if not has_type(value, hints[key]):
+                raise ValueError(f"{source}: field {key!r} must be {type_name(hints[key])}, got {value!r}")
+        spec = cls(**data)
+        spec.check(source)
+        return spec
+
+    def check(self, source: str = "the spec") -> None:
+        """ValueError naming the first unknown or missing task setting, unknown preset, model or train field, train
+        field of the wrong type or set per run (SET_PER_RUN), empty list, value out of range (VALUE_RULES), or a
+        batch larger than the training set (`source` names where the spec came from)."""
+        where = f"{source}: "
+        if not all("task" in t for t in self.tasks):
+            raise ValueError(f"{where}every entry of 'tasks' needs a 'task' name, e.g. {{\"task\": \"mqar\"}}")
+        _check_names("task", [t["task"] for t in self.tasks], task_lib.TASKS, where)
+        _check_names("preset", self.presets, PRESETS, where)
+        for task in self.tasks:
+            params = inspect.signature(task_lib.TASKS[task["task"]]).parameters
+            settable = [name for name in params if name not in ("num_examples", "seed")]
+            _check_names(f"{task['task']} setting", [k for k in task if k != "task"], settable, where)
+            missing = [n for n in settable if params[n].default is inspect.Parameter.empty and n not in task]
+            if missing:
+                raise ValueError(f"{where}task {task['task']!r} needs the setting(s) {missing}")
+        train_hints = typing.get_type_hints(TrainConfig)
+        _check_names("train field", list(self.train), list(train_hints), where)
+        for name, value in self.train.items():
+            if name in SET_PER_RUN:
+                raise ValueError(f"{where}train.{name} is set for each run by compare; use {SET_PER_RUN[name]}")
+            if not has_type(value, train_hints[name]):
+                raise ValueError(f"{where}train.{name} must be {type_name(train_hints[name])}, got {value!r}")
+        BMojoConfig.check_field_names(self.model, f"{where}model: ")
+        for name in NON_EMPTY:
+            if not getattr(self, name):
+                raise ValueError(f"{where}{name!r} is empty: nothing would run")
+        for name in VALUE_RULES:
+            if hasattr(self, name):
+                check_value(f"{where}{name}", getattr(self, name), name)
+            elif name in self.train:
+                check_value(f"{where}train.{name}", self.train[name], name)
+        batch_size = TrainConfig(**self.train).batch_size
+        if batch_size > self.num_train:
+            raise ValueError(f"{where}train.batch_size={batch_size} exceeds num_train={self.num_train}")
 
     @classmethod
     def from_file(cls, path: str | Path) -> CompareSpec:
@@ -105,25 +168,13 @@ class CompareSpec:
         return cls.from_dict(data, source=str(path))
 
 
-def _has_type(value, hint) -> bool:
-    """Whether plain data `value` fits the type annotation `hint` (an int is a float; a bool is neither)."""
-    args = typing.get_args(hint)
-    if isinstance(hint, types.UnionType):
-        return any(_has_type(value, h) for h in args)
-    if hint is type(None):
-        return value is None
-    if typing.get_origin(hint) is list:
-        return isinstance(value, list) and all(_has_type(v, args[0]) for v in value)
-    if typing.get_origin(hint) is dict or hint is dict:
-        return isinstance(value, dict)
-    if isinstance(value, bool):
-        return hint is bool
-    return isinstance(value, (int, float)) if hint is float else isinstance(value, hint)
-
-
-def _type_name(hint) -> str:
-    """A type annotation as the spec's reader would write it, e.g. `int`, `list[float]`, `float | None`."""
-    return str(hint).replace("NoneType", "None") if typing.get_args(hint) else hint.__name__
+def check_value(name: str, value, field: str) -> None:
+    """ValueError if `value` (a number or a list of them) breaks the rule of spec field `field` (VALUE_RULES);
+    `name` is what the user wrote it as: a flag (--seeds) or a spec field."""
+    ok, allowed = VALUE_RULES[field]
+    bad = [v for v in (value if isinstance(value, list) else [value]) if not ok(v)]
+    if bad:
+        raise ValueError(f"{name} must be {allowed}, got {bad[0]!r}")
 
 
 def _check_names(kind: str, names: list[str], valid, where: str = "") -> None:
@@ -234,61 +285,169 @@ def run_one(config: BMojoConfig, train, test, spec: CompareSpec, seed: int, lr: 
             "stopped": result.stopped, "final_loss": result.history[-1]["loss"] if result.history else None}
 
 
-def _plan(spec: CompareSpec) -> list[tuple]:
-    """Every run of `spec` in order: (task, settings, seq_len, budget, preset, config or None if none fits, seed)."""
+def _plan(spec: CompareSpec) -> list[tuple[dict, int, BMojoConfig | None]]:
+    """Every run of `spec` in order: (its record's identifying fields, seq_len, config or None if none fits)."""
     plan = []
     for task in spec.tasks:
         settings = {k: v for k, v in task.items() if k != "task"}
-        seq_len = (settings.get("seq_len")
-                   or task_lib.make_task(task["task"], num_examples=1, seed=0, **settings)[0].shape[1])
+        sample = task_lib.make_task(task["task"], num_examples=1, seed=0, **settings)  # checks the settings' values
+        seq_len = settings.get("seq_len") or sample[0].shape[1]
         vocab = task_lib.task_vocab_size(task["task"], **settings)
         for budget in spec.budgets or [None]:
             for preset in spec.presets:
                 config = fit_to_budget(preset, {**spec.model, "vocab_size": vocab}, seq_len, budget)
                 for seed in spec.seeds:
-                    plan.append((task, settings, seq_len, budget, preset, config, seed))
+                    record = {"task": task["task"], "task_settings": settings, "preset": preset,
+                              "budget_tokens": budget, "seed": seed}
+                    plan.append((record, seq_len, config))
     return plan
 
 
-def run_compare(spec: CompareSpec, out_dir: Path, device: str = "cpu", progress: bool = True) -> list[dict]:
-    """Run every (task, budget, preset, seed) of `spec`; write results.json, results.md and PNGs to out_dir."""
+def _run_key(record: dict) -> str:
+    """What identifies a run in a record: task, task settings, budget, preset and seed."""
+    return json.dumps([record[k] for k in ("task", "task_settings", "budget_tokens", "preset", "seed")],
+                      sort_keys=True)
+
+
+def check_device(device: str) -> None:
+    """ValueError unless `device` is one of DEVICES and present on this machine."""
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; valid devices: {', '.join(DEVICES)}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: this machine has no CUDA GPU (torch.cuda.is_available() is False); "
+                         "use --device cpu")
+
+
+def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """Write `path` through `write(temporary path)`, flushed to disk, then renamed over `path`: a reader finds the
+    old file or the new one, never a part."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _append_record(path: Path, record: dict) -> None:
+    """Append one finished run to the runs.jsonl file `path` as a line, flushed to disk before returning."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _read_records(path: Path) -> list[dict]:
+    """The runs recorded in the runs.jsonl file `path`. A damaged last line (the command died while writing it)
+    is dropped, so that run runs again; a damaged line before it raises ValueError."""
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    records = []
+    for i, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if i < len(lines):
+                raise ValueError(f"{path}: line {i} is not valid JSON ({err}); remove that run's line to resume") \
+                    from err
+    return records
+
+
+def open_out_dir(out_dir: Path, spec: CompareSpec, resume: bool) -> list[dict]:
+    """Make `out_dir` the folder of `spec`'s runs; returns the runs it already recorded. A new run needs an empty
+    or absent folder; `resume` needs the folder of the same spec (or an empty one). ValueError otherwise."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file, not a folder; choose a folder for the results")
+    spec_file, runs_file = out_dir / SPEC_FILE, out_dir / RUNS_FILE
+    if spec_file.is_file():
+        if not resume:
+            raise ValueError(f"{out_dir} already holds compare results; pass --resume to continue that run, "
+                             "or choose a new --out")
+        try:
+            saved = json.loads(spec_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{spec_file} is not valid JSON ({err}); cannot resume, choose a new --out") from err
+        wanted = json.loads(json.dumps(spec.to_dict()))
+        differ = [k for k in wanted if saved.get(k) != wanted[k]]
+        if differ:
+            raise ValueError(f"{out_dir} holds results of another spec (differs in {', '.join(differ)}); "
+                             "resume it with the same spec, or choose a new --out")
+        records = _read_records(runs_file)
+        _write_atomically(runs_file, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in records)))
+        return records
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise ValueError(f"{out_dir} is not empty and holds no compare results ({SPEC_FILE}); choose a new --out")
     check_writable(out_dir)
+    _write_atomically(spec_file, lambda tmp: tmp.write_text(json.dumps(spec.to_dict(), indent=1)))
+    runs_file.touch()
+    return []
+
+
+def run_compare(spec: CompareSpec, out_dir: Path, device: str = "cpu", progress: bool = True,
+                resume: bool = False) -> list[dict]:
+    """Run every (task, budget, preset, seed) of `spec`. Each finished run is appended to out_dir/runs.jsonl
+    as it ends and results.json and results.md are rewritten after it; the PNGs follow at the end. `resume`
+    skips the runs already recorded in out_dir (same spec required, see `open_out_dir`). Returns the records in
+    the spec's order. Every check (spec, device, folder, something to run) comes before the first run."""
+    spec.check()
+    check_device(device)
     plan = _plan(spec)
-    records, start = [], time.perf_counter()
+    if all(config is None for _, _, config in plan):
+        raise ValueError(f"nothing to run: no preset fits the memory budget(s) {spec.budgets} token-equivalents "
+                         "(every run would be skipped); raise --memory-budgets")
+    out_dir = Path(out_dir)
+    done = {_run_key(r): r for r in open_out_dir(out_dir, spec, resume)}
+    todo = [entry for entry in plan if _run_key(entry[0]) not in done]
+    start = time.perf_counter()
     data_cache: dict = {}
-    bar = tqdm(plan, desc="compare", disable=not progress, dynamic_ncols=True)
-    for i, (task, settings, seq_len, budget, preset, config, seed) in enumerate(bar):
-        bar.set_postfix(task=task["task"], preset=preset, budget=budget)
-        record = {"task": task["task"], "task_settings": settings, "preset": preset, "budget_tokens": budget,
-                  "seed": seed}
+    bar = tqdm(todo, desc="compare", initial=len(plan) - len(todo), total=len(plan), disable=not progress,
+               dynamic_ncols=True)
+    for i, (record, seq_len, config) in enumerate(bar):
+        bar.set_postfix(task=record["task"], preset=record["preset"], budget=record["budget_tokens"])
         if config is None:
-            records.append({**record, "skipped": "smallest setting exceeds the memory budget"})
-            continue
-        key = (task["task"], json.dumps(settings, sort_keys=True), seed)
-        if key not in data_cache:
-            train, test = task_lib.train_test_split(task["task"], spec.num_train, spec.num_test, seed, **settings)
-            data_cache[key] = train, test, task_lib.check_leakage(train[0], test[0])
-        train, test, leaked = data_cache[key]
-        remaining = None
-        if spec.time_budget_s is not None:
-            per_run = (spec.time_budget_s - (time.perf_counter() - start)) / (len(plan) - i)
-            remaining = max(per_run / (len(spec.lrs) * len(spec.weight_decays)), 1.0)
-        sweep = [dict(lr=lr, weight_decay=wd, **run_one(config, train, test, spec, seed, lr, wd, device, remaining))
-                 for lr in spec.lrs for wd in spec.weight_decays]
-        best = max(sweep, key=lambda r: r["accuracy"])
-        num_bytes, tokens = memory_of(config, seq_len)
-        records.append({
-            **record, "accuracy": best["accuracy"], "test_sequences_seen_in_training": leaked, "lr": best["lr"],
-            "weight_decay": best["weight_decay"],
-            "memory_bytes": num_bytes, "memory_tokens": tokens,
-            "knob": {name: getattr(config, name) for name in MEMORY_KNOBS[preset]},
-            "parameters": parameter_count(config),
-            "train_seconds": sum(r["train_seconds"] for r in sweep), "steps": best["steps"], "stopped": best["stopped"],
-            "sweep": sweep,
-        })
+            record = {**record, "skipped": "smallest setting exceeds the memory budget"}
+        else:
+            key = (record["task"], json.dumps(record["task_settings"], sort_keys=True), record["seed"])
+            if key not in data_cache:
+                train, test = task_lib.train_test_split(record["task"], spec.num_train, spec.num_test, record["seed"],
+                                                        **record["task_settings"])
+                data_cache[key] = train, test, task_lib.check_leakage(train[0], test[0])
+            remaining = None
+            if spec.time_budget_s is not None:
+                per_run = (spec.time_budget_s - (time.perf_counter() - start)) / (len(todo) - i)
+                remaining = max(per_run / (len(spec.lrs) * len(spec.weight_decays)), 1.0)
+            record = _train_and_measure(record, config, seq_len, data_cache[key], spec, device, remaining)
+        _append_record(out_dir / RUNS_FILE, record)
+        done[_run_key(record)] = record
+        write_tables(_in_plan_order(plan, done), out_dir, spec)
     bar.close()
+    records = _in_plan_order(plan, done)
     write_outputs(records, out_dir, spec)
     return records
+
+
+def _in_plan_order(plan: list[tuple], done: dict[str, dict]) -> list[dict]:
+    """The recorded runs `done` (run key -> record) in the order of `plan`."""
+    return [done[key] for key in (_run_key(record) for record, _, _ in plan) if key in done]
+
+
+def _train_and_measure(record: dict, config: BMojoConfig, seq_len: int, data: tuple, spec: CompareSpec,
+                       device: str, time_budget: float | None) -> dict:
+    """`record` completed by training `config` over the spec's lr x weight-decay sweep on `data` = (train, test,
+    leaked count), keeping the best run, and measuring its memory."""
+    train, test, leaked = data
+    sweep = [dict(lr=lr, weight_decay=wd,
+                  **run_one(config, train, test, spec, record["seed"], lr, wd, device, time_budget))
+             for lr in spec.lrs for wd in spec.weight_decays]
+    best = max(sweep, key=lambda r: r["accuracy"])
+    num_bytes, tokens = memory_of(config, seq_len)
+    return {
+        **record, "accuracy": best["accuracy"], "test_sequences_seen_in_training": leaked, "lr": best["lr"],
+        "weight_decay": best["weight_decay"],
+        "memory_bytes": num_bytes, "memory_tokens": tokens,
+        "knob": {name: getattr(config, name) for name in MEMORY_KNOBS[record["preset"]]},
+        "parameters": parameter_count(config),
+        "train_seconds": sum(r["train_seconds"] for r in sweep), "steps": best["steps"], "stopped": best["stopped"],
+        "sweep": sweep,
+    }
 
 
 def _task_label(record: dict) -> str:
@@ -299,8 +458,15 @@ def _task_label(record: dict) -> str:
 
 
 def write_outputs(records: list[dict], out_dir: Path, spec: CompareSpec) -> None:
-    """results.json (spec and records), results.md (the table) and the recall-vs-memory PNGs."""
-    (out_dir / "results.json").write_text(json.dumps({"spec": spec.to_dict(), "runs": records}, indent=1))
+    """results.json, results.md (`write_tables`) and the recall-vs-memory PNGs."""
+    write_tables(records, out_dir, spec)
+    plot_recall_vs_memory(records, out_dir)
+
+
+def write_tables(records: list[dict], out_dir: Path, spec: CompareSpec) -> None:
+    """results.json (spec and records) and results.md (the table), each replaced atomically."""
+    results = json.dumps({"spec": spec.to_dict(), "runs": records}, indent=1)
+    _write_atomically(out_dir / "results.json", lambda tmp: tmp.write_text(results))
     lines = ["| task | budget (tok) | preset | knob | memory (tok) | memory (KiB) | params | accuracy | steps "
              "| train s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
@@ -312,8 +478,7 @@ def write_outputs(records: list[dict], out_dir: Path, spec: CompareSpec) -> None
         lines.append(f"| {_task_label(r)} | {budget} | {r['preset']} | {knob} | {r['memory_tokens']:.1f} | "
                      f"{r['memory_bytes'] / 1024:.1f} | {r['parameters']:,} | {r['accuracy']:.3f} | {r['steps']} | "
                      f"{r['train_seconds']:.0f} |")
-    (out_dir / "results.md").write_text("\n".join(lines) + "\n")
-    plot_recall_vs_memory(records, out_dir)
+    _write_atomically(out_dir / "results.md", lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
 
 
 def plot_recall_vs_memory(records: list[dict], out_dir: Path) -> list[Path]:
@@ -344,7 +509,7 @@ def plot_recall_vs_memory(records: list[dict], out_dir: Path) -> list[Path]:
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = out_dir / ("recall_vs_memory_" + "".join(c if c.isalnum() else "_" for c in label).strip("_") + ".png")
-        fig.savefig(path, dpi=110)
+        _write_atomically(path, functools.partial(fig.savefig, dpi=110, format="png"))
         plt.close(fig)
         paths.append(path)
     return paths
@@ -365,8 +530,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", nargs="+", type=int)
     parser.add_argument("--max-steps", type=int, help="training steps per run")
     parser.add_argument("--time-budget", type=float, metavar="SECONDS", help="whole-command time budget")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--out", required=True, type=Path, help="results folder")
+    parser.add_argument("--device", choices=DEVICES, default="cpu", help="cpu or cuda (default cpu; cuda needs a GPU)")
+    parser.add_argument("--out", required=True, type=Path, help="results folder (new or empty, unless --resume)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run in --out: runs it recorded are kept, the rest run "
+                             "(the spec must be the same)")
 
 
 def spec_from_args(args: argparse.Namespace) -> CompareSpec:
@@ -380,13 +548,17 @@ def spec_from_args(args: argparse.Namespace) -> CompareSpec:
     if args.presets:
         _check_names("preset", args.presets, PRESETS)
         spec.presets = args.presets
-    if args.memory_budgets:
+    if args.memory_budgets is not None:
+        check_value("--memory-budgets", args.memory_budgets, "budgets")
         spec.budgets = args.memory_budgets
-    if args.seeds:
+    if args.seeds is not None:
+        check_value("--seeds", args.seeds, "seeds")
         spec.seeds = args.seeds
-    if args.max_steps:
+    if args.max_steps is not None:
+        check_value("--max-steps", args.max_steps, "max_steps")
         spec.train = {**spec.train, "max_steps": args.max_steps}
     if args.time_budget is not None:
+        check_value("--time-budget", args.time_budget, "time_budget_s")
         spec.time_budget_s = args.time_budget
     return spec
 
@@ -394,7 +566,13 @@ def spec_from_args(args: argparse.Namespace) -> CompareSpec:
 def run(args: argparse.Namespace) -> int:
     """Run the experiment `args` describe and print its results table."""
     spec = spec_from_args(args)
-    records = run_compare(spec, args.out, device=args.device)
+    try:
+        run_compare(spec, args.out, device=args.device, resume=args.resume)
+    except KeyboardInterrupt:
+        recorded = len(_read_records(args.out / RUNS_FILE))
+        print(f"bmojo compare: interrupted; {recorded} finished run(s) are recorded in {args.out / RUNS_FILE}. "
+              "Run the same command with --resume to finish.", file=sys.stderr)
+        return 130
     print((args.out / "results.md").read_text())
     print(f"wrote {args.out}/results.json, results.md and {len(list(args.out.glob('*.png')))} PNG(s)")
-    return 0 if records else 1
+    return 0

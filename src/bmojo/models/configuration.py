@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import inspect
+import math
+import types
+import typing
+from collections.abc import Iterable
+
 from transformers import PreTrainedConfig
 
 MIXER_KINDS = ("attn", "swa", "ssm", "bmojo_f", "bmojo")
@@ -12,8 +20,19 @@ SSM_KINDS = frozenset({"ssm", "bmojo_f", "bmojo"})  # kinds with a Mamba-2 mixer
 BMOJO_KINDS = frozenset({"bmojo_f", "bmojo"})  # kinds with fading tokens and an innovation test
 # memory-size fields -> the kinds that use them; a pattern without such a kind leaves the field inert
 MEMORY_FIELDS = {"num_fading_tokens": BMOJO_KINDS, "num_eidetic_tokens": frozenset({"bmojo"})}
+# Cap on the memory sizes m_f and m_e [tokens]: their slots are allocated whether or not a sequence fills them
+# (m_e = 100000 took 3.6 s and 1.6 GB on 40 tokens). 4096 slots hold as much as a 4096-token KV cache, 16 x the
+# largest knob `bmojo compare` tries (256 eidetic tokens).
+MAX_MEMORY_TOKENS = 4096
+# HF settings a user may give besides BMojoConfig's own fields: PreTrainedConfig's dataclass fields, less the two HF
+# writes when saving, plus the keywords its __post_init__ reads (properties and the old name of dtype).
+HF_SETTINGS = frozenset(
+    ({f.name for f in dataclasses.fields(PreTrainedConfig)} - {"transformers_version", "architectures"})
+    | {"output_attentions", "num_labels", "torch_dtype"}
+)
 
-# A preset is only a set of config overrides; `layer_pattern` is expanded to num_hidden_layers.
+# A preset is only a set of config overrides. A string `layer_pattern` repeats to num_hidden_layers; a list is a
+# period, repeated and cut to num_hidden_layers by `from_preset` (hybrid with 3 layers: ssm, swa, ssm).
 PRESETS: dict[str, dict] = {
     "transformer": dict(layer_pattern="attn", use_mlp=True, pos_encoding="rope"),
     "swa": dict(layer_pattern="swa", use_mlp=True, pos_encoding="rope"),
@@ -34,12 +53,41 @@ def _need(ok: bool, field: str, allowed: str, value) -> None:
         raise ValueError(f"BMojoConfig.{field}={value!r} is invalid: {allowed}")
 
 
+def has_type(value, hint) -> bool:
+    """Whether plain data `value` fits the type annotation `hint` (an int is a float; a bool is neither)."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType):
+        return any(has_type(value, h) for h in args)
+    if hint is type(None):
+        return value is None
+    if typing.get_origin(hint) is list:
+        return isinstance(value, list) and all(has_type(v, args[0]) for v in value)
+    if typing.get_origin(hint) is dict or hint is dict:
+        return isinstance(value, dict)
+    if isinstance(value, bool):
+        return hint is bool
+    return isinstance(value, (int, float)) if hint is float else isinstance(value, hint)
+
+
+def type_name(hint) -> str:
+    """A type annotation as a user would write it, e.g. `int`, `list[float]`, `float | None`."""
+    return str(hint).replace("NoneType", "None") if typing.get_args(hint) else hint.__name__
+
+
+def _check_types(values: dict) -> None:
+    """ValueError naming the first of BMojoConfig's own fields in `values` whose value has the wrong type."""
+    for name, value in values.items():
+        if name in FIELD_TYPES:
+            _need(has_type(value, FIELD_TYPES[name]), name, f"must be {type_name(FIELD_TYPES[name])}", value)
+
+
 class BMojoConfig(PreTrainedConfig):
     """Configuration of a B'MOJO-family causal LM. Every field: meaning [unit] (kinds that read it).
 
     Memory sizes that no layer of the pattern uses (e.g. `num_fading_tokens` with only 'attn' layers) are
-    accepted and ignored, as HF configs do; `inert_fields` names them. Invalid values raise ValueError naming
-    the field and what is allowed.
+    accepted and ignored, as HF configs do; `inert_fields` names them. Invalid values (a wrong type included)
+    raise ValueError naming the field and what is allowed. `BMojoConfig(**kwargs)` keeps any other keyword, as HF
+    loading needs; `from_preset` and `check_field_names` refuse names that are not fields.
     """
 
     model_type = "bmojo"
@@ -48,7 +96,7 @@ class BMojoConfig(PreTrainedConfig):
     vocab_size: int = 256  # token ids lie in [0, vocab_size)
     hidden_size: int = 256  # d, width of the residual stream [channels]
     num_hidden_layers: int = 4  # number of blocks
-    layer_pattern: list | str | None = None  # mixer kind per layer (MIXER_KINDS); shorter lists repeat; None = "bmojo"
+    layer_pattern: list | str | None = None  # MIXER_KINDS: one per layer (a list), or a str for all; None = "bmojo"
     use_mlp: bool = True  # a SwiGLU MLP after each mixer (pre-norm residual)
     intermediate_size: int | None = None  # SwiGLU hidden width; None = 8/3 d rounded up to a multiple of 64
     rms_norm_eps: float = 1e-5  # epsilon of every RMSNorm
@@ -61,10 +109,10 @@ class BMojoConfig(PreTrainedConfig):
     rope_theta: float = 10000.0  # RoPE base
     window_size: int = 64  # w: raw tokens a query sees, t - w < s <= t [tokens]; B'MOJO's chunk length (swa, bmojo*)
     # -- B'MOJO memory (bmojo_f, bmojo)
-    num_fading_tokens: int = 0  # m_f: SSM outputs per chunk just beyond the window, read as keys/values [tokens]
-    num_eidetic_tokens: int = 0  # m_e: past raw tokens kept verbatim by the innovation test [tokens] (bmojo only)
+    num_fading_tokens: int = 0  # m_f <= MAX_MEMORY_TOKENS: per-chunk SSM outputs past the window, keys/values [tokens]
+    num_eidetic_tokens: int = 0  # m_e <= MAX_MEMORY_TOKENS: past raw tokens the innovation test keeps [tokens] (bmojo)
     innovation_span: int = 4  # k: past SSM outputs the fixed innovation predictor averages
-    innovation_weights: list | None = None  # the predictor's k weights, oldest-last (alpha_1..alpha_k); None = 1/k each
+    innovation_weights: list[float] | None = None  # predictor weights alpha_1..alpha_k, oldest-last; None = 1/k each
     tie_fading_projections: bool = True  # fading keys/values use the attention's k/v projections (else their own)
     fading_residual: bool = False  # also add the SSM output to the mixer output (the paper: off)
     # -- selective SSM, Mamba-2 (ssm, bmojo_f, bmojo)
@@ -83,13 +131,16 @@ class BMojoConfig(PreTrainedConfig):
     eos_token_id: int | None = None  # end-of-sequence token id: generate() stops a row there
 
     def __post_init__(self, **kwargs):
-        pattern = self.layer_pattern if self.layer_pattern is not None else "bmojo"
-        pattern = [pattern] if isinstance(pattern, str) else list(pattern)
-        _need(self.num_hidden_layers >= 1, "num_hidden_layers", "must be >= 1", self.num_hidden_layers)
-        _need(len(pattern) >= 1, "layer_pattern", "must name at least one mixer kind", pattern)
-        for kind in pattern:
+        _check_types({name: getattr(self, name) for name in FIELD_TYPES})
+        n = self.num_hidden_layers
+        _need(n >= 1, "num_hidden_layers", "must be >= 1", n)
+        pattern = "bmojo" if self.layer_pattern is None else self.layer_pattern
+        for kind in [pattern] if isinstance(pattern, str) else pattern:
             _need(kind in MIXER_KINDS, "layer_pattern", f"each kind must be one of {MIXER_KINDS}", kind)
-        self.layer_pattern = [pattern[i % len(pattern)] for i in range(self.num_hidden_layers)]
+        pattern = [pattern] * n if isinstance(pattern, str) else list(pattern)
+        _need(len(pattern) == n, "layer_pattern", f"a list needs one kind per layer, num_hidden_layers={n} "
+              "(a single kind as a string repeats to every layer)", pattern)
+        self.layer_pattern = pattern
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.intermediate_size is None:  # SwiGLU at ~8/3 d, rounded up to a multiple of 64
@@ -105,6 +156,13 @@ class BMojoConfig(PreTrainedConfig):
         for name in ("vocab_size", "hidden_size", "ssm_state_size", "ssm_expand", "ssm_head_dim", "ssm_n_groups",
                      "ssm_conv_kernel", "ssm_chunk_size", "intermediate_size"):
             _need(getattr(self, name) >= 1, name, "must be a positive integer", getattr(self, name))
+        for name in ("rms_norm_eps", "rope_theta", "ssm_dt_min", "ssm_dt_max"):
+            value = getattr(self, name)
+            _need(math.isfinite(value) and value > 0, name, "must be a finite number > 0", value)
+        _need(self.ssm_dt_min <= self.ssm_dt_max, "ssm_dt_max", f"must be >= ssm_dt_min={self.ssm_dt_min}",
+              self.ssm_dt_max)
+        _need(math.isfinite(self.initializer_range) and self.initializer_range >= 0, "initializer_range",
+              "must be a finite number >= 0", self.initializer_range)
         _need(self.pos_encoding in POS_ENCODINGS, "pos_encoding", f"must be one of {POS_ENCODINGS}", self.pos_encoding)
         if kinds & ATTENTION_KINDS:
             h, hk = self.num_attention_heads, self.num_key_value_heads
@@ -116,8 +174,10 @@ class BMojoConfig(PreTrainedConfig):
         if kinds & WINDOW_KINDS:
             _need(self.window_size >= 1, "window_size", "must be >= 1 (sliding-window and B'MOJO layers)",
                   self.window_size)
-        _need(self.num_fading_tokens >= 0, "num_fading_tokens", "must be >= 0", self.num_fading_tokens)
-        _need(self.num_eidetic_tokens >= 0, "num_eidetic_tokens", "must be >= 0", self.num_eidetic_tokens)
+        for name in MEMORY_FIELDS:
+            value = getattr(self, name)
+            _need(0 <= value <= MAX_MEMORY_TOKENS, name, f"must be in [0, {MAX_MEMORY_TOKENS}] (MAX_MEMORY_TOKENS)",
+                  value)
         if kinds & SSM_KINDS:
             inner = self.ssm_expand * self.hidden_size
             _need(inner % self.ssm_head_dim == 0, "ssm_head_dim", f"must divide ssm_expand*hidden_size={inner}",
@@ -129,6 +189,8 @@ class BMojoConfig(PreTrainedConfig):
             _need(self.innovation_span >= 1, "innovation_span", "must be >= 1", self.innovation_span)
             _need(len(self.innovation_weights) == self.innovation_span, "innovation_weights",
                   f"must have innovation_span={self.innovation_span} entries", self.innovation_weights)
+            _need(all(math.isfinite(a) for a in self.innovation_weights), "innovation_weights",
+                  "must be finite numbers", self.innovation_weights)
 
     @property
     def inert_fields(self) -> list[str]:
@@ -141,9 +203,33 @@ class BMojoConfig(PreTrainedConfig):
         return self.num_eidetic_tokens if self.layer_pattern[layer_idx] == "bmojo" else 0
 
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> "BMojoConfig":
-        """A preset's config; `overrides` replace any field (e.g. hidden_size=512, window_size=32). Memory sizes
-        the preset has no layer for are accepted and inert, so one set of overrides can serve every preset."""
+    def check_field_names(cls, names: Iterable[str], where: str = "") -> None:
+        """ValueError (its message starting with `where`) for the first of `names` that is neither a field of
+        BMojoConfig nor an HF setting (HF_SETTINGS), with the closest valid name."""
+        valid = [*FIELD_TYPES, *sorted(HF_SETTINGS)]
+        for name in names:
+            if name not in valid:
+                close = difflib.get_close_matches(name, valid, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"valid fields: {', '.join(valid)}"
+                raise ValueError(f"{where}unknown BMojoConfig field {name!r}; {hint}")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> BMojoConfig:
+        """A preset's config; `overrides` replace any field (e.g. hidden_size=512, window_size=32), and an unknown
+        field raises with the closest valid name. A preset's list `layer_pattern` is a period, repeated to
+        num_hidden_layers (see PRESETS). Memory sizes the preset has no layer for are accepted and inert, so one
+        set of overrides can serve every preset."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
+        cls.check_field_names(overrides)
+        _check_types(overrides)  # num_hidden_layers is read below
+        preset = dict(PRESETS[name])
+        if isinstance(preset["layer_pattern"], list):
+            period = preset["layer_pattern"]
+            num_layers = overrides.get("num_hidden_layers", cls.num_hidden_layers)
+            preset["layer_pattern"] = [period[i % len(period)] for i in range(num_layers)]
+        return cls(**{**preset, **overrides})
+
+
+# BMojoConfig's own fields and their types (PreTrainedConfig's are in HF_SETTINGS).
+FIELD_TYPES: dict[str, type] = inspect.get_annotations(BMojoConfig, eval_str=True)

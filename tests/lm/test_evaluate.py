@@ -1,5 +1,6 @@
 """bmojo.lm.evaluate: `bmojo eval` on a run folder (perplexity, bits per byte, the length sweep, its table and
-plot), the recurrent sweep against the parallel one, and bad-input messages."""
+plot), the recurrent sweep against the parallel one, and bad-input messages (numeric flags out of range name
+the allowed range)."""
 
 import json
 import math
@@ -48,3 +49,34 @@ def test_eval_bad_input(reference_run, tmp_path, capsys, cli):
     # the validation split of the toy corpus is one ~5 KB document, too short for a 256 x 32-token window
     assert cli("eval", reference_run, "--lengths", "256", "--split", "validation", "--threads", "1") == 2
     assert "corpus too small" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value, allowed", [
+    ("--eval-tokens", "0", ">= 1"), ("--batch-size", "-1", ">= 1"), ("--max-parallel-len", "0", ">= 1"),
+    ("--block-size", "0", ">= 1"), ("--seq-len", "1", ">= 2"),
+])
+def test_eval_numeric_flags_out_of_range(flag, value, allowed, tmp_path, capsys, cli):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        cli("eval", tmp_path, flag, value)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"error: argument {flag}: must be" in err and allowed in err, err
+
+
+def test_document_boundaries_score_each_document_alone(tiny_model):
+    """window_nll with the separator: the sum over a window equals the sum over its documents scored alone, each
+    without its first token (nothing in its document predicts it); the recurrent form refuses boundaries."""
+    model = tiny_model("bmojo")
+    sep = 0
+    docs = [torch.randint(1, 61, (n,)) for n in (9, 14, 6)]
+    window = torch.cat([torch.cat([d, torch.tensor([sep])]) for d in docs])[None]  # each document ends with sep
+    total, count, form = window_nll(model, window, sep_id=sep)
+    expected, expected_count = 0.0, 0
+    for d in docs:
+        part = torch.cat([d, torch.tensor([sep])])[None]
+        nll, n, _ = window_nll(model, part)
+        expected, expected_count = expected + nll, expected_count + n
+    assert form == "parallel" and count == expected_count == window.shape[1] - len(docs)
+    assert math.isclose(total, expected, rel_tol=1e-5)
+    with pytest.raises(ValueError, match="parallel form only"):
+        window_nll(model, window, max_parallel_len=8, sep_id=sep)

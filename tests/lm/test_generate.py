@@ -1,5 +1,7 @@
 """bmojo.lm.generate: `bmojo generate` from a run folder (greedy is reproducible, sampling runs) and its
-bad-input message."""
+bad-input messages (no model; numeric flags out of range, with the allowed range)."""
+
+import pytest
 
 PROMPT = "the cat"  # the greedy prompt
 
@@ -19,3 +21,16 @@ def test_generate_bad_input(tmp_path, capsys, cli):
     (tmp_path / "empty").mkdir()
     assert cli("generate", tmp_path / "empty", "--prompt", "x") == 2
     assert "holds no model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value, allowed", [
+    ("--max-new-tokens", "0", ">= 1"), ("--temperature", "-1", ">= 0"), ("--temperature", "nan", ">= 0"),
+    ("--top-p", "0", "> 0 and <= 1"), ("--top-k", "-1", ">= 0"), ("--repetition-penalty", "0", "> 0"),
+    ("--num-samples", "0", ">= 1"),
+])
+def test_generate_numeric_flags_out_of_range(flag, value, allowed, tmp_path, capsys, cli):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        cli("generate", tmp_path, flag, value)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"error: argument {flag}: must be" in err and allowed in err, err

@@ -1,12 +1,14 @@
-"""bmojo.lm.train: `bmojo train` end to end: the run folder it writes, a BPE tokenizer trained with the run,
---target-params, learning on the builtin corpus, and bad-input messages. The short reference run and the toy
-corpus are fixtures in tests/conftest.py; checkpoints and resume are tested in tests/training/."""
+"""bmojo.lm.train: `bmojo train` end to end: the run folder it writes (the final model with its manifest), a
+BPE tokenizer trained with the run, --target-params, learning on the builtin corpus, a diverging run (stopped,
+not saved, exit code 2), numeric flags out of range and other bad-input messages. The short reference run and
+the toy corpus are fixtures in tests/conftest.py; checkpoints and resume are tested in tests/training/."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from transformers import AutoModelForCausalLM
 
 import bmojo
 from bmojo.lm import build_config, load_run, parameter_count
+from bmojo.training import verify_manifest
 
 REFERENCE_STEPS = 12  # the reference run's --max-steps (tiny_run_args in tests/conftest.py)
 TARGET_PARAMS = 400_000  # --target-params of the depth-picking test
@@ -31,10 +34,15 @@ def test_run_folder_written_by_train(reference_run, losses):
     assert isinstance(model, bmojo.BMojoForCausalLM)
     final, ckpt = load_file(out / "model.safetensors"), load_file(out / "checkpoints/step-12/model.safetensors")
     assert final.keys() == ckpt.keys() and all(torch.equal(final[k], ckpt[k]) for k in final)
+    assert verify_manifest(out) is None
+    assert json.loads((out / "manifest.json").read_text()).keys() >= {"config.json", "model.safetensors"}
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == REFERENCE_STEPS and metrics["tokens"] == REFERENCE_STEPS * 8 * 32
+    assert metrics["train_config"]["lr"] == 3e-3 and metrics["changes"] == [] and metrics["nonfinite"] == []
     assert losses(out)[-1] < losses(out)[0] - 0.5  # it learns
     assert {"val_loss", "val_ppl", "val_bpb"} <= metrics["final"].keys()
+    assert json.loads((out / "run.json").read_text())["doc_boundaries"] is True  # packed with boundaries by default
+    assert bmojo.BMojoByteTokenizer.from_pretrained(out).pad_token_id == 0  # the HF tokenizer travels with the run
 
 
 def test_bpe_tokenizer_is_trained_and_saved_with_the_run(corpus, tmp_path, capsys, cli, tiny_run_args):
@@ -100,7 +108,8 @@ def test_bad_input_stops_before_training(case, corpus, tmp_path, capsys, cli, ti
         argv[-3], expect = tmp_path / "small.txt", "corpus too small"
     elif case == "vocab_mismatch":
         cfg = tmp_path / "config.json"
-        cfg.write_text(json.dumps(bmojo.BMojoConfig.from_preset("bmojo", vocab_size=100, hidden_size=32).to_dict()))
+        cfg.write_text(json.dumps(bmojo.BMojoConfig.from_preset("bmojo", vocab_size=100, hidden_size=32,
+                                                              num_hidden_layers=2).to_dict()))
         i = argv.index("--preset")
         argv[i : i + 2] = ["--config", cfg]
         expect = "vocabulary mismatch"
@@ -128,3 +137,45 @@ def test_bad_input_stops_before_training(case, corpus, tmp_path, capsys, cli, ti
     assert err.startswith("bmojo train: error:") and expect in err and "Traceback" not in err, err
     assert not (out / "checkpoints").is_dir() or case == "existing_run"
     assert not (out / "metrics.json").exists()
+
+
+def test_a_diverging_run_stops_unsaved_with_an_error(corpus, tmp_path, capsys, cli, tiny_run_args):
+    """--lr 1e6: the first update wrecks the weights, the next loss is not finite; the run stops there."""
+    out = tmp_path / "diverged"
+    capsys.readouterr()
+    assert cli("train", *tiny_run_args, "--corpus", corpus, "--out", out, "--lr", "1e6", "--save-every", "1") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    step = int(re.search(r"training diverged at step (\d+): loss", err).group(1))
+    assert err.startswith("bmojo train: error:") and f"checkpoints/step-{step - 1}," in err
+    assert max(int(p.name[5:]) for p in (out / "checkpoints").iterdir()) == step - 1  # the last good one
+    assert not (out / "model.safetensors").exists()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["stopped"] == "diverged" and metrics["steps"] == step and metrics["nonfinite"][0]["step"] == step
+
+
+def exit_code(cli, *argv) -> int:
+    """The exit code of `bmojo ARGV...`, including argparse's SystemExit for a flag it rejects."""
+    try:
+        return cli(*argv)
+    except SystemExit as stop:
+        return stop.code
+
+
+@pytest.mark.parametrize("flag, value, allowed", [
+    ("--lr", "-1", "> 0"), ("--lr", "nan", "> 0"), ("--lr", "inf", "> 0"), ("--ssm-lr", "0", "> 0"),
+    ("--weight-decay", "-0.1", ">= 0"), ("--warmup-ratio", "2", ">= 0 and <= 1"),
+    ("--min-lr-ratio", "-1", ">= 0 and <= 1"), ("--grad-clip", "-1", ">= 0"), ("--max-steps", "0", ">= 1"),
+    ("--max-tokens", "0", "> 0"), ("--batch-size", "0", ">= 1"), ("--seq-len", "1", ">= 2"),
+    ("--log-every", "0", ">= 1"), ("--save-every", "-1", ">= 0"), ("--eval-every", "-5", ">= 0"),
+    ("--keep-checkpoints", "0", ">= 1"), ("--eval-sequences", "-1", ">= 0"), ("--time-budget", "-1", ">= 0"),
+    ("--val-fraction", "1", "< 1"), ("--bpe-vocab-size", "0", ">= 1"), ("--max-nonfinite-steps", "-1", ">= 0"),
+    ("--target-params", "-5", "> 0"), ("--batch-size", "eight", "an integer >= 1"),
+    ("--threads", "-2", ">= 1"), ("--threads", "0", ">= 1"),
+])
+def test_numeric_flags_out_of_range_are_refused(flag, value, allowed, corpus, tmp_path, capsys, cli, tiny_run_args):
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert exit_code(cli, "train", *tiny_run_args, "--corpus", corpus, "--out", out, flag, value) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith("bmojo train: error:") and flag in err and allowed in err, err
+    assert "Traceback" not in err and not out.exists()

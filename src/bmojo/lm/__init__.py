@@ -9,6 +9,7 @@ from .common import (
     bits_per_byte,
     bytes_per_token,
     corpus_splits,
+    load_model,
     load_run,
     unigram_entropy,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "corpus_splits",
     "generate_text",
     "length_sweep",
+    "load_model",
     "load_run",
     "markdown_table",
     "parameter_count",

@@ -1,31 +1,36 @@
 """What `bmojo train`, `bmojo eval` and `bmojo generate` share: the run folder, corpus splits, token
-streams, bits-per-byte accounting and the unigram baseline.
+streams, bits-per-byte accounting, the unigram baseline and the range checks of numeric flags (`number`).
 
 A run folder (`bmojo train --out DIR`) holds:
 
-- `config.json`, `model.safetensors`: the final model (`AutoModelForCausalLM.from_pretrained(DIR)` after
-  `import bmojo`); written when training ends.
+- `config.json`, `model.safetensors`, `manifest.json` (their sizes and sha256): the final model; written
+  when training ends (not after a diverged run). `load_run(DIR)` is the safe way to load it: it checks the
+  manifest and falls back to the newest valid checkpoint when the final model is missing or damaged;
+  `AutoModelForCausalLM.from_pretrained(DIR)` (after `import bmojo`) loads it without those checks.
 - `bmojo_tokenizer.json` (+ `tokenizer.json` for BPE, HF files for an HF tokenizer): the tokenizer,
   written before training starts (`bmojo.data.load_tokenizer(DIR)`).
 - `run.json`: the data settings (corpus, text column, tokenizer, seq_len, split seed and fractions), the
   unigram baseline, the parameter count; written before training starts.
-- `metrics.json`: training history, evaluations, timing; written when training ends.
+- `metrics.json`: training history, evaluations, timing, the settings that ran (`train_config`) and their
+  changes on resume (`changes`), non-finite steps; written when training ends (also when it diverged).
 - `checkpoints/step-N/`: resumable checkpoints (see `bmojo.training`).
 - `eval.json`, `length_generalization.{md,png}`: written by `bmojo eval`.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from ..data import ByteTokenizer, Document, Tokenizer, load_corpus, load_tokenizer, pack, split_documents
 from ..data.tokenizers import META_FILE
@@ -34,6 +39,28 @@ RUN_FILE = "run.json"
 METRICS_FILE = "metrics.json"
 EVAL_FILE = "eval.json"
 DEFAULT_FRACTIONS = (0.98, 0.01, 0.01)
+
+
+# ---------------------------------------------------------------- flags
+
+def number(kind: type, *, gt: float | None = None, ge: float | None = None, lt: float | None = None,
+           le: float | None = None) -> Callable[[str], int | float]:
+    """An argparse `type`: the text as `kind` (int or float), finite and within the given bounds; otherwise an
+    argparse error that states the allowed range."""
+    bounds = [f"{op} {b:g}" for op, b in ((">", gt), (">=", ge), ("<", lt), ("<=", le)) if b is not None]
+    allowed = f"{'an integer' if kind is int else 'a finite number'}{' ' if bounds else ''}{' and '.join(bounds)}"
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if (value is None or not math.isfinite(value) or (gt is not None and value <= gt)
+                or (ge is not None and value < ge) or (lt is not None and value >= lt)
+                or (le is not None and value > le)):
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}")
+        return value
+    return parse
 
 
 # ---------------------------------------------------------------- files
@@ -114,37 +141,59 @@ def unigram_entropy(blocks: torch.Tensor, vocab_size: int) -> float:
 
 # ---------------------------------------------------------------- run folders
 
-def model_weights_dir(run_dir: Path) -> Path:
-    """Where the weights of a run live: the run folder itself once training finished, else its newest
-    valid checkpoint (an interrupted run can still be evaluated or sampled)."""
-    from ..training import latest_valid_checkpoint
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run folder {str(run_dir)!r} does not exist")
-    if (run_dir / "config.json").is_file() and any(run_dir.glob("model*.safetensors")):
-        return run_dir
-    ckpt = latest_valid_checkpoint(run_dir)
-    if ckpt is None:
-        raise FileNotFoundError(f"{run_dir} holds no model: neither config.json + model.safetensors nor a valid "
-                                "checkpoint; point at a folder written by `bmojo train --out`")
-    warnings.warn(f"{run_dir} has no final model (training did not finish); using checkpoint {ckpt.name}",
-                  stacklevel=2)
-    return ckpt
-
-
-def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
-    """(model in eval mode, tokenizer, run info) of a run folder; ValueError on a vocabulary mismatch."""
+def _try_load(folder: Path) -> tuple[torch.nn.Module | None, str | None]:
+    """(the model saved in `folder`, None), or (None, why it does not load, in one line) when its files are
+    damaged: truncated weights, a config.json that is not valid JSON or not a valid config."""
     from transformers import AutoModelForCausalLM
 
     import bmojo  # noqa: F401  (registers the model with the Auto classes)
 
-    run_dir = Path(run_dir)
-    weights = model_weights_dir(run_dir)
     from ..training import quiet_hf_progress
 
-    with quiet_hf_progress():
-        model = AutoModelForCausalLM.from_pretrained(str(weights)).to(device).eval()
+    try:
+        with quiet_hf_progress():
+            return AutoModelForCausalLM.from_pretrained(str(folder)), None
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+        return None, f"{type(err).__name__}: {' '.join(str(err).split())}"
+
+
+def load_model(run_dir: str | os.PathLike) -> torch.nn.Module:
+    """The model of a run folder: its final model if that matches its manifest and loads; else its newest valid
+    checkpoint, with a warning saying why (an interrupted run can still be evaluated or sampled).
+    FileNotFoundError if the folder holds no model; ValueError in one line if the only model is damaged."""
+    from ..training import MANIFEST_FILE, latest_valid_checkpoint, verify_manifest
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder {str(run_dir)!r} does not exist")
+    finished = (run_dir / "config.json").is_file() and any(run_dir.glob("model*.safetensors"))
+    if not finished:
+        problem = "has no final model (training did not finish)"
+    else:
+        damage = verify_manifest(run_dir) if (run_dir / MANIFEST_FILE).is_file() else None
+        if damage is None:
+            model, damage = _try_load(run_dir)
+            if model is not None:
+                return model
+        problem = f"has a damaged final model ({damage})"
+    ckpt = latest_valid_checkpoint(run_dir)
+    if ckpt is None:
+        if not finished:
+            raise FileNotFoundError(f"{run_dir} holds no model: neither config.json + model.safetensors nor a "
+                                    "valid checkpoint; point at a folder written by `bmojo train --out`")
+        raise ValueError(f"{run_dir} {problem}, and no valid checkpoint to fall back to")
+    warnings.warn(f"{run_dir} {problem}; using checkpoint {ckpt.name}", stacklevel=2)
+    model, damage = _try_load(ckpt)
+    if model is None:
+        raise ValueError(f"{run_dir} {problem}, and checkpoint {ckpt.name} does not load either ({damage})")
+    return model
+
+
+def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
+    """(model in eval mode, tokenizer, run info) of a run folder, the model as `load_model` finds it; ValueError
+    on a vocabulary mismatch or a damaged run (one line)."""
+    run_dir = Path(run_dir)
+    model = load_model(run_dir).to(device).eval()
     if any((run_dir / name).is_file() for name in (META_FILE, "tokenizer.json", "tokenizer_config.json")):
         tokenizer = load_tokenizer(run_dir)
     else:

@@ -20,8 +20,10 @@ import torch
 
 from ..accounting import parameter_count
 from ..cli import check_writable
-from ..ops.loss import next_token_cross_entropy, token_cross_entropy
+from ..data import LMDataset
+from ..ops.loss import IGNORE_INDEX, next_token_cross_entropy, token_cross_entropy
 from ..plotting import pyplot
+from ..training import collate
 from .common import (
     DEFAULT_FRACTIONS,
     EVAL_FILE,
@@ -29,6 +31,7 @@ from .common import (
     bytes_per_token,
     load_run,
     load_split,
+    number,
     read_json,
     token_blocks,
     write_json,
@@ -46,16 +49,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", choices=["train", "validation", "test"], help="default test")
     parser.add_argument("--lengths", default="1,2,4,8",
                         help="context lengths as multiples of the training length (default 1,2,4,8)")
-    parser.add_argument("--seq-len", type=int, help="training length L the multiples refer to (default: the run's)")
-    parser.add_argument("--eval-tokens", type=int, default=65536,
+    parser.add_argument("--seq-len", type=number(int, ge=2),
+                        help="training length L the multiples refer to (default: the run's)")
+    parser.add_argument("--eval-tokens", type=number(int, ge=1), default=65536,
                         help="tokens scored at every length (rounded up to whole windows of the longest length; "
                              "default 65536)")
-    parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
-    parser.add_argument("--max-parallel-len", type=int, default=4096,
+    parser.add_argument("--batch-size", type=number(int, ge=1), default=4, help="windows per forward pass (default 4)")
+    parser.add_argument("--max-parallel-len", type=number(int, ge=1), default=4096,
                         help="longest window run in the parallel form; longer ones use the recurrent form "
                              "(default 4096)")
-    parser.add_argument("--block-size", type=int, default=1024, help="recurrent-form block length (default 1024)")
+    parser.add_argument("--block-size", type=number(int, ge=1), default=1024,
+                        help="recurrent-form block length (default 1024)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (default fp32)")
+    parser.add_argument("--doc-boundaries", action="store_true",
+                        help="score each document of a window alone (the model restarts at every separator; a "
+                             "document's first token is not scored); parallel form only. Default: the packed stream "
+                             "as it comes, context running across documents")
     parser.add_argument("--out", type=Path,
                         help="where the combined table and PNG go (default: the run folder; with several runs, "
                              "their common parent folder)")
@@ -67,12 +76,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @torch.no_grad()
 def window_nll(model, windows: torch.Tensor, batch_size: int = 4, max_parallel_len: int = 4096,
-               block_size: int = 1024, bf16: bool = False) -> tuple[float, int, str]:
+               block_size: int = 1024, bf16: bool = False, sep_id: int | None = None) -> tuple[float, int, str]:
     """Sum of next-token NLL (nats) over all targets of `windows` (n, T), each window scored from an empty
-    state; returns (sum, number of targets = n * (T - 1), "parallel" | "recurrent")."""
+    state; returns (sum, number of targets, "parallel" | "recurrent"). With `sep_id` (the packing separator),
+    each document inside a window is scored alone (seq_idx) and its first token, which nothing in its document
+    predicts, is not scored (parallel form only)."""
     device = next(model.parameters()).device
     n, T = windows.shape
     form = "parallel" if T <= max_parallel_len else "recurrent"
+    if sep_id is not None:
+        if form == "recurrent":
+            raise ValueError(f"document boundaries are scored in the parallel form only: windows of {T} tokens exceed "
+                             f"--max-parallel-len {max_parallel_len}")
+        data = LMDataset(windows, sep_id)
+        total, count = 0.0, 0
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            for i in range(0, n, batch_size):
+                batch = {k: v.to(device) for k, v in collate(data, torch.arange(i, min(i + batch_size, n))).items()}
+                logits = model(batch["input_ids"], seq_idx=batch["seq_idx"]).logits
+                total += next_token_cross_entropy(logits, batch["labels"], reduction="sum").item()
+                count += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        return total, count, form
     total = 0.0
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for i in range(0, n, batch_size):
@@ -102,8 +126,9 @@ def parse_lengths(text: str) -> list[float]:
 
 def length_sweep(model, stream_blocks: torch.Tensor, train_len: int, multiples: list[float], bytes_per_tok: float,
                  batch_size: int = 4, max_parallel_len: int = 4096, block_size: int = 1024, bf16: bool = False,
-                 log=None) -> list[dict]:
-    """Score the tokens of `stream_blocks` (n, longest window) at every context length m * train_len."""
+                 log=None, sep_id: int | None = None) -> list[dict]:
+    """Score the tokens of `stream_blocks` (n, longest window) at every context length m * train_len (with
+    `sep_id`: each document alone, see `window_nll`)."""
     stream = stream_blocks.reshape(-1)
     rows = []
     for m in multiples:
@@ -112,7 +137,8 @@ def length_sweep(model, stream_blocks: torch.Tensor, train_len: int, multiples: 
             raise ValueError(f"context length {m} x {train_len} = {length} tokens must be >= 2 and divide the "
                              f"{stream.numel()} evaluated tokens; use integer multiples or powers of two")
         t0 = time.perf_counter()
-        nll, count, form = window_nll(model, stream.view(-1, length), batch_size, max_parallel_len, block_size, bf16)
+        nll, count, form = window_nll(model, stream.view(-1, length), batch_size, max_parallel_len, block_size, bf16,
+                                      sep_id)
         loss = nll / count
         rows.append({"multiple": m, "context_length": length, "loss": loss, "perplexity": math.exp(min(loss, 50.0)),
                      "bits_per_byte": bits_per_byte(loss, bytes_per_tok), "targets": count, "form": form,
@@ -142,9 +168,11 @@ def evaluate_run(run_dir: Path, args: argparse.Namespace, log=print) -> dict:
     log(f"{name}: {n_params:,} parameters, trained at L={train_len}; scoring {n_blocks * longest:,} "
         f"{args.split} tokens of {corpus} at {', '.join(f'{m:g}x' for m in multiples)}")
     rows = length_sweep(model, blocks[:n_blocks], train_len, multiples, bpt, args.batch_size,
-                        args.max_parallel_len, args.block_size, args.bf16, log=log)
+                        args.max_parallel_len, args.block_size, args.bf16, log=log,
+                        sep_id=tok.eos_id if args.doc_boundaries else None)
     result = {"run": str(run_dir), "name": name, "preset": info.get("preset"), "parameters": n_params,
-              "corpus": corpus, "split": args.split, "train_seq_len": train_len, "tokenizer": repr(tok),
+              "corpus": corpus, "split": args.split, "doc_boundaries": args.doc_boundaries,
+              "train_seq_len": train_len, "tokenizer": repr(tok),
               "evaluated_tokens": n_blocks * longest, "bytes_per_token": bpt, "results": rows}
     write_json(run_dir / EVAL_FILE, result)
     return result
@@ -202,9 +230,6 @@ def plot(results: list[dict], path: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate every run folder of `args` (or reread their eval.json) and write the combined table and plot."""
-    for name in ("eval_tokens", "batch_size", "max_parallel_len", "block_size"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
     parse_lengths(args.lengths)
     for d in args.runs:
         if not d.is_dir():

@@ -8,19 +8,20 @@ from pathlib import Path
 
 import torch
 
-from .common import load_run
+from .common import load_run, number
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `bmojo generate`."""
     parser.add_argument("run", type=Path, metavar="DIR", help="run folder written by `bmojo train`")
     parser.add_argument("--prompt", default="", help="text to continue (default: empty = start of a document)")
-    parser.add_argument("--max-new-tokens", type=int, default=200)
-    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
-    parser.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
-    parser.add_argument("--repetition-penalty", type=float, default=1.0)
-    parser.add_argument("--num-samples", type=int, default=1)
+    parser.add_argument("--max-new-tokens", type=number(int, ge=1), default=200, help="default 200")
+    parser.add_argument("--temperature", type=number(float, ge=0), default=0.8, help="0 = greedy (default 0.8)")
+    parser.add_argument("--top-k", type=number(int, ge=0), default=0, help="keep the k most likely tokens (0 = off)")
+    parser.add_argument("--top-p", type=number(float, gt=0, le=1), default=1.0,
+                        help="nucleus sampling mass (1 = off)")
+    parser.add_argument("--repetition-penalty", type=number(float, gt=0), default=1.0, help="1 = off (default)")
+    parser.add_argument("--num-samples", type=number(int, ge=1), default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-doc-start", action="store_true",
                         help="do not put the end-of-document token before the prompt (default: it is there, as "
@@ -55,10 +56,6 @@ def generate_text(model, tokenizer, prompt: str = "", max_new_tokens: int = 200,
 
 def run(args: argparse.Namespace) -> int:
     """Print the samples `args` ask for (a separator line on stderr between several)."""
-    if args.max_new_tokens < 1 or args.num_samples < 1:
-        raise ValueError("--max-new-tokens and --num-samples must be >= 1")
-    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
-        raise ValueError("need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0")
     model, tok, _ = load_run(args.run)
     texts = generate_text(model, tok, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
                           args.repetition_penalty, args.num_samples, args.seed, not args.no_doc_start,

@@ -3,12 +3,20 @@
 Built on `bmojo.training.Trainer` (accelerate): one process, or several under `torchrun` /
 `accelerate launch` (DDP; `--batch-size` is the global batch, split over the processes). Every input
 error (missing/empty/too-small corpus, vocabulary mismatch, unwritable output, incompatible resume)
-is raised as ValueError/FileNotFoundError before the first training step.
+is raised as ValueError/FileNotFoundError before the first training step; numeric flags out of range are
+refused by argparse, with the range.
+
+`--resume` continues the saved run: the model config from the checkpoint, the data settings from run.json
+(DATA_KEYS), the training settings from the checkpoint's TrainConfig. Omitted flags take the saved values;
+a given one that differs is refused if the saved optimizer state, schedule or batch order assume it
+(`RUN_FIELDS`), else applied and recorded in metrics.json ("changes"). A run that diverges saves no final
+model and exits non-zero.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import math
@@ -25,8 +33,8 @@ from ..cli import check_writable
 from ..data import ByteTokenizer, LMDataset, Tokenizer, load_corpus, load_tokenizer, train_bpe
 from ..data.tokenizers import META_FILE
 from ..models import PRESETS, BMojoConfig, BMojoForCausalLM
-from ..ops.loss import next_token_cross_entropy
 from ..training import (
+    MANIFEST_FILE,
     TrainConfig,
     Trainer,
     TrainResult,
@@ -35,6 +43,8 @@ from ..training import (
     latest_valid_checkpoint,
     list_checkpoints,
     quiet_hf_progress,
+    resume_conflicts,
+    write_manifest,
 )
 from .common import (
     DEFAULT_FRACTIONS,
@@ -44,14 +54,29 @@ from .common import (
     bytes_per_token,
     check_vocab,
     corpus_splits,
+    number,
     read_json,
     token_blocks,
     unigram_entropy,
     write_json,
 )
+from .evaluate import window_nll
 
-# run.json fields that define the data a step reads: a resumed run must agree on all of them.
-DATA_KEYS = ("corpus", "text_column", "tokenizer", "seq_len", "split_seed", "fractions")
+# run.json fields that define the data a step reads and the validation set: a resumed run must agree on all
+# of them. DATA_DEFAULTS: their values in a fresh run where not given.
+DATA_KEYS = ("corpus", "text_column", "tokenizer", "bpe_vocab_size", "seq_len", "split_seed", "fractions",
+             "eval_sequences", "doc_boundaries")
+DATA_DEFAULTS = {"corpus": "builtin", "text_column": "text", "tokenizer": "byte", "bpe_vocab_size": 4096,
+                 "seq_len": 256, "split_seed": 0, "fractions": list(DEFAULT_FRACTIONS), "eval_sequences": 64,
+                 "doc_boundaries": True}
+# Defaults of `bmojo train` where they differ from TrainConfig's.
+TRAIN_DEFAULTS = {"batch_size": 16, "bf16": True, "save_every": 200}
+# The TrainConfig fields set by flags (each flag's dest is the field's name). A resumed run takes the
+# checkpoint's value of an omitted one, except for INVOCATION_FIELDS (settings of one invocation).
+FLAG_FIELDS = ("max_steps", "batch_size", "lr", "ssm_lr", "weight_decay", "warmup_ratio", "min_lr_ratio", "grad_clip",
+               "bf16", "seed", "save_every", "keep_checkpoints", "eval_every", "log_every", "time_budget_s",
+               "max_nonfinite_steps", "tensorboard", "cpu", "progress")
+INVOCATION_FIELDS = ("time_budget_s",)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,10 +89,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                        help="override model config fields, e.g. --set hidden_size=128 num_hidden_layers=6 "
                             "(values are JSON: numbers, true/false, lists)")
-    model.add_argument("--target-params", type=float, metavar="N",
+    model.add_argument("--target-params", type=number(float, gt=0), metavar="N",
                        help="choose num_hidden_layers so the parameter count is closest to N (e.g. 1.3e6)")
 
-    data = parser.add_argument_group("data")
+    data = parser.add_argument_group("data", "on --resume, omitted data flags take the run's values (run.json) and "
+                                             "given ones must equal them")
     data.add_argument("--corpus", default=None,
                       help="'builtin' (default: this Python's stdlib sources + pydoc topics), a text file, a folder, "
                            "a datasets save_to_disk folder or a .jsonl/.json/.parquet/.csv file")
@@ -75,48 +101,84 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--tokenizer", default=None,
                       help="'byte' (default, vocab 256), 'bpe' (train a byte-level BPE on the train split, saved in "
                            "--out), or a path to a saved tokenizer / HF tokenizer folder / tokenizer.json")
-    data.add_argument("--bpe-vocab-size", type=int, default=4096, help="vocabulary of a trained BPE (default 4096)")
-    data.add_argument("--seq-len", type=int, default=None, help="training context length (default 256)")
+    data.add_argument("--bpe-vocab-size", type=number(int, ge=1), default=None,
+                      help=f"vocabulary of a trained BPE (default {DATA_DEFAULTS['bpe_vocab_size']})")
+    data.add_argument("--seq-len", type=number(int, ge=2), default=None,
+                      help=f"training context length (default {DATA_DEFAULTS['seq_len']})")
     data.add_argument("--split-seed", type=int, default=None, help="seed of the document split (default 0)")
-    data.add_argument("--val-fraction", type=float, default=None, help="validation fraction (default 0.01)")
-    data.add_argument("--test-fraction", type=float, default=None, help="test fraction (default 0.01)")
+    data.add_argument("--val-fraction", type=number(float, ge=0, lt=1), default=None,
+                      help=f"validation fraction (default {DEFAULT_FRACTIONS[1]})")
+    data.add_argument("--test-fraction", type=number(float, ge=0, lt=1), default=None,
+                      help=f"test fraction (default {DEFAULT_FRACTIONS[2]})")
+    data.add_argument("--doc-boundaries", action=argparse.BooleanOptionalAction, default=None,
+                      help="packed documents with boundaries: every state restarts at each document and no target "
+                           "crosses one (default on; --no-doc-boundaries: one stream across documents)")
+    data.add_argument("--eval-sequences", type=number(int, ge=0), default=None,
+                      help=f"validation sequences scored each evaluation (default {DATA_DEFAULTS['eval_sequences']}; "
+                           "0 = none)")
 
-    opt = parser.add_argument_group("optimization")
-    opt.add_argument("--max-steps", type=int, default=1000, help="optimizer steps (default 1000)")
-    opt.add_argument("--max-tokens", type=float, default=None,
-                     help="token budget instead of --max-steps: steps = ceil(N / (batch_size * seq_len))")
-    opt.add_argument("--batch-size", type=int, default=16, help="global batch in sequences (default 16)")
-    opt.add_argument("--lr", type=float, default=1e-3, help="peak lr of non-SSM parameters (default 1e-3)")
-    opt.add_argument("--ssm-lr", type=float, default=None,
+    fresh = dataclasses.asdict(TrainConfig(**TRAIN_DEFAULTS))
+    opt = parser.add_argument_group(
+        "optimization", "on --resume, omitted flags take the checkpoint's values, and a given one that differs is "
+                        "refused (the saved optimizer state, schedule and batch order assume them), except "
+                        "--max-steps/--max-tokens, which may extend or shorten the run")
+    steps = opt.add_mutually_exclusive_group()
+    steps.add_argument("--max-steps", type=number(int, ge=1), default=None,
+                       help=f"optimizer steps (default {fresh['max_steps']}; on --resume it may change: it extends "
+                            "or shortens the run and its cosine schedule, recorded in metrics.json)")
+    steps.add_argument("--max-tokens", type=number(float, gt=0), default=None,
+                       help="token budget instead of --max-steps: steps = ceil(N / (batch_size * seq_len))")
+    opt.add_argument("--batch-size", type=number(int, ge=1), default=None,
+                     help=f"global batch in sequences (default {fresh['batch_size']})")
+    opt.add_argument("--lr", type=number(float, gt=0), default=None,
+                     help=f"peak lr of non-SSM parameters (default {fresh['lr']:g})")
+    opt.add_argument("--ssm-lr", type=number(float, gt=0), default=None,
                      help="peak lr of SSM parameters (default: --lr); the paper uses Mamba's lr (5x GPT-3's) here")
-    opt.add_argument("--weight-decay", type=float, default=0.1)
-    opt.add_argument("--warmup-ratio", type=float, default=0.05)
-    opt.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine floor as a fraction of the peak")
-    opt.add_argument("--grad-clip", type=float, default=1.0)
-    opt.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+    opt.add_argument("--weight-decay", type=number(float, ge=0), default=None,
+                     help=f"AdamW weight decay of matrices (default {fresh['weight_decay']:g})")
+    opt.add_argument("--warmup-ratio", type=number(float, ge=0, le=1), default=None,
+                     help=f"linear warmup, as a fraction of the steps (default {fresh['warmup_ratio']:g})")
+    opt.add_argument("--min-lr-ratio", type=number(float, ge=0, le=1), default=None,
+                     help=f"cosine floor as a fraction of the peak (default {fresh['min_lr_ratio']:g})")
+    opt.add_argument("--grad-clip", type=number(float, ge=0), default=None,
+                     help=f"gradient-norm clipping (default {fresh['grad_clip']:g}; 0 = off)")
+    opt.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                      help="bf16 autocast (default on; fp32 master weights)")
-    opt.add_argument("--seed", type=int, default=0)
+    opt.add_argument("--seed", type=int, default=None,
+                     help=f"seed of the initial weights and the batch order (default {fresh['seed']})")
 
-    run = parser.add_argument_group("run")
+    run = parser.add_argument_group(
+        "run", "on --resume, omitted flags take the checkpoint's values (except --time-budget, which is this "
+               "invocation's), and given ones that differ are applied and recorded in metrics.json ('changes')")
     run.add_argument("--out", type=Path, required=True, help="run folder (model, tokenizer, checkpoints, logs)")
-    run.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in --out")
-    run.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps (0 = never; default 200)")
-    run.add_argument("--keep-checkpoints", type=int, default=2)
-    run.add_argument("--eval-every", type=int, default=0, help="validation every N steps (0 = only at the end)")
-    run.add_argument("--eval-sequences", type=int, default=64,
-                     help="validation sequences scored each evaluation (default 64; 0 = none)")
-    run.add_argument("--log-every", type=int, default=10)
-    run.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                     help="stop (and checkpoint) after this many seconds of training")
-    run.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to OUT/tensorboard")
-    run.add_argument("--cpu", action="store_true", help="train on CPU even if a GPU is visible")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run in --out from its newest valid checkpoint, with its settings")
+    run.add_argument("--save-every", type=number(int, ge=0), default=None,
+                     help=f"checkpoint every N steps (0 = never; default {fresh['save_every']})")
+    run.add_argument("--keep-checkpoints", type=number(int, ge=1), default=None,
+                     help=f"newest checkpoints kept (default {fresh['keep_checkpoints']})")
+    run.add_argument("--eval-every", type=number(int, ge=0), default=None,
+                     help="validation every N steps (0 = only at the end; default 0)")
+    run.add_argument("--log-every", type=number(int, ge=1), default=None,
+                     help=f"log line every N steps (default {fresh['log_every']})")
+    run.add_argument("--time-budget", dest="time_budget_s", type=number(float, ge=0), default=None,
+                     metavar="SECONDS", help="stop (and checkpoint) once training has taken this many seconds in all")
+    run.add_argument("--max-nonfinite-steps", type=number(int, ge=0), default=None,
+                     help="steps in a row whose loss or gradient norm is not finite that are skipped (no update) "
+                          "before the run stops as diverged (default 0: stop at the first)")
+    run.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                     help="write TensorBoard logs to OUT/tensorboard (default off)")
+    run.add_argument("--cpu", action=argparse.BooleanOptionalAction, default=None,
+                     help="train on CPU even if a GPU is visible (default off)")
+    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="progress bar (default on; --no-progress: one log line per --log-every steps instead)")
 
 
 # ---------------------------------------------------------------- pieces
 
 def parse_overrides(items: list[str]) -> dict:
-    """--set KEY=VALUE items as a dict; values are JSON where they parse, else bare strings."""
+    """--set KEY=VALUE items as a dict; values are JSON where they parse, else bare strings. An unknown KEY
+    raises ValueError with the closest config field (the values' types are checked by BMojoConfig)."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -126,6 +188,7 @@ def parse_overrides(items: list[str]) -> dict:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
             out[key] = value  # a bare string, e.g. pos_encoding=none
+    BMojoConfig.check_field_names(out, "--set: ")
     return out
 
 
@@ -137,10 +200,13 @@ def _config_from_file(path: Path, overrides: dict) -> BMojoConfig:
     if not file.is_file():
         raise FileNotFoundError(f"{path} has no config.json")
     raw = read_json(file)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{file} is not a model config (a JSON object of field: value)")
     if raw.get("model_type", "bmojo") != "bmojo":
         raise ValueError(f"{file} is a {raw['model_type']!r} config, not a bmojo one")
-    for key in ("model_type", "transformers_version", "architectures"):
+    for key in ("model_type", "transformers_version", "architectures", "_name_or_path", "auto_map"):  # HF's records
         raw.pop(key, None)
+    BMojoConfig.check_field_names(raw, f"{file}: ")
     return BMojoConfig(**{**raw, **overrides})
 
 
@@ -189,15 +255,11 @@ def _resolve_tokenizer(spec: str, out: Path, train_docs, bpe_vocab: int, resumin
     return load_tokenizer(path)
 
 
-def _lm_evaluator(blocks: torch.Tensor, batch_size: int, bpt: float):
-    """evaluate(model) -> {val_loss, val_ppl, val_bpb} on fixed validation blocks (mean over all targets)."""
+def _lm_evaluator(blocks: torch.Tensor, batch_size: int, bpt: float, sep_id: int | None = None):
+    """evaluate(model) -> {val_loss, val_ppl, val_bpb} on fixed validation blocks (mean over all targets; with
+    `sep_id`, documents scored alone, as the training data is read)."""
     def evaluate(model) -> dict:
-        device = next(model.parameters()).device
-        total, count = 0.0, 0
-        for i in range(0, len(blocks), batch_size):
-            x = blocks[i : i + batch_size].to(device)
-            total += next_token_cross_entropy(model(x).logits, x, reduction="sum").item()
-            count += x[:, 1:].numel()
+        total, count, _ = window_nll(model, blocks, batch_size, max_parallel_len=blocks.shape[1], sep_id=sep_id)
         loss = total / count
         return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_bpb": bits_per_byte(loss, bpt)}
     return evaluate
@@ -227,60 +289,53 @@ def _log(state, msg: str) -> None:
 # ---------------------------------------------------------------- the command
 
 def run(args: argparse.Namespace) -> int:
-    """Train as `args` say; every input error is raised before the first training step."""
+    """Train as `args` say; every input error is raised before the first training step. A run that diverges
+    writes metrics.json but no final model, and ends in a ValueError saying at which step."""
     from accelerate import PartialState
 
-    _check_arguments(args)
     out: Path = args.out
-    state = PartialState(cpu=force_cpu(args.cpu))
+    settings, ckpt, saved_run = _settle_run_settings(args, out)
+    cfg = _train_config(args, settings["seq_len"], ckpt)
+    state = PartialState(cpu=force_cpu(cfg.cpu))
     if state.is_main_process:
         check_writable(out)
     state.wait_for_everyone()
-    settings, ckpt, saved_run = _settle_run_settings(args, out)
     t0 = time.perf_counter()
-    splits, tok = _load_corpus_and_tokenizer(args, settings, out, ckpt, state)
+    splits, tok = _load_corpus_and_tokenizer(settings, out, ckpt, state)
     config = _model_config(args, tok, ckpt)
-    train, evaluate = _load_datasets(args, splits, tok, settings["seq_len"], state)
-    max_steps = _max_steps(args, settings["seq_len"])
-    model = _build_model(args, config)
+    train, evaluate = _load_datasets(settings, cfg.batch_size, splits, tok, state)
+    model = _build_model(config, cfg.seed)
     info = _run_info(args, settings, saved_run, config, train, splits, tok)
     if state.is_main_process and ckpt is None:
         tok.save(out)
         write_json(out / RUN_FILE, info)
     _log(state, f"{_describe_model(config)}: {info['parameters']:,} parameters; {len(train):,} train sequences x "
                 f"{settings['seq_len']} tokens ({tok!r}); unigram baseline {info['unigram_entropy']:.3f} nats/token; "
-                f"{max_steps} steps x {args.batch_size} sequences on {state.num_processes} process(es); "
+                f"{cfg.max_steps} steps x {cfg.batch_size} sequences on {state.num_processes} process(es); "
                 f"data ready in {time.perf_counter() - t0:.1f}s")
-    trainer = _make_trainer(args, model, train, evaluate, max_steps, settings["seq_len"], ckpt, state)
+    trainer = _make_trainer(cfg, out, model, train, evaluate, settings["seq_len"], ckpt, state)
     result = trainer.fit()
     if state.is_main_process:
         _write_results(trainer, result, info, out)
     state.wait_for_everyone()
+    if result.stopped == "diverged":
+        raise ValueError(_divergence_message(result, cfg, out))
     return 0
 
 
-def _check_arguments(args: argparse.Namespace) -> None:
-    """ValueError for a size below its minimum or --tensorboard without the tensorboard package."""
-    for name in ("max_steps", "batch_size", "bpe_vocab_size"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.seq_len is not None and args.seq_len < 2:
-        raise ValueError(f"--seq-len must be >= 2, got {args.seq_len}")
-    if args.tensorboard:
-        try:
-            importlib.import_module("torch.utils.tensorboard")
-        except ImportError as err:
-            raise ValueError("--tensorboard needs the tensorboard package (pip install tensorboard)") from err
-
-
 def _given_data_settings(args: argparse.Namespace) -> dict:
-    """The DATA_KEYS settings given on the command line (None where not given)."""
+    """The DATA_KEYS settings given on the command line (None where not given), paths made absolute."""
     given = {"corpus": args.corpus, "text_column": args.text_column, "tokenizer": args.tokenizer,
-             "seq_len": args.seq_len, "split_seed": args.split_seed, "fractions": None}
+             "bpe_vocab_size": args.bpe_vocab_size, "seq_len": args.seq_len, "split_seed": args.split_seed,
+             "fractions": None, "eval_sequences": args.eval_sequences, "doc_boundaries": args.doc_boundaries}
     if args.val_fraction is not None or args.test_fraction is not None:
         v = DEFAULT_FRACTIONS[1] if args.val_fraction is None else args.val_fraction
         t = DEFAULT_FRACTIONS[2] if args.test_fraction is None else args.test_fraction
         given["fractions"] = [1.0 - v - t, v, t]
+    if given["tokenizer"] not in (None, "byte", "bpe"):
+        given["tokenizer"] = str(Path(given["tokenizer"]).resolve())
+    if given["corpus"] not in (None, "builtin") and Path(given["corpus"]).exists():
+        given["corpus"] = str(Path(given["corpus"]).resolve())
     return given
 
 
@@ -289,18 +344,11 @@ def _settle_run_settings(args: argparse.Namespace, out: Path) -> tuple[dict, Pat
     settings (ValueError if the command line contradicts them), a fresh one takes the given ones or defaults."""
     checkpoints = list_checkpoints(out)
     saved_run = read_json(out / RUN_FILE) if (out / RUN_FILE).is_file() else None
-    given = _given_data_settings(args)
+    given = {k: v for k, v in _given_data_settings(args).items() if v is not None}
     if not args.resume:
         if checkpoints or (out / "model.safetensors").is_file():
             raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose a new --out")
-        settings = {"corpus": "builtin", "text_column": "text", "tokenizer": "byte", "seq_len": 256,
-                    "split_seed": 0, "fractions": list(DEFAULT_FRACTIONS)}
-        settings.update({k: v for k, v in given.items() if v is not None})
-        if settings["tokenizer"] not in ("byte", "bpe"):
-            settings["tokenizer"] = str(Path(settings["tokenizer"]).resolve())
-        if settings["corpus"] != "builtin" and Path(settings["corpus"]).exists():
-            settings["corpus"] = str(Path(settings["corpus"]).resolve())
-        return settings, None, saved_run
+        return {**DATA_DEFAULTS, **given}, None, saved_run
     if not checkpoints:
         raise ValueError(f"--resume: {out} has no checkpoints to resume from; drop --resume to start a new run")
     ckpt = latest_valid_checkpoint(out)
@@ -308,19 +356,53 @@ def _settle_run_settings(args: argparse.Namespace, out: Path) -> tuple[dict, Pat
         raise ValueError(f"--resume: every checkpoint in {out / 'checkpoints'} is damaged; nothing to resume")
     if saved_run is None:
         raise ValueError(f"--resume: {out / RUN_FILE} is missing; was {out} written by `bmojo train`?")
-    clash = [k for k in DATA_KEYS if given[k] is not None and given[k] != saved_run.get(k)]
+    saved_run = {"doc_boundaries": False, **saved_run}  # runs saved before the setting existed packed across documents
+    clash = [k for k in given if k in saved_run and given[k] != saved_run[k]]
     if clash:
-        raise ValueError(f"--resume: {', '.join(f'{k}={given[k]!r} (saved {saved_run.get(k)!r})' for k in clash)} "
+        raise ValueError(f"--resume: {', '.join(f'{k}={given[k]!r} (saved {saved_run[k]!r})' for k in clash)} "
                          f"differ from the run in {out}; a resumed run must read the same data")
-    return {k: saved_run[k] for k in DATA_KEYS}, ckpt, saved_run
+    return {**DATA_DEFAULTS, **given, **{k: saved_run[k] for k in DATA_KEYS if k in saved_run}}, ckpt, saved_run
 
 
-def _load_corpus_and_tokenizer(args: argparse.Namespace, settings: dict, out: Path, ckpt: Path | None,
+def _train_config(args: argparse.Namespace, seq_len: int, ckpt: Path | None) -> TrainConfig:
+    """The training settings: each flag given, else (resuming) the checkpoint's value (except for
+    INVOCATION_FIELDS), else the default; --max-tokens sets max_steps. ValueError naming every given flag that a
+    resumed run must keep (RUN_FIELDS) but changes, and for --tensorboard without the tensorboard package."""
+    saved = read_json(ckpt / "trainer_state.json").get("config", {}) if ckpt is not None else {}
+    inherited = {k: v for k, v in saved.items() if k in FLAG_FIELDS and k not in INVOCATION_FIELDS}
+    given = {k: getattr(args, k) for k in FLAG_FIELDS if getattr(args, k) is not None}
+    cfg = TrainConfig(**{**TRAIN_DEFAULTS, **inherited, **given})
+    if args.max_tokens is not None:
+        cfg.max_steps = max(1, math.ceil(args.max_tokens / (cfg.batch_size * seq_len)))
+    conflicts = resume_conflicts(saved, cfg)
+    if conflicts:
+        flags = ", ".join(f"{_flag(k, getattr(cfg, k))} (the run has {_flag(k, saved[k])})" for k in conflicts)
+        raise ValueError(f"--resume: {flags}: the checkpoint's optimizer state, learning-rate schedule and batch "
+                         f"order assume the run's values; drop {'them' if len(conflicts) > 1 else 'it'} to continue "
+                         f"the run, or start a new run with {'them' if len(conflicts) > 1 else 'it'} "
+                         "(another --out, without --resume)")
+    if cfg.tensorboard:
+        try:
+            importlib.import_module("torch.utils.tensorboard")
+        except ImportError as err:
+            raise ValueError("--tensorboard needs the tensorboard package (pip install tensorboard)") from err
+    return cfg
+
+
+def _flag(field: str, value) -> str:
+    """The command-line form of a TrainConfig field's value, e.g. `--lr 0.003`, `--no-bf16`."""
+    name = "time-budget" if field == "time_budget_s" else field.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{'' if value else 'no-'}{name}"
+    return f"--{name} {value}" if value is not None else f"no --{name}"
+
+
+def _load_corpus_and_tokenizer(settings: dict, out: Path, ckpt: Path | None,
                                state) -> tuple[dict[str, list], Tokenizer]:
     """(document splits, tokenizer); a missing or empty corpus raises here."""
     docs = load_corpus(settings["corpus"], settings["text_column"])
     splits = corpus_splits(docs, settings["fractions"], settings["split_seed"])
-    tok = _resolve_tokenizer(settings["tokenizer"], out, splits["train"], args.bpe_vocab_size,
+    tok = _resolve_tokenizer(settings["tokenizer"], out, splits["train"], settings["bpe_vocab_size"],
                              resuming=ckpt is not None, state=state)
     return splits, tok
 
@@ -344,36 +426,31 @@ def _model_config(args: argparse.Namespace, tok: Tokenizer, ckpt: Path | None) -
     return config
 
 
-def _load_datasets(args: argparse.Namespace, splits: dict[str, list], tok: Tokenizer, seq_len: int,
+def _load_datasets(settings: dict, batch_size: int, splits: dict[str, list], tok: Tokenizer,
                    state) -> tuple[LMDataset, Callable | None]:
     """(train set, validation evaluator or None); a train split smaller than one batch raises here."""
-    train = LMDataset(token_blocks(splits["train"], tok, seq_len, "train split"))
-    if len(train) < args.batch_size:
+    seq_len, eval_sequences = settings["seq_len"], settings["eval_sequences"]
+    sep_id = tok.eos_id if settings["doc_boundaries"] else None
+    train = LMDataset(token_blocks(splits["train"], tok, seq_len, "train split"), sep_id)
+    if len(train) < batch_size:
         raise ValueError(f"the train split packs into {len(train)} sequences of seq_len={seq_len}, fewer than one "
-                         f"batch of {args.batch_size}; use more text, a smaller --seq-len or --batch-size")
-    if not (args.eval_sequences and splits["validation"]):
+                         f"batch of {batch_size}; use more text, a smaller --seq-len or --batch-size")
+    if not (eval_sequences and splits["validation"]):
         return train, None
     try:
         val_blocks = token_blocks(splits["validation"], tok, seq_len, "validation split")
     except ValueError as err:
         _log(state, f"note: no validation during training ({err})")
         return train, None
-    if len(val_blocks) > args.eval_sequences:  # evenly spread over the split, not just its first document
-        val_blocks = val_blocks[torch.linspace(0, len(val_blocks) - 1, args.eval_sequences).round().long()]
+    if len(val_blocks) > eval_sequences:  # evenly spread over the split, not just its first document
+        val_blocks = val_blocks[torch.linspace(0, len(val_blocks) - 1, eval_sequences).round().long()]
     bpt = bytes_per_token(splits["validation"], tok)
-    return train, _lm_evaluator(val_blocks, max(1, min(args.batch_size, 16)), bpt)
+    return train, _lm_evaluator(val_blocks, max(1, min(batch_size, 16)), bpt, sep_id)
 
 
-def _max_steps(args: argparse.Namespace, seq_len: int) -> int:
-    """--max-steps, or the steps that --max-tokens takes at this batch size and sequence length."""
-    if args.max_tokens:
-        return max(1, math.ceil(args.max_tokens / (args.batch_size * seq_len)))
-    return args.max_steps
-
-
-def _build_model(args: argparse.Namespace, config: BMojoConfig) -> BMojoForCausalLM:
-    """The model, initialised from --seed."""
-    torch.manual_seed(args.seed)
+def _build_model(config: BMojoConfig, seed: int) -> BMojoForCausalLM:
+    """The model, initialised from `seed`."""
+    torch.manual_seed(seed)
     return BMojoForCausalLM(config)
 
 
@@ -392,37 +469,37 @@ def _describe_model(config: BMojoConfig) -> str:
     return config.layer_pattern[0] if len(set(config.layer_pattern)) == 1 else str(config.layer_pattern)
 
 
-def _make_trainer(args: argparse.Namespace, model: BMojoForCausalLM, train: LMDataset, evaluate: Callable | None,
-                  max_steps: int, seq_len: int, ckpt: Path | None, state) -> Trainer:
-    """The Trainer of this run, resumed from `ckpt` if given, with plain log lines under --no-progress."""
-    cfg = TrainConfig(
-        max_steps=max_steps, batch_size=args.batch_size, lr=args.lr, ssm_lr=args.ssm_lr,
-        weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, min_lr_ratio=args.min_lr_ratio,
-        grad_clip=args.grad_clip, bf16=args.bf16, seed=args.seed, log_every=args.log_every,
-        eval_every=args.eval_every, save_every=args.save_every, keep_checkpoints=args.keep_checkpoints,
-        time_budget_s=args.time_budget, progress=not args.no_progress, tensorboard=args.tensorboard, cpu=args.cpu,
-    )
-    trainer = Trainer(model, train, cfg, out_dir=args.out, evaluate=evaluate, tokens_per_example=seq_len)
+def _make_trainer(cfg: TrainConfig, out: Path, model: BMojoForCausalLM, train: LMDataset, evaluate: Callable | None,
+                  seq_len: int, ckpt: Path | None, state) -> Trainer:
+    """The Trainer of this run, resumed from `ckpt` if given (the settings it changed logged), with plain log lines
+    when the progress bar is off."""
+    trainer = Trainer(model, train, cfg, out_dir=out, evaluate=evaluate, tokens_per_example=seq_len)
     if ckpt is not None:
         path = trainer.resume(ckpt)
-        _log(state, f"resumed from {path} (step {trainer.step})")
-    if args.no_progress:
-        trainer.on_log = _log_line(trainer.step, max_steps)
+        changed = [c for c in trainer.result.changes if c["step"] == trainer.step]
+        note = "; changed: " + ", ".join(f"{c['flag']} {c['from']} -> {c['to']}" for c in changed) if changed else ""
+        _log(state, f"resumed from {path} (step {trainer.step}){note}")
+    if not cfg.progress:
+        trainer.on_log = _log_line(trainer.step, cfg.max_steps)
     return trainer
 
 
 def _write_results(trainer: Trainer, result: TrainResult, info: dict, out: Path) -> None:
-    """Save the final model and metrics.json in the run folder and print the one-line summary."""
-    save_final(trainer.unwrapped, out)
-    cfg = trainer.cfg
+    """Write metrics.json (what ran: history, evaluations, the settings, their changes on resume, the non-finite
+    steps); unless the run diverged, save the final model first and print the one-line summary after."""
+    cfg, diverged = trainer.cfg, result.stopped == "diverged"
+    if not diverged:
+        save_final(trainer.unwrapped, out)
     final = result.evals[-1] if result.evals else {}
     unigram = info["unigram_entropy"]
     write_json(out / METRICS_FILE, {
         "steps": result.steps, "seconds": result.seconds, "stopped": result.stopped,
         "tokens": result.steps * cfg.batch_size * info["seq_len"], "parameters": info["parameters"],
         "unigram_entropy": unigram, "final": final, "history": result.history, "evals": result.evals,
-        "train_config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+        "train_config": dataclasses.asdict(cfg), "changes": result.changes, "nonfinite": result.nonfinite,
     })
+    if diverged:
+        return
     last = result.history[-1]["loss"] if result.history else float("nan")
     val = (f", val loss {final['val_loss']:.4f} (ppl {final['val_ppl']:.2f}, {final['val_bpb']:.3f} bits/byte)"
            if final else "")
@@ -430,12 +507,26 @@ def _write_results(trainer: Trainer, result: TrainResult, info: dict, out: Path)
           f"unigram baseline {unigram:.4f}; model saved to {out}", flush=True)
 
 
+def _divergence_message(result: TrainResult, cfg: TrainConfig, out: Path) -> str:
+    """The one-line error of a diverged run: at which step, what was kept, what to do."""
+    bad = result.nonfinite[-1]
+    kept = list_checkpoints(out)
+    return (f"training diverged at step {bad['step']}: loss {bad['loss']}, gradient norm {bad['grad_norm']} "
+            f"({cfg.max_nonfinite_steps + 1} non-finite step(s) in a row, --max-nonfinite-steps "
+            f"{cfg.max_nonfinite_steps}); the diverged state was not saved (no checkpoint, no final model), the "
+            f"newest checkpoint is {kept[0] if kept else 'none'}, {out / METRICS_FILE} records the run; start a new "
+            "run with a lower --lr, or --resume with a larger --max-nonfinite-steps to skip such steps")
+
+
 def save_final(model, out: Path) -> None:
-    """Save the final model at the top of the run folder, atomically per file (temp folder, then renames)."""
+    """Save the final model at the top of the run folder with its manifest.json (sizes, sha256): written to a
+    temp folder, then each file renamed into place, the manifest last, so that a crash in between leaves files
+    that do not match their manifest (which `load_run` detects) rather than a silently mixed model."""
     tmp = out / ".final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     with quiet_hf_progress():
         model.save_pretrained(tmp)
-    for f in sorted(tmp.iterdir()):
+    write_manifest(tmp)
+    for f in sorted(tmp.iterdir(), key=lambda f: f.name == MANIFEST_FILE):
         f.replace(out / f.name)
     tmp.rmdir()

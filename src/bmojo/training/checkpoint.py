@@ -2,10 +2,11 @@
 
 A checkpoint holds the model (safetensors, loadable with `from_pretrained`), optimizer, scheduler, RNG
 states and trainer state (step = data position, history). It is written to a temporary folder, fsync-ed,
-listed with its files' sha256 in `manifest.json`, then renamed into place; a crash mid-write leaves only
-a `.tmp-step-N` folder, removed by the next save. `latest_valid_checkpoint` takes the newest checkpoint
-whose files match their manifest and warns about each one it skipped; `check_resume_config` refuses a
-checkpoint whose model config differs from the model being trained.
+listed with its files' sizes and sha256 in `manifest.json` (`write_manifest`), then renamed into place; a
+crash mid-write leaves only a `.tmp-step-N` folder, removed by the next save. `verify_manifest` checks a
+folder against its manifest (checkpoints, and the final model of `bmojo train`); `latest_valid_checkpoint`
+takes the newest checkpoint that verifies and warns about each one it skipped; `check_resume_config`
+refuses a checkpoint whose model config differs from the model being trained.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ RESUME_CONFIG_KEYS = ("layer_pattern", "hidden_size", "num_hidden_layers", "voca
                       "ssm_state_size", "ssm_expand", "ssm_head_dim", "ssm_n_groups", "ssm_conv_kernel",
                       "intermediate_size", "use_mlp", "pos_encoding", "tie_word_embeddings",
                       "tie_fading_projections", "fading_residual", "innovation_span")
+MANIFEST_FILE = "manifest.json"
 
 
 def _sha256(path: Path) -> str:
@@ -115,13 +117,7 @@ def save_checkpoint(out_dir: Path, step: int, model, optimizer, scheduler, train
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(_rng_state(), tmp / "rng.pt")
     (tmp / "trainer_state.json").write_text(json.dumps(trainer_state))
-    files = sorted(p for p in tmp.iterdir() if p.is_file())
-    for p in files:
-        _fsync_file(p)
-    manifest = {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in files}
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    _fsync_file(tmp / "manifest.json")
-    _fsync_dir(tmp)
+    write_manifest(tmp)
     if final.exists():  # re-saving the same step (e.g. a resumed run): move the old copy aside first
         stale = root / f".old-step-{step}"
         shutil.rmtree(stale, ignore_errors=True)
@@ -157,17 +153,33 @@ def list_checkpoints(out_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[5:]), reverse=True)
 
 
-def verify_checkpoint(path: Path) -> str | None:
-    """None if every file in the manifest is present with its size and hash; else what is wrong."""
-    manifest_path = Path(path) / "manifest.json"
+def write_manifest(folder: Path) -> None:
+    """List every file of `folder` with its size and sha256 in `folder/manifest.json`; the files are fsync-ed
+    before the manifest is written, and the manifest before the folder."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != MANIFEST_FILE)
+    for p in files:
+        _fsync_file(p)
+    manifest = {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in files}
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+    _fsync_file(folder / MANIFEST_FILE)
+    _fsync_dir(folder)
+
+
+def verify_manifest(folder: Path) -> str | None:
+    """None if every file listed in `folder/manifest.json` is present with its size and hash; else what is
+    wrong, in a few words."""
+    manifest_path = Path(folder) / MANIFEST_FILE
     if not manifest_path.is_file():
-        return "manifest.json is missing (the write did not finish)"
+        return f"{MANIFEST_FILE} is missing (the write did not finish)"
     try:
         manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as err:
-        return f"manifest.json is unreadable ({err})"
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return f"{MANIFEST_FILE} is unreadable ({err})"
+    if not isinstance(manifest, dict):
+        return f"{MANIFEST_FILE} is not a file listing"
     for name, meta in manifest.items():
-        f = Path(path) / name
+        f = Path(folder) / name
         if not f.is_file():
             return f"{name} is missing"
         if f.stat().st_size != meta["bytes"]:
@@ -180,7 +192,7 @@ def verify_checkpoint(path: Path) -> str | None:
 def latest_valid_checkpoint(out_dir: Path) -> Path | None:
     """Newest checkpoint that verifies; warns about each newer one that does not."""
     for path in list_checkpoints(out_dir):
-        problem = verify_checkpoint(path)
+        problem = verify_manifest(path)
         if problem is None:
             return path
         warnings.warn(f"checkpoint {path} is unusable: {problem}; trying the previous one", stacklevel=2)

@@ -7,17 +7,20 @@
   each process takes its share of the same global batch, and DDP averages the gradients (on a machine
   without CUDA the processes join a gloo group).
 - Checkpoints (`checkpoint.py`) every `save_every` steps; a run that stops off the save grid (time budget,
-  target) checkpoints where it stopped. `resume` refuses a checkpoint whose model config, batch size or
-  seed differ.
+  target) checkpoints where it stopped. `resume` refuses a checkpoint whose model config or `RUN_FIELDS`
+  differ, and records every other setting that changed (`TrainResult.changes`, with the step).
+- Divergence guard: a step whose loss or gradient norm is not finite makes no update and is recorded
+  (`TrainResult.nonfinite`); more than `max_nonfinite_steps` of them in a row stop the run ("diverged")
+  without checkpointing the diverged state.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -54,6 +57,18 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = False
     cpu: bool = False  # force CPU even if a GPU is visible
+    max_nonfinite_steps: int = 0  # non-finite steps in a row skipped (no update) before the run stops; 0 = none
+
+
+# TrainConfig fields that the optimizer state, the learning-rate schedule or the order of the batches of a
+# checkpoint depend on: a resumed run must keep them (the other fields may change, and are recorded).
+RUN_FIELDS = ("batch_size", "lr", "ssm_lr", "weight_decay", "warmup_ratio", "min_lr_ratio", "grad_clip", "bf16",
+              "seed")
+
+
+def resume_conflicts(saved: dict, cfg: TrainConfig) -> list[str]:
+    """The RUN_FIELDS where `cfg` differs from a checkpoint's saved config `saved` (a dict of TrainConfig)."""
+    return [k for k in RUN_FIELDS if k in saved and saved[k] != getattr(cfg, k)]
 
 
 @dataclass
@@ -64,7 +79,9 @@ class TrainResult:
     seconds: float
     history: list[dict] = field(default_factory=list)  # {"step", "loss", "lr", ...} every log_every steps
     evals: list[dict] = field(default_factory=list)  # {"step", **metrics}
-    stopped: str = "max_steps"  # max_steps | target | time_budget
+    stopped: str = "max_steps"  # max_steps | target | time_budget | diverged
+    changes: list[dict] = field(default_factory=list)  # {"step", "flag", "from", "to"}: settings changed on resume
+    nonfinite: list[dict] = field(default_factory=list)  # {"step", "loss", "grad_norm"}: steps that made no update
 
 
 def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
@@ -182,6 +199,7 @@ class Trainer:
         scheduler = cosine_with_warmup(optimizer, cfg)
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.step = 0
+        self.nonfinite_streak = 0  # non-finite steps in a row, up to the current one
         self.result = TrainResult(steps=0, seconds=0.0)
 
     @property
@@ -190,9 +208,11 @@ class Trainer:
         return self.accelerator.unwrap_model(self.model)
 
     def _state(self) -> dict:
-        """The trainer state a checkpoint stores: data position, time, history, evaluations, settings."""
+        """The trainer state a checkpoint stores: data position, time, history, evaluations, settings, their
+        changes, the non-finite steps."""
         return {"step": self.step, "seconds": self.result.seconds, "history": self.result.history,
-                "evals": self.result.evals, "config": dataclasses.asdict(self.cfg)}
+                "evals": self.result.evals, "config": dataclasses.asdict(self.cfg), "changes": self.result.changes,
+                "nonfinite": self.result.nonfinite, "nonfinite_streak": self.nonfinite_streak}
 
     def save(self) -> Path | None:
         """Checkpoint the current step (main process; every process waits); None without an out_dir."""
@@ -207,10 +227,11 @@ class Trainer:
 
     def resume(self, path: str | Path | None = None) -> Path | None:
         """Load checkpoint `path`, by default the newest valid one of out_dir (None, and nothing changes, if
-        there is none). ValueError if its model config, batch size or seed differ from this Trainer's."""
+        there is none). ValueError if its model config or RUN_FIELDS differ from this Trainer's; every other
+        setting that differs is recorded in `result.changes` at the checkpoint's step."""
         if path is not None:
             path = Path(path)
-            problem = checkpoint.verify_checkpoint(path)
+            problem = checkpoint.verify_manifest(path)
             if problem:
                 raise ValueError(f"checkpoint {path} is unusable: {problem}")
         else:
@@ -221,38 +242,42 @@ class Trainer:
                                        self.unwrapped.config.to_dict())
         state = json.loads((path / "trainer_state.json").read_text())
         saved_cfg = state.get("config", {})
-        order = [k for k in ("batch_size", "seed") if k in saved_cfg and saved_cfg[k] != getattr(self.cfg, k)]
-        if order:
-            raise ValueError(f"cannot resume from {path}: {', '.join(order)} differ(s) from the checkpoint "
-                             f"(saved {[saved_cfg[k] for k in order]}, now {[getattr(self.cfg, k) for k in order]}); "
-                             "they fix which examples each step reads, so the run could not continue exactly")
-        if saved_cfg.get("max_steps", self.cfg.max_steps) != self.cfg.max_steps:
-            warnings.warn(f"resuming {path} with max_steps={self.cfg.max_steps} (it was {saved_cfg['max_steps']}): "
-                          "the learning-rate schedule changes from here on", stacklevel=2)
+        conflicts = resume_conflicts(saved_cfg, self.cfg)
+        if conflicts:
+            raise ValueError(f"cannot resume from {path}: "
+                             + ", ".join(f"{k}={getattr(self.cfg, k)!r} (saved {saved_cfg[k]!r})" for k in conflicts)
+                             + " differ from the checkpoint, whose optimizer state, learning-rate schedule and batch "
+                             "order assume the saved values; keep them, or start a new run")
         checkpoint.load_checkpoint(path, self.unwrapped, self.optimizer, self.scheduler)
         self.step = state["step"]
+        self.nonfinite_streak = state.get("nonfinite_streak", 0)
+        changes = [{"step": self.step, "flag": k, "from": saved_cfg[k], "to": v}
+                   for k, v in dataclasses.asdict(self.cfg).items() if k in saved_cfg and saved_cfg[k] != v]
         self.result = TrainResult(steps=self.step, seconds=state["seconds"], history=state["history"],
-                                  evals=state["evals"])
+                                  evals=state["evals"], changes=state.get("changes", []) + changes,
+                                  nonfinite=state.get("nonfinite", []))
         return path
 
     def fit(self) -> TrainResult:
-        """Train to max_steps, or until the accuracy target or the time budget stops the run; then checkpoint
-        (if off the save grid) and evaluate (unless the last step just was)."""
+        """Train to max_steps, or until the accuracy target, the time budget or divergence stops the run; then
+        checkpoint (if off the save grid, and not after divergence) and evaluate (unless the last step just was)."""
         cfg = self.cfg
         writer, bar = self._tensorboard(), self._progress_bar()
         start, throughput = time.perf_counter() - self.result.seconds, _Throughput()
         self.model.train()
         while self.step < cfg.max_steps:
             batch = self._batch()
-            loss = self._train_step(batch)
+            loss, grad_norm = self._train_step(batch)
             self.step += 1
             step_tokens = cfg.batch_size * (self.tokens_per_example or batch["input_ids"].shape[1])
             throughput.add(step_tokens)
-            loss_value = self.accelerator.reduce(loss.detach(), reduction="mean").item()
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                self._log_step(loss_value, step_tokens, throughput.rate(), bar, writer)
+                self._log_step(loss, step_tokens, throughput.rate(), bar, writer)
             bar.update(1)
             self.result.seconds = time.perf_counter() - start
+            if self._diverged(loss, grad_norm):
+                self.result.stopped = "diverged"
+                break
             stop = self._stop_reason(self._periodic_eval(writer))
             if cfg.save_every and self.step % cfg.save_every == 0:
                 self.save()
@@ -270,18 +295,34 @@ class Trainer:
         idx = idx[acc.process_index * per_process : (acc.process_index + 1) * per_process]
         return {k: v.to(acc.device) for k, v in collate(self.dataset, idx).items()}
 
-    def _train_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One optimizer step on `batch` (forward, backward, clipping, schedule); returns this process's loss."""
+    def _train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
+        """One step on `batch`: forward, backward, clipping, an optimizer update unless the loss or the gradient
+        norm is not finite, the schedule; returns (loss averaged over the processes, gradient norm before
+        clipping)."""
         acc = self.accelerator
         with acc.autocast():
             loss = self.loss_fn(self.model, batch)
         acc.backward(loss)
         if self.cfg.grad_clip:
-            acc.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
+            grad_norm = acc.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+        loss_value, grad_norm = acc.reduce(loss.detach(), reduction="mean").item(), float(grad_norm)
+        if math.isfinite(loss_value) and math.isfinite(grad_norm):
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss
+        return loss_value, grad_norm
+
+    def _diverged(self, loss: float, grad_norm: float) -> bool:
+        """Record the step just taken if its loss or gradient norm is not finite (it made no update); True once
+        more than max_nonfinite_steps such steps came in a row."""
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            self.nonfinite_streak = 0
+            return False
+        self.nonfinite_streak += 1
+        self.result.nonfinite.append({"step": self.step, "loss": loss, "grad_norm": grad_norm})
+        return self.nonfinite_streak > self.cfg.max_nonfinite_steps
 
     def _log_step(self, loss: float, step_tokens: int, tokens_per_s: float, bar, writer) -> None:
         """Append the step's history record and show it (on_log, progress bar, TensorBoard)."""
@@ -318,9 +359,9 @@ class Trainer:
         return None
 
     def _finish(self, start: float, writer) -> None:
-        """After the last step: checkpoint if off the save grid (keeps the end resumable), evaluate unless this
-        step was, record the totals, close TensorBoard."""
-        if self.cfg.save_every and self.step % self.cfg.save_every:
+        """After the last step: checkpoint if off the save grid (keeps the end resumable; never a diverged
+        state), evaluate unless this step was, record the totals, close TensorBoard."""
+        if self.cfg.save_every and self.step % self.cfg.save_every and self.result.stopped != "diverged":
             self.save()
         if self.evaluate and (not self.result.evals or self.result.evals[-1]["step"] != self.step):
             self._run_eval()

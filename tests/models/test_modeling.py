@@ -401,6 +401,17 @@ def test_flattening_collator_output_is_accepted(tiny_model):
     torch.testing.assert_close(out.loss, total / count, rtol=1e-5, atol=0)
 
 
+def test_a_cache_of_another_batch_size_or_dtype_is_refused(tiny_model):
+    model = tiny_model("bmojo")
+    ids = torch.randint(1, VOCAB, (2, 6))
+    with pytest.raises(ValueError, match=r"batch size 1, the input has 2 rows; make one with model.new_cache\(2\)"):
+        model(ids, cache=model.new_cache(1))
+    cache = model.new_cache(2)
+    model.to(torch.bfloat16)
+    with pytest.raises(ValueError, match="cache holds torch.float32 states, the model computes in torch.bfloat16"):
+        model(ids, cache=cache)
+
+
 def test_document_inputs_are_checked(tiny_model):
     model = tiny_model("bmojo")
     ids = torch.randint(1, VOCAB, (2, 6))

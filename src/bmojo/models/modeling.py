@@ -253,6 +253,14 @@ class BMojoForCausalLM(BMojoPreTrainedModel, GenerationMixin):
         if cache is not None and not isinstance(cache, BMojoCache):
             raise ValueError(f"the cache must be a BMojoCache (from model.new_cache(batch_size)), "
                              f"got {type(cache).__name__}")
+        if cache is not None:
+            batch, dtype = ids.shape[0], next(self.parameters()).dtype
+            if cache.positions.shape[0] != batch:
+                raise ValueError(f"the cache was made for batch size {cache.positions.shape[0]}, the input has "
+                                 f"{batch} rows; make one with model.new_cache({batch})")
+            if cache.dtype != dtype:
+                raise ValueError(f"the cache holds {cache.dtype} states, the model computes in {dtype}; make the "
+                                 "cache after moving the model (model.new_cache(batch_size))")
         if input_ids is not None:
             in_range = (input_ids >= 0).all() & (input_ids < self.config.vocab_size).all()
             _require(in_range, lambda: f"token ids must lie in [0, vocab_size={self.config.vocab_size}); got min "

@@ -3,6 +3,8 @@ docs/design.md section 4.6, the mixer contract and registry, `transformers`' Mis
 preset, HF save/load/generate, gradients and the loss (labels and targets), input checks, and the model's fast
 paths (bf16 autocast, CUDA; tolerances: see tests/conftest.py)."""
 
+import shutil
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, MistralConfig, MistralForCausalLM
@@ -399,6 +401,17 @@ def test_flattening_collator_output_is_accepted(tiny_model):
                 total, count = total + alone.loss * (len(d) - 1), count + len(d) - 1
             a += len(d)
     torch.testing.assert_close(out.loss, total / count, rtol=1e-5, atol=0)
+
+
+def test_from_pretrained_reports_a_damaged_run_folder_in_one_line(reference_run, tmp_path):
+    """A folder with a manifest (written by `bmojo train`) is verified before loading: a truncated weights file
+    or a corrupted config.json is a ValueError naming the file, not a parser's traceback."""
+    for name, damage in (("model.safetensors", lambda b: b[: len(b) // 2]), ("config.json", lambda b: b"{oops")):
+        folder = tmp_path / name
+        shutil.copytree(reference_run, folder)
+        (folder / name).write_bytes(damage((folder / name).read_bytes()))
+        with pytest.raises(ValueError, match=f"is damaged: {name}.*load_run"):
+            bmojo.BMojoForCausalLM.from_pretrained(folder)
 
 
 def test_a_cache_of_another_batch_size_or_dtype_is_refused(tiny_model):

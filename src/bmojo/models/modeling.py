@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -93,6 +94,21 @@ class BMojoPreTrainedModel(PreTrainedModel):
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
         return False  # the model builds its own BMojoCache
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """HF's load; a folder that carries a manifest (a `bmojo train` run or checkpoint) is verified first, and a
+        damaged file (truncated, corrupted) is reported in one ValueError line instead of a parser's traceback.
+        (`bmojo.lm.load_run` also falls back to the newest valid checkpoint of a run.)"""
+        folder = Path(str(pretrained_model_name_or_path))
+        if folder.is_dir() and (folder / "manifest.json").is_file():
+            from ..training.checkpoint import verify_manifest
+
+            problem = verify_manifest(folder)
+            if problem:
+                raise ValueError(f"{folder} is damaged: {problem}; for a run folder, bmojo.lm.load_run(folder) "
+                                 "falls back to its newest valid checkpoint")
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """HF's save (config.json with an `auto_map`, safetensors weights), plus `bmojo_auto.py`: the folder then

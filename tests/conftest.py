@@ -144,6 +144,19 @@ def cli():
 
 
 @pytest.fixture
+def cli_exit(cli):
+    """`cli_exit(*argv)`: like `cli`, with argparse's SystemExit for a flag it rejects returned as the exit code."""
+
+    def run(*argv) -> int:
+        try:
+            return cli(*argv)
+        except SystemExit as stop:
+            return stop.code
+
+    return run
+
+
+@pytest.fixture
 def subprocess_env() -> dict:
     """Environment for a `bmojo` child process: offline, one thread, and this checkout's bmojo importable."""
     src = str(Path(bmojo.__file__).resolve().parents[1])

@@ -143,14 +143,6 @@ def test_spec_values_are_checked(tmp_path):
             CompareSpec.from_file(path)
 
 
-def _exit_code(cli, *argv) -> int:
-    """`cli(*argv)`, with argparse's own errors (SystemExit) as their exit code."""
-    try:
-        return cli(*argv)
-    except SystemExit as stop:
-        return stop.code
-
-
 @pytest.mark.parametrize(
     "case, argv, message",
     [
@@ -167,7 +159,7 @@ def _exit_code(cli, *argv) -> int:
         ("other_spec", ["--resume", "--seeds", "1"], "holds results of another spec (differs in seeds)"),
     ],
 )
-def test_compare_cli_checks_arguments_before_any_run(case, argv, message, tmp_path, cli, capsys, monkeypatch):
+def test_compare_cli_checks_arguments_before_any_run(case, argv, message, tmp_path, cli_exit, capsys, monkeypatch):
     """Every bad argument stops `bmojo compare` with exit code 2 and one line, before a run trains or a file is
     written (an existing folder is left as it was)."""
     path, out = tmp_path / "spec.json", tmp_path / "out"
@@ -186,7 +178,7 @@ def test_compare_cli_checks_arguments_before_any_run(case, argv, message, tmp_pa
     before = sorted(p.name for p in out.iterdir()) if out.is_dir() else None
     monkeypatch.setattr("bmojo.compare.run_one", _no_training)
     capsys.readouterr()
-    assert _exit_code(cli, "compare", "--spec", path, *argv, "--out", out) == 2
+    assert cli_exit("compare", "--spec", path, *argv, "--out", out) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err, err
     assert (sorted(p.name for p in out.iterdir()) if out.is_dir() else None) == before

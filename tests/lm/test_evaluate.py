@@ -55,12 +55,11 @@ def test_eval_bad_input(reference_run, tmp_path, capsys, cli):
     ("--eval-tokens", "0", ">= 1"), ("--batch-size", "-1", ">= 1"), ("--max-parallel-len", "0", ">= 1"),
     ("--block-size", "0", ">= 1"), ("--seq-len", "1", ">= 2"),
 ])
-def test_eval_numeric_flags_out_of_range(flag, value, allowed, tmp_path, capsys, cli):
+def test_eval_numeric_flags_out_of_range(flag, value, allowed, tmp_path, capsys, cli_exit):
     capsys.readouterr()
-    with pytest.raises(SystemExit) as stop:
-        cli("eval", tmp_path, flag, value)
+    code = cli_exit("eval", tmp_path, flag, value)
     err = capsys.readouterr().err
-    assert stop.value.code == 2 and f"error: argument {flag}: must be" in err and allowed in err, err
+    assert code == 2 and f"error: argument {flag}: must be" in err and allowed in err, err
 
 
 def test_document_boundaries_score_each_document_alone(tiny_model):

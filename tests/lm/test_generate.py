@@ -28,9 +28,8 @@ def test_generate_bad_input(tmp_path, capsys, cli):
     ("--top-p", "0", "> 0 and <= 1"), ("--top-k", "-1", ">= 0"), ("--repetition-penalty", "0", "> 0"),
     ("--num-samples", "0", ">= 1"),
 ])
-def test_generate_numeric_flags_out_of_range(flag, value, allowed, tmp_path, capsys, cli):
+def test_generate_numeric_flags_out_of_range(flag, value, allowed, tmp_path, capsys, cli_exit):
     capsys.readouterr()
-    with pytest.raises(SystemExit) as stop:
-        cli("generate", tmp_path, flag, value)
+    code = cli_exit("generate", tmp_path, flag, value)
     err = capsys.readouterr().err
-    assert stop.value.code == 2 and f"error: argument {flag}: must be" in err and allowed in err, err
+    assert code == 2 and f"error: argument {flag}: must be" in err and allowed in err, err

@@ -153,14 +153,6 @@ def test_a_diverging_run_stops_unsaved_with_an_error(corpus, tmp_path, capsys, c
     assert metrics["stopped"] == "diverged" and metrics["steps"] == step and metrics["nonfinite"][0]["step"] == step
 
 
-def exit_code(cli, *argv) -> int:
-    """The exit code of `bmojo ARGV...`, including argparse's SystemExit for a flag it rejects."""
-    try:
-        return cli(*argv)
-    except SystemExit as stop:
-        return stop.code
-
-
 @pytest.mark.parametrize("flag, value, allowed", [
     ("--lr", "-1", "> 0"), ("--lr", "nan", "> 0"), ("--lr", "inf", "> 0"), ("--ssm-lr", "0", "> 0"),
     ("--weight-decay", "-0.1", ">= 0"), ("--warmup-ratio", "2", ">= 0 and <= 1"),
@@ -172,10 +164,11 @@ def exit_code(cli, *argv) -> int:
     ("--target-params", "-5", "> 0"), ("--batch-size", "eight", "an integer >= 1"),
     ("--threads", "-2", ">= 1"), ("--threads", "0", ">= 1"),
 ])
-def test_numeric_flags_out_of_range_are_refused(flag, value, allowed, corpus, tmp_path, capsys, cli, tiny_run_args):
+def test_numeric_flags_out_of_range_are_refused(flag, value, allowed, corpus, tmp_path, capsys, cli_exit,
+                                                tiny_run_args):
     out = tmp_path / "out"
     capsys.readouterr()
-    assert exit_code(cli, "train", *tiny_run_args, "--corpus", corpus, "--out", out, flag, value) == 2
+    assert cli_exit("train", *tiny_run_args, "--corpus", corpus, "--out", out, flag, value) == 2
     err = capsys.readouterr().err
     assert err.splitlines()[-1].startswith("bmojo train: error:") and flag in err and allowed in err, err
     assert "Traceback" not in err and not out.exists()

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from .. import PRESETS
 from ..layers.attention import Attention
 from ..layers.bmojo import BMojoMixer
+from ..layers.documents import align_documents
 from ..layers.mamba2 import Mamba2Mixer
 from ..models.configuration import BMojoConfig
 from ..models.modeling import BMojoForCausalLM
@@ -315,7 +316,8 @@ def packing(bench: Bench) -> None:
         s = measure(fns, dev, bench.warmup, size["model_repeats"])
         rates = {packed: batch * L / statistics.median(xs) for packed, xs in s.items()}
         settings = dict(L=L, batch=batch, dtype="fp32", documents_per_row=int(seq_idx[0, -1]) + 1,
-                        doc_lengths=f"uniform {lo}..{hi}")
+                        doc_lengths=f"uniform {lo}..{hi}",
+                        aligned_tokens=align_documents(seq_idx, cfg.window_size)[1].shape[1])
         bench.add("packing", f"train_unpacked/{name}/L{L}", rates[False], "tokens/s", settings, better="higher",
                   spread=stats([batch * L / x for x in s[False]]))
         bench.add("packing", f"train_packed/{name}/L{L}", rates[True], "tokens/s", settings, better="higher",

@@ -84,32 +84,26 @@ def window_nll(model, windows: torch.Tensor, batch_size: int = 4, max_parallel_l
     device = next(model.parameters()).device
     n, T = windows.shape
     form = "parallel" if T <= max_parallel_len else "recurrent"
-    if sep_id is not None:
-        if form == "recurrent":
-            raise ValueError(f"document boundaries are scored in the parallel form only: windows of {T} tokens exceed "
-                             f"--max-parallel-len {max_parallel_len}")
-        data = LMDataset(windows, sep_id)
-        total, count = 0.0, 0
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            for i in range(0, n, batch_size):
-                batch = {k: v.to(device) for k, v in collate(data, torch.arange(i, min(i + batch_size, n))).items()}
-                logits = model(batch["input_ids"], seq_idx=batch["seq_idx"]).logits
-                total += next_token_cross_entropy(logits, batch["labels"], reduction="sum").item()
-                count += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-        return total, count, form
-    total = 0.0
+    if sep_id is not None and form == "recurrent":
+        raise ValueError(f"document boundaries are scored in the parallel form only: windows of {T} tokens exceed "
+                         f"--max-parallel-len {max_parallel_len}")
+    data = LMDataset(windows, sep_id)  # items: input_ids, labels (and seq_idx with the separator)
+    total, count = 0.0, 0
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for i in range(0, n, batch_size):
-            x = windows[i : i + batch_size].to(device)
+            batch = {k: v.to(device) for k, v in collate(data, torch.arange(i, min(i + batch_size, n))).items()}
+            x, labels = batch["input_ids"], batch["labels"]
+            count += int((labels[:, 1:] != IGNORE_INDEX).sum())
             if form == "parallel":
-                total += next_token_cross_entropy(model(x).logits, x, reduction="sum").item()
+                logits = model(x, seq_idx=batch.get("seq_idx")).logits
+                total += next_token_cross_entropy(logits, labels, reduction="sum").item()
                 continue
             cache = model.new_cache(x.shape[0])
             for a in range(0, T - 1, block_size):
                 b = min(a + block_size, T - 1)  # inputs a..b-1 predict targets a+1..b
                 logits = model(x[:, a:b], cache=cache).logits
-                total += token_cross_entropy(logits, x[:, a + 1 : b + 1], reduction="sum").item()
-    return total, n * (T - 1), form
+                total += token_cross_entropy(logits, labels[:, a + 1 : b + 1], reduction="sum").item()
+    return total, count, form
 
 
 def parse_lengths(text: str) -> list[float]:

@@ -287,9 +287,7 @@ class BMojoForCausalLM(BMojoPreTrainedModel, GenerationMixin):
         cache (or starts at position 0): the fast path."""
         b, T = shape
         past = cache.seen_tokens if cache is not None else 0
-        device = (seq_idx if seq_idx is not None else attention_mask if attention_mask is not None
-                  else position_ids if position_ids is not None else None)
-        device = device.device if device is not None else self.model.embed_tokens.weight.device
+        device = self.model.embed_tokens.weight.device
         starts = None
         if seq_idx is not None:
             if tuple(seq_idx.shape) != (b, T):

@@ -3,6 +3,7 @@ interrupted compare resumed."""
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,6 +82,17 @@ def test_spec_round_trips_through_json(name, tmp_path):
     assert CompareSpec.from_dict(json.loads(path.read_text())).to_dict() == spec.to_dict()
 
 
+def test_constant_filler_experiment_is_the_quick_bmojo_run_with_constant_filler():
+    """experiments/mqar_constant_filler.toml (docs/inspect.md) differs from the quick preset's bmojo kv-4 run only
+    in the filler."""
+    import dataclasses
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "mqar_constant_filler.toml"
+    quick = SPECS["quick"]
+    expected = dataclasses.replace(quick, presets=["bmojo"], tasks=[{**quick.tasks[0], "random_non_queries": False}])
+    assert CompareSpec.from_file(path) == expected
+
+
 def test_spec_reads_toml(tmp_path):
     path = tmp_path / "spec.toml"
     path.write_text('presets = ["swa"]\nbudgets = []\nseeds = [0]\nnum_train = 16\nnum_test = 8\n'
@@ -115,6 +127,28 @@ def test_compare_cli_runs_a_spec_file(tmp_path, cli, capsys):
     with pytest.raises(SystemExit):  # --spec and --preset are alternatives
         cli("compare", "--spec", path, "--preset", "paper", "--out", tmp_path / "out")
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_saved_models_are_the_best_of_the_sweep_and_load_with_their_task(tmp_path, cli):
+    """--save-models: each run's best model of the lr sweep, reloaded, scores the recorded accuracy on the test split;
+    task.json names the task and settings `bmojo inspect` reads."""
+    from bmojo import tasks
+    from bmojo.compare import evaluate_accuracy
+    from bmojo.models import BMojoForCausalLM
+
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps({**TINY_SPEC, "presets": ["bmojo"], "lrs": [1e-4, 3e-2], "num_test": 32,
+                                "model": {**TINY_SPEC["model"], "num_fading_tokens": 2, "num_eidetic_tokens": 2}}))
+    assert cli("compare", "--spec", path, "--threads", "1", "--save-models", "--out", tmp_path / "out") == 0
+    (run,) = json.loads((tmp_path / "out" / "results.json").read_text())["runs"]
+    folder = tmp_path / "out" / "models" / "mqar-num_kv_pairs4-seq_len32-vocab_size64-bmojo-seed0"
+    assert run["model_dir"] == str(folder)
+    saved = json.loads((folder / "task.json").read_text())
+    assert saved == {"task": "mqar", "settings": dict(vocab_size=64, seq_len=32, num_kv_pairs=4), "seed": 0,
+                     "lr": run["lr"]}
+    _, (test_inputs, test_targets) = tasks.train_test_split("mqar", 16, 32, 0, **saved["settings"])
+    model = BMojoForCausalLM.from_pretrained(folder).eval()
+    assert evaluate_accuracy(model, test_inputs, test_targets) == run["accuracy"]
 
 
 def test_spec_values_are_checked(tmp_path):

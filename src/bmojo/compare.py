@@ -39,7 +39,7 @@ from .cli import check_writable
 from .models import PRESETS, BMojoConfig, BMojoForCausalLM
 from .models.configuration import has_type, type_name
 from .plotting import pyplot
-from .training import TrainConfig, Trainer
+from .training import TrainConfig, Trainer, quiet_hf_progress
 
 # preset -> the config fields turned to meet a memory budget, with their candidate values. Every
 # combination is a candidate; the one with the most memory within the budget is used.
@@ -271,8 +271,9 @@ def fit_to_budget(preset: str, base: dict, seq_len: int, budget: float | None) -
 
 
 def run_one(config: BMojoConfig, train, test, spec: CompareSpec, seed: int, lr: float, wd: float,
-            device: str, time_budget: float | None) -> dict:
-    """Train one model on task data `train` = (inputs, targets) and report its accuracy on `test`."""
+            device: str, time_budget: float | None) -> tuple[dict, BMojoForCausalLM]:
+    """Train one model on task data `train` = (inputs, targets); (its accuracy on `test` and training facts,
+    the trained model)."""
     torch.manual_seed(seed)
     model = BMojoForCausalLM(config)
     cfg = TrainConfig(**{**spec.train, "lr": lr, "weight_decay": wd, "seed": seed, "time_budget_s": time_budget,
@@ -282,7 +283,7 @@ def run_one(config: BMojoConfig, train, test, spec: CompareSpec, seed: int, lr: 
                       evaluate=lambda m: {"accuracy": evaluate_accuracy(m, test_inputs, test_targets)})
     result = trainer.fit()
     return {"accuracy": result.evals[-1]["accuracy"], "steps": result.steps, "train_seconds": result.seconds,
-            "stopped": result.stopped, "final_loss": result.history[-1]["loss"] if result.history else None}
+            "stopped": result.stopped, "final_loss": result.history[-1]["loss"] if result.history else None}, model
 
 
 def _plan(spec: CompareSpec) -> list[tuple[dict, int, BMojoConfig | None]]:
@@ -382,11 +383,12 @@ def open_out_dir(out_dir: Path, spec: CompareSpec, resume: bool) -> list[dict]:
 
 
 def run_compare(spec: CompareSpec, out_dir: Path, device: str = "cpu", progress: bool = True,
-                resume: bool = False) -> list[dict]:
+                resume: bool = False, save_models: bool = False) -> list[dict]:
     """Run every (task, budget, preset, seed) of `spec`. Each finished run is appended to out_dir/runs.jsonl
     as it ends and results.json and results.md are rewritten after it; the PNGs follow at the end. `resume`
     skips the runs already recorded in out_dir (same spec required, see `open_out_dir`). Returns the records in
-    the spec's order. Every check (spec, device, folder, something to run) comes before the first run."""
+    the spec's order. `save_models`: each run's best model goes to out_dir/models/ (see `_train_and_measure`).
+    Every check (spec, device, folder, something to run) comes before the first run."""
     spec.check()
     check_device(device)
     plan = _plan(spec)
@@ -414,7 +416,8 @@ def run_compare(spec: CompareSpec, out_dir: Path, device: str = "cpu", progress:
             if spec.time_budget_s is not None:
                 per_run = (spec.time_budget_s - (time.perf_counter() - start)) / (len(todo) - i)
                 remaining = max(per_run / (len(spec.lrs) * len(spec.weight_decays)), 1.0)
-            record = _train_and_measure(record, config, seq_len, data_cache[key], spec, device, remaining)
+            record = _train_and_measure(record, config, seq_len, data_cache[key], spec, device, remaining,
+                                        out_dir / "models" if save_models else None)
         _append_record(out_dir / RUNS_FILE, record)
         done[_run_key(record)] = record
         write_tables(_in_plan_order(plan, done), out_dir, spec)
@@ -430,15 +433,28 @@ def _in_plan_order(plan: list[tuple], done: dict[str, dict]) -> list[dict]:
 
 
 def _train_and_measure(record: dict, config: BMojoConfig, seq_len: int, data: tuple, spec: CompareSpec,
-                       device: str, time_budget: float | None) -> dict:
+                       device: str, time_budget: float | None, models_dir: Path | None = None) -> dict:
     """`record` completed by training `config` over the spec's lr x weight-decay sweep on `data` = (train, test,
-    leaked count), keeping the best run, and measuring its memory."""
+    leaked count), keeping the best run, and measuring its memory. With `models_dir`, the best run's model is
+    saved there (save_pretrained, plus task.json naming its task and settings, what `bmojo inspect` reads)."""
     train, test, leaked = data
-    sweep = [dict(lr=lr, weight_decay=wd,
-                  **run_one(config, train, test, spec, record["seed"], lr, wd, device, time_budget))
-             for lr in spec.lrs for wd in spec.weight_decays]
+    sweep, best_model = [], None
+    for lr in spec.lrs:
+        for wd in spec.weight_decays:
+            result, model = run_one(config, train, test, spec, record["seed"], lr, wd, device, time_budget)
+            sweep.append(dict(lr=lr, weight_decay=wd, **result))
+            if best_model is None or result["accuracy"] > max(r["accuracy"] for r in sweep[:-1]):
+                best_model = model
     best = max(sweep, key=lambda r: r["accuracy"])
     num_bytes, tokens = memory_of(config, seq_len)
+    saved = {}
+    if models_dir is not None:
+        folder = models_dir / model_folder_name(record)
+        with quiet_hf_progress():
+            best_model.save_pretrained(folder)
+        (folder / "task.json").write_text(json.dumps({"task": record["task"], "settings": record["task_settings"],
+                                                      "seed": record["seed"], "lr": best["lr"]}, indent=1))
+        saved = {"model_dir": str(folder)}
     return {
         **record, "accuracy": best["accuracy"], "test_sequences_seen_in_training": leaked, "lr": best["lr"],
         "weight_decay": best["weight_decay"],
@@ -446,8 +462,15 @@ def _train_and_measure(record: dict, config: BMojoConfig, seq_len: int, data: tu
         "knob": {name: getattr(config, name) for name in MEMORY_KNOBS[record["preset"]]},
         "parameters": parameter_count(config),
         "train_seconds": sum(r["train_seconds"] for r in sweep), "steps": best["steps"], "stopped": best["stopped"],
-        "sweep": sweep,
+        "sweep": sweep, **saved,
     }
+
+
+def model_folder_name(record: dict) -> str:
+    """The folder name of a run's saved model, e.g. `mqar-num_kv_pairs4-seq_len64-bmojo-budget32-seed0`."""
+    settings = "-".join(f"{k}{v}" for k, v in sorted(record["task_settings"].items()))
+    budget = "" if record["budget_tokens"] is None else f"-budget{record['budget_tokens']:g}"
+    return f"{record['task']}-{settings}-{record['preset']}{budget}-seed{record['seed']}".replace("--", "-")
 
 
 def _task_label(record: dict) -> str:
@@ -535,6 +558,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted run in --out: runs it recorded are kept, the rest run "
                              "(the spec must be the same)")
+    parser.add_argument("--save-models", action="store_true",
+                        help="save each run's trained model under OUT/models/ (for `bmojo inspect`)")
 
 
 def spec_from_args(args: argparse.Namespace) -> CompareSpec:
@@ -567,7 +592,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the experiment `args` describe and print its results table."""
     spec = spec_from_args(args)
     try:
-        run_compare(spec, args.out, device=args.device, resume=args.resume)
+        run_compare(spec, args.out, device=args.device, resume=args.resume, save_models=args.save_models)
     except KeyboardInterrupt:
         recorded = len(_read_records(args.out / RUNS_FILE))
         print(f"bmojo compare: interrupted; {recorded} finished run(s) are recorded in {args.out / RUNS_FILE}. "

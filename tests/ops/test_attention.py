@@ -5,7 +5,13 @@ tests/conftest.py)."""
 import pytest
 import torch
 
-from bmojo.ops.attention import explicit_attention, masked_attention, window_attention, window_attention_reference
+from bmojo.ops.attention import (
+    explicit_attention,
+    masked_attention,
+    window_attention,
+    window_attention_reference,
+    window_attention_weights,
+)
 
 FP32_TOL = 1e-5  # blocked vs dense fp32 attention: the same sums in another order
 BF16_TOL = 2e-2  # a bf16 kernel against its fp32 reference twin, relative (tests/conftest.py)
@@ -23,6 +29,28 @@ def test_window_attention_matches_dense_reference(L, w, M):
     out = window_attention(q, k, v, w, **mem)
     ref = window_attention_reference(q, k, v, w, **mem)
     torch.testing.assert_close(out, ref, atol=FP32_TOL, rtol=FP32_TOL)
+
+
+def test_window_attention_weights_are_the_probabilities_window_attention_applies():
+    """With one-hot values (source s -> unit vector e_s) the attention output is each query's distribution over its
+    sources; `window_attention_weights`, mapped from the blocked layout [memory of chunk c; chunk c-1; chunk c] to
+    those sources, equals it; rows sum to 1."""
+    b, hq, hk, L, w, M = 2, 4, 2, 45, 8, 5
+    nc = -(-L // w)
+    D = L + nc * M  # one source per raw position and per memory slot of each chunk
+    q, k = torch.randn(b, hq, L, D), torch.randn(b, hk, L, D)
+    eye = torch.eye(D).expand(b, hk, D, D)
+    v, mem_v = eye[:, :, :L], eye[:, :, L:].reshape(b, hk, nc, M, D)
+    mem_k, mem_valid = torch.randn(b, hk, nc, M, D), torch.rand(b, nc, M) > 0.3
+    out = window_attention(q, k, v, w, mem_k, mem_v, mem_valid)
+    weights = window_attention_weights(q, k, v, w, mem_k, mem_v, mem_valid)
+    assert weights.shape == (b, hq, L, M + 2 * w)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(b, hq, L))
+    t = torch.arange(L)
+    c = t // w
+    source = torch.cat([L + c[:, None] * M + torch.arange(M), (c[:, None] - 1) * w + torch.arange(2 * w)], dim=1)
+    dense = torch.zeros(b, hq, L, D).scatter_add_(3, source.clamp(min=0).expand(b, hq, L, -1), weights)
+    torch.testing.assert_close(dense, out, atol=FP32_TOL, rtol=FP32_TOL)
 
 
 @pytest.mark.usefixtures("one_thread")

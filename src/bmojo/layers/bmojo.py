@@ -10,12 +10,13 @@ chunk's memory at every chunk boundary.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..ops.attention import window_attention
+from ..ops.attention import window_attention, window_attention_weights
 from ..ops.memory import (
     EMPTY,
     KVSlots,
@@ -55,6 +56,21 @@ class BMojoState:
         return self.fading.cat(self.eidetic)
 
 
+@dataclass
+class MemoryRecord:
+    """What one parallel forward of a B'MOJO mixer read (handed to `BMojoMixer.recorder`; see bmojo.inspection).
+
+    score (b, L): the innovation score of every token (None without eidetic tokens).
+    fading (nc, m_f), eidetic (b, nc, m_e): each chunk's memory positions (EMPTY = a free slot; None when m = 0).
+    weights (b, hq, L, M + 2w): each query's attention probabilities over [fading; eidetic; chunk c-1; chunk c].
+    """
+
+    score: torch.Tensor | None
+    fading: torch.Tensor | None
+    eidetic: torch.Tensor | None
+    weights: torch.Tensor
+
+
 def gather_positions(t: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """t: (b, H, L, hd), pos: (b, nc, M) (EMPTY allowed) -> (b, H, nc, M, hd)."""
     b, H, _, hd = t.shape
@@ -82,6 +98,8 @@ class BMojoMixer(nn.Module):
             self.fade_v_proj = nn.Linear(config.hidden_size, kv, bias=False)
         weights = torch.tensor(config.innovation_weights, dtype=torch.float32)
         self.register_buffer("innovation_weights", weights, persistent=False)
+        # called with a MemoryRecord by each parallel forward when set (bmojo.inspection sets it)
+        self.recorder: Callable[[MemoryRecord], None] | None = None
 
     def fading_kv(self, y: torch.Tensor, positions: torch.Tensor):
         """Keys/values of SSM outputs y (b, T, d) at `positions` (T,): (b, hk, T, hd) each."""
@@ -132,6 +150,7 @@ class BMojoMixer(nn.Module):
         w = self.window
         nc = -(-L // w)
         mem_k, mem_v, mem_valid = [], [], []
+        fpos = epos = None
         if self.num_fading:
             fpos = fading_positions(torch.arange(nc, device=y.device), w, self.num_fading)  # (nc, m_f)
             flat = fpos.clamp(min=0).flatten()
@@ -149,10 +168,11 @@ class BMojoMixer(nn.Module):
             mem_k.append(gather_positions(k, epos))
             mem_v.append(gather_positions(v, epos))
             mem_valid.append(epos >= 0)
-        if mem_k:
-            return window_attention(q, k, v, w, torch.cat(mem_k, 3), torch.cat(mem_v, 3), torch.cat(mem_valid, 2),
-                                    seq_idx=seq_idx)
-        return window_attention(q, k, v, w, seq_idx=seq_idx)
+        memory = (torch.cat(mem_k, 3), torch.cat(mem_v, 3), torch.cat(mem_valid, 2)) if mem_k else ()
+        if self.recorder is not None:
+            weights = window_attention_weights(q, k, v, w, *memory, seq_idx=seq_idx)
+            self.recorder(MemoryRecord(score=eps, fading=fpos, eidetic=epos, weights=weights))
+        return window_attention(q, k, v, w, *memory, seq_idx=seq_idx)
 
     def init_state(self, batch_size: int, device, dtype) -> BMojoState:
         hk, hd = self.attn.num_kv_heads, self.attn.head_dim

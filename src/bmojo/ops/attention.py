@@ -53,24 +53,9 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_idx:
     return masked_attention(q, k, v, mask)
 
 
-def window_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    window: int,
-    mem_k: torch.Tensor | None = None,
-    mem_v: torch.Tensor | None = None,
-    mem_valid: torch.Tensor | None = None,
-    seq_idx: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Blocked causal sliding-window attention with optional memory tokens per chunk.
-
-    Positions are cut into chunks of length `window` (w). Query t (chunk c = t // w) attends, under one
-    softmax, to raw keys s with t - w < s <= t and to the M memory slots of its chunk.
-    q: (b, hq, L, d); k, v: (b, hk, L, d); mem_k, mem_v: (b, hk, nc, M, d); mem_valid: (b, nc, M),
-    nc = ceil(L / w); seq_idx (b, L) (optional, packed documents): raw keys of another document are masked.
-    Cost O(L (2w + M)): each chunk's queries see [memory; chunk c-1; chunk c]. Returns (b, hq, L, d).
-    """
+def _window_blocks(q, k, v, window, mem_k=None, mem_v=None, mem_valid=None, seq_idx=None):
+    """The blocked layout of `window_attention`, chunks folded into the batch: q (b*nc, hq, w, d), keys and values
+    (b*nc, hk, S, d) = [memory; chunk c-1; chunk c] with S = M + 2w, and the mask (b*nc, 1, w, S)."""
     b, hq, L, d = q.shape
     hk, w = k.shape[1], window
     nc = -(-L // w)
@@ -98,17 +83,65 @@ def window_attention(
         keys = torch.cat([mem_k, keys], dim=3)
         values = torch.cat([mem_v, values], dim=3)
         mask = torch.cat([mem_valid[:, :, None, :].expand(b, nc, w, -1), mask], dim=3)
-
     S = keys.shape[3]
     fold = lambda t, H, T: t.transpose(1, 2).reshape(b * nc, H, T, d)  # noqa: E731  chunks into batch
-    q, keys, values = fold(q.view(b, hq, nc, w, d), hq, w), fold(keys, hk, S), fold(values, hk, S)
-    mask = mask.reshape(b * nc, 1, w, S)
+    return fold(q.view(b, hq, nc, w, d), hq, w), fold(keys, hk, S), fold(values, hk, S), mask.reshape(b * nc, 1, w, S)
+
+
+def _unfold(t: torch.Tensor, b: int, L: int) -> torch.Tensor:
+    """(b*nc, hq, w, X) in the blocked layout -> (b, hq, L, X)."""
+    _, hq, w, X = t.shape
+    nc = t.shape[0] // b
+    return t.view(b, nc, hq, w, X).transpose(1, 2).reshape(b, hq, nc * w, X)[:, :, :L]
+
+
+def window_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    window: int,
+    mem_k: torch.Tensor | None = None,
+    mem_v: torch.Tensor | None = None,
+    mem_valid: torch.Tensor | None = None,
+    seq_idx: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Blocked causal sliding-window attention with optional memory tokens per chunk.
+
+    Positions are cut into chunks of length `window` (w). Query t (chunk c = t // w) attends, under one
+    softmax, to raw keys s with t - w < s <= t and to the M memory slots of its chunk.
+    q: (b, hq, L, d); k, v: (b, hk, L, d); mem_k, mem_v: (b, hk, nc, M, d); mem_valid: (b, nc, M),
+    nc = ceil(L / w); seq_idx (b, L) (optional, packed documents): raw keys of another document are masked.
+    Cost O(L (2w + M)): each chunk's queries see [memory; chunk c-1; chunk c]. Returns (b, hq, L, d).
+    """
+    q_blocks, keys, values, mask = _window_blocks(q, k, v, window, mem_k, mem_v, mem_valid, seq_idx)
     dtype = compute_dtype(q.device.type, q.dtype)
     if q.device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
-        out = explicit_attention(q, keys, values, mask, dtype)
+        out = explicit_attention(q_blocks, keys, values, mask, dtype)
     else:
-        out = masked_attention(q, keys, values, mask)
-    return out.view(b, nc, hq, w, d).transpose(1, 2).reshape(b, hq, nc * w, d)[:, :, :L]
+        out = masked_attention(q_blocks, keys, values, mask)
+    return _unfold(out, q.shape[0], q.shape[2])
+
+
+@torch.no_grad()
+def window_attention_weights(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    window: int,
+    mem_k: torch.Tensor | None = None,
+    mem_v: torch.Tensor | None = None,
+    mem_valid: torch.Tensor | None = None,
+    seq_idx: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The attention probabilities of `window_attention` (same arguments), in fp32, for inspection: (b, hq, L, S)
+    over each query's blocked keys [the M memory slots of its chunk; chunk c-1; chunk c], S = M + 2w. Each row
+    sums to 1; masked keys have probability 0."""
+    q_blocks, keys, _, mask = _window_blocks(q, k, v, window, mem_k, mem_v, mem_valid, seq_idx)
+    B, hq, w, d = q_blocks.shape
+    hk, S = keys.shape[1], keys.shape[2]
+    scores = torch.matmul(q_blocks.float().reshape(B, hk, hq // hk * w, d), keys.float().transpose(-1, -2))
+    scores = scores.view(B, hq, w, S) * d**-0.5
+    return _unfold(scores.masked_fill(~mask, float("-inf")).softmax(-1), q.shape[0], q.shape[2])
 
 
 def window_attention_reference(

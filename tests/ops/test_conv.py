@@ -58,3 +58,24 @@ def test_causal_conv_silu_with_documents_equals_each_document_alone():
             p = past[row : row + 1] if a == 0 else None
             alone, _ = causal_conv_silu_reference(x[row : row + 1, a : e + 1], w, b.double(), p)
             torch.testing.assert_close(out[row : row + 1, a : e + 1], alone)
+
+
+def test_causal_conv_silu_gradients_with_documents_equal_each_document_alone():
+    """The packed path's gradients (input, past, weight, bias) equal those of the conv over each document alone."""
+    seq_idx = torch.tensor([[0] * 3 + [1] + [2] * 9, [0] * 5 + [1] * 8])
+    x, w = torch.randn(2, 13, 6, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
+    b, past = torch.randn(6, dtype=torch.float64), torch.randn(2, 3, 6, dtype=torch.float64)
+    ins = [t.clone().requires_grad_() for t in (x, w, b, past)]
+    seed = torch.randn(2, 13, 6, dtype=torch.float64)
+    out, _ = causal_conv_silu(ins[0], ins[1], ins[2], ins[3], seq_idx)
+    grads = torch.autograd.grad((out * seed).sum(), ins)
+    ref_ins = [t.clone().requires_grad_() for t in (x, w, b, past)]
+    total = 0
+    for row in range(2):
+        for doc in seq_idx[row].unique():
+            a, e = (seq_idx[row] == doc).nonzero()[[0, -1], 0].tolist()
+            p = ref_ins[3][row : row + 1] if a == 0 else None
+            alone, _ = causal_conv_silu_reference(ref_ins[0][row : row + 1, a : e + 1], ref_ins[1], ref_ins[2], p)
+            total = total + (alone * seed[row : row + 1, a : e + 1]).sum()
+    for g, g_ref in zip(grads, torch.autograd.grad(total, ref_ins), strict=True):
+        torch.testing.assert_close(g, g_ref)

@@ -130,17 +130,18 @@ class BMojoMixer(nn.Module):
         # start); the SSM and the projections above ran on the tokens as they are
         index, seq_idx, aligned_positions = align_documents(docs.seq_idx, self.window)
         b, L_aligned = seq_idx.shape
+        rows = torch.arange(b, device=u.device)[:, None]
 
-        def aligned(t: torch.Tensor, dim: int, fill: float = 0.0) -> torch.Tensor:
+        def aligned(t: torch.Tensor, dim: int, fill: float = 0.0) -> torch.Tensor:  # token l of row r -> slot index[r, l]
             shape = list(t.shape)
             shape[dim] = L_aligned
-            where = index.view(b, *([1] * (dim - 1)), L, *([1] * (t.dim() - dim - 1))).expand_as(t)
-            return t.new_full(shape, fill).scatter(dim, where, t)
+            out = t.new_full(shape, fill)
+            out.movedim(dim, 1)[rows, index] = t.movedim(dim, 1)
+            return out
 
         o = self._read_memory(aligned(q, 2), aligned(k, 2), aligned(v, 2), aligned(y, 1),
                               None if eps is None else aligned(eps, 1, float("-inf")), aligned_positions, seq_idx)
-        o = o.gather(2, index[:, None, :, None].expand(-1, o.shape[1], -1, o.shape[3]))
-        return self.output(o, y), None
+        return self.output(o.movedim(2, 1)[rows, index].movedim(1, 2), y), None
 
     def _read_memory(self, q, k, v, y, eps, positions, seq_idx=None) -> torch.Tensor:
         """Blocked attention of every query over its window and its chunk's memory: q (b, h, L, hd), k, v

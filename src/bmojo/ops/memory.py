@@ -78,13 +78,15 @@ def innovation_score(y: torch.Tensor, weights: torch.Tensor, history: torch.Tens
         history = y.new_zeros(y.shape[0], k, y.shape[2])
     full = torch.cat([history.float(), y], dim=1)
     L = y.shape[1]
-    docs = None if seq_idx is None else torch.cat([seq_idx[:, :1].expand(-1, k), seq_idx], dim=1)
-
-    def past(j: int) -> torch.Tensor:  # y_{t-j} for every t, zero where it lies in another document
-        shifted = full[:, k - j : k - j + L]
-        return shifted if docs is None else shifted * (docs[:, k - j : k - j + L] == seq_idx)[..., None]
-
-    guess = sum(weights[j - 1].float() * past(j) for j in range(1, k + 1))
+    guess = sum(weights[j - 1].float() * full[:, k - j : k - j + L] for j in range(1, k + 1))
+    if seq_idx is not None:
+        # where a term lies in another document (a few positions after each start), redo the sum with it zeroed;
+        # multiplying the others by 1 is exact, so this equals masking every term
+        docs = torch.cat([seq_idx[:, :1].expand(-1, k), seq_idx], dim=1)
+        same = torch.stack([docs[:, k - j : k - j + L] == seq_idx for j in range(1, k + 1)])  # (k, b, L)
+        rows, t = (~same).any(0).nonzero(as_tuple=True)
+        guess[rows, t] = sum(weights[j - 1].float() * full[rows, t + k - j] * same[j - 1, rows, t, None]
+                             for j in range(1, k + 1))
     return (y - guess).pow(2).mean(-1)
 
 

@@ -132,7 +132,7 @@ class BMojoMixer(nn.Module):
         b, L_aligned = seq_idx.shape
         rows = torch.arange(b, device=u.device)[:, None]
 
-        def aligned(t: torch.Tensor, dim: int, fill: float = 0.0) -> torch.Tensor:  # token l of row r -> slot index[r, l]
+        def aligned(t: torch.Tensor, dim: int, fill: float = 0.0) -> torch.Tensor:  # token l of row r: slot index[r, l]
             shape = list(t.shape)
             shape[dim] = L_aligned
             out = t.new_full(shape, fill)

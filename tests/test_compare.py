@@ -267,3 +267,41 @@ def test_interrupted_compare_keeps_finished_runs_and_resumes(tmp_path, cli, caps
     assert (out / "runs.jsonl").read_text().count("\n") == 3 and list(out.glob("*.png"))
     monkeypatch.setattr(bmojo.compare, "run_one", _no_training)  # a finished folder: --resume runs nothing
     assert cli("compare", "--spec", path, "--threads", "1", "--out", out, "--resume") == 0
+
+
+def test_parallel_processes_give_the_records_of_a_sequential_run(tmp_path, one_thread):
+    """--jobs 2 (two one-thread processes) and one sequential one-thread process: the same accuracies, losses and
+    steps for every run (same seeds)."""
+    spec = CompareSpec(**{**TINY_SPEC, "presets": ["swa", "mamba"], "seeds": [0, 1],
+                          "model": {**TINY_SPEC["model"], "ssm_state_size": 8, "ssm_head_dim": 16}})
+    sequential = run_compare(spec, tmp_path / "seq", progress=False)
+    parallel = run_compare(spec, tmp_path / "par", progress=False, jobs=2)
+    fields = ("preset", "seed", "accuracy", "final_loss", "steps")
+    assert [[r[k] if k != "final_loss" else r["sweep"][0][k] for k in fields] for r in parallel] == \
+        [[r[k] if k != "final_loss" else r["sweep"][0][k] for k in fields] for r in sequential]
+    assert len({r["preset"] for r in parallel}) == 2 and len(parallel) == 4
+
+
+def test_jobs_are_checked_and_adjusted(tmp_path, capsys):
+    spec = CompareSpec(**TINY_SPEC)
+    with pytest.raises(ValueError, match="--jobs must be >= 1, got 0"):
+        run_compare(spec, tmp_path / "a", progress=False, jobs=0)
+    assert not (tmp_path / "a").exists()  # checked before anything is written
+    run_compare(spec, tmp_path / "b", progress=False, jobs=3)
+    assert "--jobs 3 but 1 run(s) to do: using 1 process(es)" in capsys.readouterr().err
+
+
+def test_budget_fitting_is_the_same_for_every_seed_and_reports_what_a_skipped_preset_needs(tmp_path):
+    spec = CompareSpec(**{**TINY_SPEC, "presets": ["swa", "bmojo"], "budgets": [12.0], "seeds": [0, 1],
+                          "model": {**TINY_SPEC["model"], "ssm_state_size": 8, "ssm_head_dim": 16,
+                                    "num_fading_tokens": 2, "num_eidetic_tokens": 2}})
+    records = run_compare(spec, tmp_path, progress=False)
+    swa = [r for r in records if r["preset"] == "swa"]
+    assert len(swa) == 2 and swa[0]["knob"] == swa[1]["knob"] and swa[0]["memory_tokens"] <= 12
+    smallest = min(memory_of(c, 32)[1] for c in budget_candidates("bmojo", {**spec.model, "vocab_size": 64}))
+    assert smallest > 12
+    for r in records:
+        if r["preset"] == "bmojo":
+            assert r["skipped"] == (f"its smallest setting needs {smallest:.1f} token-equivalents, more than the "
+                                    "budget 12")
+    assert f"skipped: its smallest setting needs {smallest:.1f}" in (tmp_path / "results.md").read_text()

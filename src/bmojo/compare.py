@@ -40,6 +40,7 @@ from .models import PRESETS, BMojoConfig, BMojoForCausalLM
 from .models.configuration import has_type, type_name
 from .plotting import pyplot
 from .training import TrainConfig, Trainer, quiet_hf_progress
+from .verdict import summarize, task_label, verdict_markdown
 
 # preset -> the config fields turned to meet a memory budget, with their candidate values. Every
 # combination is a candidate; the one with the most memory within the budget is used.
@@ -296,10 +297,15 @@ def _plan(spec: CompareSpec) -> list[tuple[dict, int, BMojoConfig | None]]:
         vocab = task_lib.task_vocab_size(task["task"], **settings)
         for budget in spec.budgets or [None]:
             for preset in spec.presets:
-                config = fit_to_budget(preset, {**spec.model, "vocab_size": vocab}, seq_len, budget)
+                base = {**spec.model, "vocab_size": vocab}
+                config = fit_to_budget(preset, base, seq_len, budget)
                 for seed in spec.seeds:
                     record = {"task": task["task"], "task_settings": settings, "preset": preset,
                               "budget_tokens": budget, "seed": seed}
+                    if config is None:
+                        needs = min(memory_of(c, seq_len)[1] for c in budget_candidates(preset, base))
+                        record["skipped"] = (f"its smallest setting needs {needs:.1f} token-equivalents, more than "
+                                             f"the budget {budget:g}")
                     plan.append((record, seq_len, config))
     return plan
 
@@ -383,14 +389,20 @@ def open_out_dir(out_dir: Path, spec: CompareSpec, resume: bool) -> list[dict]:
 
 
 def run_compare(spec: CompareSpec, out_dir: Path, device: str = "cpu", progress: bool = True,
-                resume: bool = False, save_models: bool = False) -> list[dict]:
+                resume: bool = False, save_models: bool = False, jobs: int = 1) -> list[dict]:
     """Run every (task, budget, preset, seed) of `spec`. Each finished run is appended to out_dir/runs.jsonl
     as it ends and results.json and results.md are rewritten after it; the PNGs follow at the end. `resume`
     skips the runs already recorded in out_dir (same spec required, see `open_out_dir`). Returns the records in
     the spec's order. `save_models`: each run's best model goes to out_dir/models/ (see `_train_and_measure`).
-    Every check (spec, device, folder, something to run) comes before the first run."""
+    `jobs` > 1: that many worker processes of one thread each run the runs side by side (CPU only; the records
+    equal those of a sequential one-thread run). Every check (spec, device, jobs, folder, something to run) comes
+    before the first run."""
     spec.check()
     check_device(device)
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    if jobs > 1 and device != "cpu":
+        raise ValueError("--jobs > 1 runs one-thread CPU processes; with --device cuda use --jobs 1")
     plan = _plan(spec)
     if all(config is None for _, _, config in plan):
         raise ValueError(f"nothing to run: no preset fits the memory budget(s) {spec.budgets} token-equivalents "
@@ -398,33 +410,69 @@ def run_compare(spec: CompareSpec, out_dir: Path, device: str = "cpu", progress:
     out_dir = Path(out_dir)
     done = {_run_key(r): r for r in open_out_dir(out_dir, spec, resume)}
     todo = [entry for entry in plan if _run_key(entry[0]) not in done]
-    start = time.perf_counter()
-    data_cache: dict = {}
-    bar = tqdm(todo, desc="compare", initial=len(plan) - len(todo), total=len(plan), disable=not progress,
+    runnable = [entry for entry in todo if entry[2] is not None]
+    if jobs > max(len(runnable), 1):
+        print(f"bmojo compare: --jobs {jobs} but {len(runnable)} run(s) to do: using {max(len(runnable), 1)} "
+              "process(es)", file=sys.stderr)
+        jobs = max(len(runnable), 1)
+    models_dir = out_dir / "models" if save_models else None
+    bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc="compare", disable=not progress,
                dynamic_ncols=True)
-    for i, (record, seq_len, config) in enumerate(bar):
-        bar.set_postfix(task=record["task"], preset=record["preset"], budget=record["budget_tokens"])
-        if config is None:
-            record = {**record, "skipped": "smallest setting exceeds the memory budget"}
-        else:
-            key = (record["task"], json.dumps(record["task_settings"], sort_keys=True), record["seed"])
-            if key not in data_cache:
-                train, test = task_lib.train_test_split(record["task"], spec.num_train, spec.num_test, record["seed"],
-                                                        **record["task_settings"])
-                data_cache[key] = train, test, task_lib.check_leakage(train[0], test[0])
-            remaining = None
-            if spec.time_budget_s is not None:
-                per_run = (spec.time_budget_s - (time.perf_counter() - start)) / (len(todo) - i)
-                remaining = max(per_run / (len(spec.lrs) * len(spec.weight_decays)), 1.0)
-            record = _train_and_measure(record, config, seq_len, data_cache[key], spec, device, remaining,
-                                        out_dir / "models" if save_models else None)
+
+    def finished(record: dict) -> None:
         _append_record(out_dir / RUNS_FILE, record)
         done[_run_key(record)] = record
         write_tables(_in_plan_order(plan, done), out_dir, spec)
+        bar.set_postfix(task=record["task"], preset=record["preset"], budget=record["budget_tokens"])
+        bar.update()
+
+    for record, _, config in todo:
+        if config is None:  # skipped: recorded at once
+            finished(record)
+    start, sweep = time.perf_counter(), len(spec.lrs) * len(spec.weight_decays)
+    if jobs == 1:
+        data_cache: dict = {}
+        for i, (record, seq_len, config) in enumerate(runnable):
+            remaining = None
+            if spec.time_budget_s is not None:
+                per_run = (spec.time_budget_s - (time.perf_counter() - start)) / (len(runnable) - i)
+                remaining = max(per_run / sweep, 1.0)
+            finished(_run_task(record, seq_len, config, spec, device, remaining, models_dir, data_cache))
+    elif runnable:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        remaining = None if spec.time_budget_s is None else max(spec.time_budget_s * jobs / len(runnable) / sweep, 1.0)
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no state copied from this one
+        with ProcessPoolExecutor(jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            futures = [pool.submit(_run_task, record, seq_len, config, spec, device, remaining, models_dir)
+                       for record, seq_len, config in runnable]
+            try:
+                for future in as_completed(futures):
+                    finished(future.result())
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
     bar.close()
     records = _in_plan_order(plan, done)
     write_outputs(records, out_dir, spec)
     return records
+
+
+def _run_task(record: dict, seq_len: int, config: BMojoConfig, spec: CompareSpec, device: str,
+              time_budget: float | None, models_dir: Path | None, data_cache: dict | None = None) -> dict:
+    """One planned run: its task data (a pure function of the seed; kept in `data_cache` when given), then
+    `_train_and_measure`. Runs in this process or in a `--jobs` worker."""
+    key = (record["task"], json.dumps(record["task_settings"], sort_keys=True), record["seed"])
+    data = None if data_cache is None else data_cache.get(key)
+    if data is None:
+        train, test = task_lib.train_test_split(record["task"], spec.num_train, spec.num_test, record["seed"],
+                                                **record["task_settings"])
+        data = train, test, task_lib.check_leakage(train[0], test[0])
+        if data_cache is not None:
+            data_cache[key] = data
+    return _train_and_measure(record, config, seq_len, data, spec, device, time_budget, models_dir)
 
 
 def _in_plan_order(plan: list[tuple], done: dict[str, dict]) -> list[dict]:
@@ -473,13 +521,6 @@ def model_folder_name(record: dict) -> str:
     return f"{record['task']}-{settings}-{record['preset']}{budget}-seed{record['seed']}".replace("--", "-")
 
 
-def _task_label(record: dict) -> str:
-    """The task with the settings that tell its variants apart, e.g. `mqar (num_kv_pairs=4, seq_len=64)`."""
-    s = record["task_settings"]
-    extra = ", ".join(f"{k}={v}" for k, v in s.items() if k in ("num_kv_pairs", "seq_len", "frac_noise"))
-    return f"{record['task']} ({extra})" if extra else record["task"]
-
-
 def write_outputs(records: list[dict], out_dir: Path, spec: CompareSpec) -> None:
     """results.json, results.md (`write_tables`) and the recall-vs-memory PNGs."""
     write_tables(records, out_dir, spec)
@@ -487,39 +528,55 @@ def write_outputs(records: list[dict], out_dir: Path, spec: CompareSpec) -> None
 
 
 def write_tables(records: list[dict], out_dir: Path, spec: CompareSpec) -> None:
-    """results.json (spec and records) and results.md (the table), each replaced atomically."""
+    """results.json (spec and records) and results.md (one row per task, budget and preset over its seeds, then the
+    verdict), each replaced atomically."""
     results = json.dumps({"spec": spec.to_dict(), "runs": records}, indent=1)
     _write_atomically(out_dir / "results.json", lambda tmp: tmp.write_text(results))
-    lines = ["| task | budget (tok) | preset | knob | memory (tok) | memory (KiB) | params | accuracy | steps "
-             "| train s |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in records:
-        budget = "-" if r["budget_tokens"] is None else f"{r['budget_tokens']:g}"
-        if "skipped" in r:
-            lines.append(f"| {_task_label(r)} | {budget} | {r['preset']} | - | - | - | - | skipped | - | - |")
+    _write_atomically(out_dir / "results.md", lambda tmp: tmp.write_text(results_markdown(records)))
+
+
+def results_markdown(records: list[dict]) -> str:
+    """The results table (accuracy mean and min-max over seeds; runs the time budget stopped flagged) and the
+    verdict (`bmojo.verdict`)."""
+    config_of = {(task_label(r), r["budget_tokens"], r["preset"]): r for r in records if "skipped" not in r}
+    lines = ["| task | budget (tok) | preset | knob | memory (tok) | params | seeds | accuracy mean [min, max] "
+             "| steps |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in summarize(records):
+        budget = "-" if row["budget_tokens"] is None else f"{row['budget_tokens']:g}"
+        head = f"| {row['task_label']} | {budget} | {row['preset']} |"
+        if "skipped" in row:
+            lines.append(f"{head} - | - | - | - | skipped: {row['skipped']} | - |")
             continue
+        r = config_of[(row["task_label"], row["budget_tokens"], row["preset"])]
         knob = ", ".join(f"{k}={v}" for k, v in r["knob"].items()) or "-"
-        lines.append(f"| {_task_label(r)} | {budget} | {r['preset']} | {knob} | {r['memory_tokens']:.1f} | "
-                     f"{r['memory_bytes'] / 1024:.1f} | {r['parameters']:,} | {r['accuracy']:.3f} | {r['steps']} | "
-                     f"{r['train_seconds']:.0f} |")
-    _write_atomically(out_dir / "results.md", lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+        steps = f"{min(row['steps'])}" if min(row["steps"]) == max(row["steps"]) else \
+            f"{min(row['steps'])}-{max(row['steps'])}"
+        if row["time_stopped"]:
+            steps += f" ({row['time_stopped']} stopped by the time budget)"
+        lines.append(f"{head} {knob} | {row['memory_tokens']:.1f} | {r['parameters']:,} | {len(row['seeds'])} | "
+                     f"{row['mean']:.3f} [{row['min']:.3f}, {row['max']:.3f}] | {steps} |")
+    return "\n".join([*lines, "", "## Verdict", "", *verdict_markdown(records)]) + "\n"
 
 
 def plot_recall_vs_memory(records: list[dict], out_dir: Path) -> list[Path]:
-    """One PNG per task: accuracy (mean over seeds) vs memory in token-equivalents, a line per preset."""
+    """One PNG per task: accuracy vs memory in token-equivalents, a line per preset through the means over seeds,
+    error bars from the min to the max seed."""
     plt = pyplot()
     import matplotlib.ticker
 
     paths = []
-    done = [r for r in records if "skipped" not in r]
-    for label in dict.fromkeys(_task_label(r) for r in done):
+    rows = [row for row in summarize(records) if "skipped" not in row]
+    for label in dict.fromkeys(row["task_label"] for row in rows):
         fig, ax = plt.subplots(figsize=(6, 4))
-        for preset in dict.fromkeys(r["preset"] for r in done):
-            points: dict[float, list[float]] = {}
-            for r in done:
-                if _task_label(r) == label and r["preset"] == preset:
-                    points.setdefault(r["memory_tokens"], []).append(r["accuracy"])
-            xs = sorted(points)
-            ax.plot(xs, [sum(points[x]) / len(points[x]) for x in xs], marker="o", label=preset)
+        for preset in dict.fromkeys(row["preset"] for row in rows):
+            points = sorted((row["memory_tokens"], row["mean"], row["min"], row["max"]) for row in rows
+                            if row["task_label"] == label and row["preset"] == preset)
+            if not points:
+                continue
+            xs, means, lows, highs = zip(*points, strict=True)
+            ax.errorbar(xs, means, yerr=[[m - lo for m, lo in zip(means, lows, strict=True)],
+                                         [hi - m for m, hi in zip(means, highs, strict=True)]],
+                        marker="o", capsize=3, label=preset)
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
@@ -558,6 +615,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted run in --out: runs it recorded are kept, the rest run "
                              "(the spec must be the same)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="run N runs side by side in N one-thread processes (CPU; default 1: one process with "
+                             "--threads threads)")
     parser.add_argument("--save-models", action="store_true",
                         help="save each run's trained model under OUT/models/ (for `bmojo inspect`)")
 
@@ -592,7 +652,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the experiment `args` describe and print its results table."""
     spec = spec_from_args(args)
     try:
-        run_compare(spec, args.out, device=args.device, resume=args.resume, save_models=args.save_models)
+        run_compare(spec, args.out, device=args.device, resume=args.resume, save_models=args.save_models,
+                    jobs=args.jobs)
     except KeyboardInterrupt:
         recorded = len(_read_records(args.out / RUNS_FILE))
         print(f"bmojo compare: interrupted; {recorded} finished run(s) are recorded in {args.out / RUNS_FILE}. "

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bmojo import BMojoConfig
+from bmojo import BMojoConfig, BMojoForCausalLM
 from bmojo.accounting import decoding_state_bytes
 from bmojo.compare import SPECS, CompareSpec, budget_candidates, fit_to_budget, memory_of, run_compare
 
@@ -305,3 +305,20 @@ def test_budget_fitting_is_the_same_for_every_seed_and_reports_what_a_skipped_pr
             assert r["skipped"] == (f"its smallest setting needs {smallest:.1f} token-equivalents, more than the "
                                     "budget 12")
     assert f"skipped: its smallest setting needs {smallest:.1f}" in (tmp_path / "results.md").read_text()
+
+
+def test_the_sweep_is_decided_on_the_validation_split_never_the_test_split(tmp_path, monkeypatch):
+    """Of two learning rates, the one best on validation is kept, with its test accuracy, although the other one
+    scores higher on the test split."""
+    import bmojo.compare
+
+    scores = {1e-4: (0.9, 0.5), 3e-2: (0.5, 0.9)}  # lr -> (validation, test) accuracy
+
+    def fake_run(config, train, val, test, spec, seed, lr, wd, device, time_budget):
+        v, t = scores[lr]
+        return {"val_accuracy": v, "accuracy": t, "steps": 1, "train_seconds": 0.0, "stopped": "max_steps",
+                "final_loss": 1.0}, BMojoForCausalLM(config)
+
+    monkeypatch.setattr(bmojo.compare, "run_one", fake_run)
+    (record,) = run_compare(CompareSpec(**{**TINY_SPEC, "lrs": [1e-4, 3e-2]}), tmp_path, progress=False)
+    assert (record["lr"], record["val_accuracy"], record["accuracy"]) == (1e-4, 0.9, 0.5)

@@ -21,6 +21,7 @@ from bmojo.tasks import (
     selective_copying,
     task_vocab_size,
     train_test_split,
+    validation_split,
 )
 
 SMALL = {
@@ -334,6 +335,21 @@ def test_train_test_split_has_no_leakage(name):
     assert ((test_y != IGNORE_INDEX).sum(axis=1) < test_y.shape[1] // 2).all()  # test labels sparse
     (again_x, _), _ = train_test_split(name, 500, 200, 0, **SMALL[name])
     assert torch.equal(again_x, train_x)
+
+
+@pytest.mark.parametrize("name", ["mqar", "in_context_recall"])
+def test_validation_split_is_a_third_disjoint_draw_and_leaves_train_and_test_unchanged(name):
+    (train_x, _), (test_x, test_y) = train_test_split(name, 500, 200, 0, **SMALL[name])
+    val_x, val_y = validation_split(name, 200, 0, **SMALL[name])
+    assert check_leakage(train_x, val_x) == 0 and check_leakage(test_x, val_x) == 0
+    assert not torch.equal(val_x, test_x) and (val_y == IGNORE_INDEX).float().mean() > 0.5  # evaluation labels
+    seeds = np.random.SeedSequence(0).spawn(3)
+    train_seed, test_seed = (int(s.generate_state(1)[0]) for s in seeds[:2])
+    gen = {"mqar": mqar, "in_context_recall": in_context_recall}[name]
+    extra = {} if name == "mqar" else {"is_training": False}
+    assert torch.equal(test_x, gen(num_examples=200, seed=test_seed, **SMALL[name], **extra)[0])
+    assert torch.equal(val_x, gen(num_examples=200, seed=int(seeds[2].generate_state(1)[0]), **SMALL[name],
+                                  **extra)[0])
 
 
 def test_train_split_uses_mad_training_labels():

@@ -63,6 +63,7 @@ VALUE_RULES: dict[str, tuple[Callable, str]] = {
     "weight_decays": (lambda v: 0 <= v < math.inf, ">= 0"),
     "num_train": (lambda v: v >= 1, ">= 1"),
     "num_test": (lambda v: v >= 1, ">= 1"),
+    "num_val": (lambda v: v >= 1, ">= 1"),
     "time_budget_s": (lambda v: v is None or 0 < v < math.inf, "> 0 seconds"),
     "max_steps": (lambda v: v >= 1, ">= 1"),
     "batch_size": (lambda v: v >= 1, ">= 1"),
@@ -91,6 +92,7 @@ class CompareSpec:
     weight_decays: list[float] = field(default_factory=lambda: [0.1])
     num_train: int = 2000
     num_test: int = 256
+    num_val: int = 256  # the validation split: lr / weight-decay choice and early stopping (never the test split)
     time_budget_s: float | None = None  # whole command; split evenly over the remaining runs
 
     def to_dict(self) -> dict:
@@ -271,20 +273,19 @@ def fit_to_budget(preset: str, base: dict, seq_len: int, budget: float | None) -
     return max(fitting, key=lambda f: (f[0], -f[1]))[2] if fitting else None
 
 
-def run_one(config: BMojoConfig, train, test, spec: CompareSpec, seed: int, lr: float, wd: float,
+def run_one(config: BMojoConfig, train, val, test, spec: CompareSpec, seed: int, lr: float, wd: float,
             device: str, time_budget: float | None) -> tuple[dict, BMojoForCausalLM]:
-    """Train one model on task data `train` = (inputs, targets); (its accuracy on `test` and training facts,
-    the trained model)."""
+    """Train one model on task data `train` = (inputs, targets), evaluating (and stopping early) on `val`; (its
+    final accuracy on `val` and on `test`, training facts; the trained model)."""
     torch.manual_seed(seed)
     model = BMojoForCausalLM(config)
     cfg = TrainConfig(**{**spec.train, "lr": lr, "weight_decay": wd, "seed": seed, "time_budget_s": time_budget,
                          "cpu": device == "cpu", "progress": False})
-    test_inputs, test_targets = test
-    trainer = Trainer(model, _TaskDataset(*train), cfg,
-                      evaluate=lambda m: {"accuracy": evaluate_accuracy(m, test_inputs, test_targets)})
+    trainer = Trainer(model, _TaskDataset(*train), cfg, evaluate=lambda m: {"accuracy": evaluate_accuracy(m, *val)})
     result = trainer.fit()
-    return {"accuracy": result.evals[-1]["accuracy"], "steps": result.steps, "train_seconds": result.seconds,
-            "stopped": result.stopped, "final_loss": result.history[-1]["loss"] if result.history else None}, model
+    return {"val_accuracy": result.evals[-1]["accuracy"], "accuracy": evaluate_accuracy(model, *test),
+            "steps": result.steps, "train_seconds": result.seconds, "stopped": result.stopped,
+            "final_loss": result.history[-1]["loss"] if result.history else None}, model
 
 
 def _plan(spec: CompareSpec) -> list[tuple[dict, int, BMojoConfig | None]]:
@@ -469,7 +470,8 @@ def _run_task(record: dict, seq_len: int, config: BMojoConfig, spec: CompareSpec
     if data is None:
         train, test = task_lib.train_test_split(record["task"], spec.num_train, spec.num_test, record["seed"],
                                                 **record["task_settings"])
-        data = train, test, task_lib.check_leakage(train[0], test[0])
+        val = task_lib.validation_split(record["task"], spec.num_val, record["seed"], **record["task_settings"])
+        data = train, val, test, task_lib.check_leakage(train[0], test[0])
         if data_cache is not None:
             data_cache[key] = data
     return _train_and_measure(record, config, seq_len, data, spec, device, time_budget, models_dir)
@@ -482,18 +484,19 @@ def _in_plan_order(plan: list[tuple], done: dict[str, dict]) -> list[dict]:
 
 def _train_and_measure(record: dict, config: BMojoConfig, seq_len: int, data: tuple, spec: CompareSpec,
                        device: str, time_budget: float | None, models_dir: Path | None = None) -> dict:
-    """`record` completed by training `config` over the spec's lr x weight-decay sweep on `data` = (train, test,
-    leaked count), keeping the best run, and measuring its memory. With `models_dir`, the best run's model is
-    saved there (save_pretrained, plus task.json naming its task and settings, what `bmojo inspect` reads)."""
-    train, test, leaked = data
+    """`record` completed by training `config` over the spec's lr x weight-decay sweep on `data` = (train, val,
+    test, leaked count), keeping the run best on the validation split (its test accuracy is the record's), and
+    measuring its memory. With `models_dir`, the best run's model is saved there (save_pretrained, plus task.json
+    naming its task and settings, what `bmojo inspect` reads)."""
+    train, val, test, leaked = data
     sweep, best_model = [], None
     for lr in spec.lrs:
         for wd in spec.weight_decays:
-            result, model = run_one(config, train, test, spec, record["seed"], lr, wd, device, time_budget)
+            result, model = run_one(config, train, val, test, spec, record["seed"], lr, wd, device, time_budget)
             sweep.append(dict(lr=lr, weight_decay=wd, **result))
-            if best_model is None or result["accuracy"] > max(r["accuracy"] for r in sweep[:-1]):
+            if best_model is None or result["val_accuracy"] > max(r["val_accuracy"] for r in sweep[:-1]):
                 best_model = model
-    best = max(sweep, key=lambda r: r["accuracy"])
+    best = max(sweep, key=lambda r: r["val_accuracy"])
     num_bytes, tokens = memory_of(config, seq_len)
     saved = {}
     if models_dir is not None:
@@ -504,7 +507,8 @@ def _train_and_measure(record: dict, config: BMojoConfig, seq_len: int, data: tu
                                                       "seed": record["seed"], "lr": best["lr"]}, indent=1))
         saved = {"model_dir": str(folder)}
     return {
-        **record, "accuracy": best["accuracy"], "test_sequences_seen_in_training": leaked, "lr": best["lr"],
+        **record, "accuracy": best["accuracy"], "val_accuracy": best["val_accuracy"],
+        "test_sequences_seen_in_training": leaked, "lr": best["lr"],
         "weight_decay": best["weight_decay"],
         "memory_bytes": num_bytes, "memory_tokens": tokens,
         "knob": {name: getattr(config, name) for name in MEMORY_KNOBS[record["preset"]]},

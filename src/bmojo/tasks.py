@@ -429,6 +429,17 @@ def train_test_split(name: str, num_train: int, num_test: int, seed: int, **sett
     return train, test
 
 
+def validation_split(name: str, num_examples: int, seed: int, **settings) -> Batch:
+    """A validation split for task ``name`` (evaluation settings, like the test split), from a third seed derived
+    from ``seed``: ``SeedSequence(seed).spawn(3)[2]``, so ``train_test_split``'s two splits stay as they are. Choose
+    learning rates and stop early on it, never on the test split."""
+    generator = _task(name)
+    val_seed = int(np.random.SeedSequence(seed).spawn(3)[2].generate_state(1)[0])
+    if "is_training" in inspect.signature(generator).parameters:
+        settings = {**settings, "is_training": False}
+    return generator(num_examples=num_examples, seed=val_seed, **settings)
+
+
 def check_leakage(train_inputs: torch.Tensor, test_inputs: torch.Tensor) -> int:
     """Number of rows of ``test_inputs`` ``(N_test, L)`` that occur verbatim in ``train_inputs``
     ``(N_train, L')`` (0 when ``L != L'``)."""

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-SUITES = ("kernels", "layers", "models", "packing", "decode")
+SUITES = ("kernels", "layers", "models", "packing", "small", "decode")
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,11 @@ def test_bench_reports_every_target_figure(quick_run):
     assert by_name["decode/cache_growth/bmojo"]["value"] == 1.0  # constant-size cache
     assert by_name["decode/cache_growth/transformer"]["value"] > 1.0  # the KV cache grows
     assert by_name["packing/train_packed/bmojo/L128"]["peer"] == "packing/train_unpacked/bmojo/L128"
-    assert len(doc["targets"]) == 9 and all(t["measured"] is not None for t in doc["targets"])
+    for preset in presets:
+        small = by_name[f"small/train_step/{preset}"]
+        assert small["settings"]["batch"] == 32 and small["settings"]["L"] == 64  # the quick recall size
+        assert preset == "transformer" or small["peer"] == "small/train_step/transformer"
+    assert len(doc["targets"]) == 10 and all(t["measured"] is not None for t in doc["targets"])
 
 
 def test_bench_markdown_and_plots(quick_run, png_signature):

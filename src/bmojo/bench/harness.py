@@ -22,7 +22,8 @@ import torch
 from ..allocator import tune_cpu_allocator
 from ..plotting import pyplot
 
-SUITES = ("kernels", "layers", "models", "packing", "decode")  # what `bmojo bench --suite` chooses from, in run order
+# what `bmojo bench --suite` chooses from, in run order
+SUITES = ("kernels", "layers", "models", "packing", "small", "decode")
 FIGURE_SUITES = ("ceiling", *SUITES)  # the suite of every figure: the ceiling is measured before any suite
 
 

@@ -32,6 +32,8 @@ def targets(bench: Bench) -> list[dict]:
          f"models/mfu_bmojo_d{mfu['hidden_size']}/L{mfu['L']}/fp32", "value", ">=", 0.30),
         (f"bmojo packed-document training tokens/s vs one stream at L={mid} (at most 10% slower)",
          f"packing/train_packed/bmojo/L{mid}", "ratio", ">=", 1 / 1.1),
+        ("bmojo training step at the quick recall size vs a transformer of equal width and depth (at most 1.5x)",
+         "small/train_step/bmojo", "ratio", ">=", 1 / 1.5),
     ]
     out = []
     for text, name, field, op, threshold in rows:

@@ -1,4 +1,5 @@
-"""The benchmark suites: kernels, layers, models (training throughput, bf16, MFU, loss curve), decode.
+"""The benchmark suites: kernels, layers, models (training throughput, bf16, MFU, loss curve), packing, small
+(the recall experiments' tiny models), decode.
 
 Each suite takes a `Bench` and appends figures to it. Sizes come from `SIZES[quick]`; the full sizes are
 the ones the targets in docs/benchmarks.md are stated at.
@@ -323,6 +324,35 @@ def packing(bench: Bench) -> None:
         bench.add("packing", f"train_packed/{name}/L{L}", rates[True], "tokens/s", settings, better="higher",
                   spread=stats([batch * L / x for x in s[True]]), peer=f"train_unpacked/{name}/L{L}",
                   ratio=rates[True] / rates[False])
+
+
+def small(bench: Bench) -> None:
+    """Training step time of every preset at the size of `bmojo compare --preset quick` (its model and batch: the
+    tiny models the recall experiments train thousands of times), fp32, timed interleaved; the transformer of
+    equal width and depth is the peer. Each sample is `SMALL_STEPS` steps (2 with --quick)."""
+    from ..compare import SPECS
+
+    spec = SPECS["quick"]
+    task = spec.tasks[0]
+    batch, L = spec.train["batch_size"], task["seq_len"]
+    ids = torch.randint(0, task["vocab_size"], (batch, L), device=bench.device)
+    steps = 2 if bench.quick else SMALL_STEPS
+    fns = {}
+    for name in PRESETS:
+        config = BMojoConfig.from_preset(name, vocab_size=task["vocab_size"], **spec.model)
+        step = _train_step(_model(config, bench.device), ids, False, bench.device)
+        fns[name] = lambda step=step: [step() for _ in range(steps)]
+    s = measure(fns, bench.device, bench.warmup, bench.repeats)
+    settings = dict(L=L, batch=batch, dtype="fp32", steps_per_sample=steps, threads=torch.get_num_threads(),
+                    **{k: spec.model[k] for k in ("hidden_size", "num_hidden_layers")})
+    for name, xs in s.items():
+        peer = {} if name == "transformer" else dict(peer="small/train_step/transformer",
+                                                      ratio=statistics.median(s["transformer"]) / statistics.median(xs))
+        bench.add("small", f"train_step/{name}", _median_ms(xs) / steps, "ms per step", settings, better="lower",
+                  spread=stats(xs, 1e3 / steps), **peer)
+
+
+SMALL_STEPS = 10  # training steps per timing sample of the small suite (one tiny step is a few ms)
 
 
 def _packed_row(L: int, lo: int, hi: int, gen: torch.Generator) -> torch.Tensor:

@@ -441,24 +441,47 @@ def run_compare(spec: CompareSpec, out_dir: Path, device: str = "cpu", progress:
             finished(_run_task(record, seq_len, config, spec, device, remaining, models_dir, data_cache))
     elif runnable:
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        import signal
 
         remaining = None if spec.time_budget_s is None else max(spec.time_budget_s * jobs / len(runnable) / sweep, 1.0)
-        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no state copied from this one
-        with ProcessPoolExecutor(jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            futures = [pool.submit(_run_task, record, seq_len, config, spec, device, remaining, models_dir)
-                       for record, seq_len, config in runnable]
-            try:
-                for future in as_completed(futures):
-                    finished(future.result())
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
+        tasks = [(record, seq_len, config, spec, device, remaining, models_dir) for record, seq_len, config in runnable]
+        # a fresh interpreter per worker (spawn: no state copied from this one); a SIGTERM to this process stops
+        # the workers too (as Ctrl-C does), instead of leaving them running
+        pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=torch.set_num_threads, initargs=(1,))
+        previous = _on_sigterm(signal, _raise_interrupt)
+        try:
+            for record in pool.imap_unordered(_run_task_star, tasks):
+                finished(record)
+            pool.close()
+        except BaseException:
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
+            _on_sigterm(signal, previous)
     bar.close()
     records = _in_plan_order(plan, done)
     write_outputs(records, out_dir, spec)
     return records
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _on_sigterm(signal, handler):
+    """Install `handler` (None: nothing) for SIGTERM where this thread may (the main thread); returns the previous
+    handler, or None where none was replaced."""
+    if handler is None:
+        return None
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        return None
+
+
+def _run_task_star(args: tuple) -> dict:
+    return _run_task(*args)
 
 
 def _run_task(record: dict, seq_len: int, config: BMojoConfig, spec: CompareSpec, device: str,

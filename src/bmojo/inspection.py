@@ -312,13 +312,10 @@ def _task_examples(args, model) -> tuple[torch.Tensor, torch.Tensor]:
     return tasks.make_task(args.task, num_examples=args.examples, seed=args.seed, **settings)
 
 
-def _text_example(args) -> tuple[torch.Tensor, list[str], list[dict]]:
-    from .lm.common import load_run
-
+def _text_example(args, tokenizer) -> tuple[torch.Tensor, list[str], list[dict]]:
     if args.file is not None and not args.file.is_file():
         raise FileNotFoundError(f"--file {str(args.file)!r} does not exist")
     text = args.text if args.text is not None else args.file.read_text(encoding="utf-8", errors="replace")
-    _, tokenizer, _ = load_run(args.run_dir)
     ids = tokenizer.encode(text)
     if not ids:
         raise ValueError("the text is empty: nothing to inspect")
@@ -341,7 +338,7 @@ def _locations_over_examples(model, inputs, targets, layer_ids: list[int]) -> di
 def run(args: argparse.Namespace) -> int:
     """Inspect the memory of the run's model on one input; write the PNGs, the HTML page and the JSON."""
     from .cli import check_writable
-    from .lm.common import load_model
+    from .lm.common import load_model, run_tokenizer
 
     if args.max_tokens is not None and args.max_tokens < 1:
         raise ValueError(f"--max-tokens must be >= 1, got {args.max_tokens}")
@@ -366,7 +363,7 @@ def run(args: argparse.Namespace) -> int:
         inputs, targets = _task_examples(args, model)
         ids, labels, marks = inputs[0], [str(t) for t in inputs[0].tolist()], task_marks(inputs[0], targets[0])
     else:
-        ids, labels, marks = _text_example(args)
+        ids, labels, marks = _text_example(args, run_tokenizer(args.run_dir, model.config.vocab_size))
     limit = args.max_tokens or DEFAULT_MAX_TOKENS
     if len(ids) > limit:
         if args.max_tokens is None:

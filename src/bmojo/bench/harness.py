@@ -158,20 +158,32 @@ def machine_info(device: torch.device) -> dict:
 
 
 def matmul_ceiling(bench: Bench) -> dict[str, float]:
-    """The machine's ceiling: measured square-matmul throughput (FLOP/s) in fp32 and bf16 on the device."""
-    n = 1024 if bench.quick else 2048
+    """The machine's ceiling: measured square-matmul throughput (FLOP/s) in fp32 and bf16 on the device, at n 2048
+    (1024 with --quick), or smaller for a dtype so slow here that one product would take over a second (bf16 on a
+    CPU without bf16 instructions is emulated, ~100x slower: a probe at n 256 decides; the n is in the settings)."""
+    n_max = 1024 if bench.quick else 2048
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    fns = {}
+    fns, sizes = {}, {}
     for name, dtype in dtypes.items():
+        probe = torch.randn(256, 256, device=bench.device, dtype=dtype)
+        torch.mm(probe, probe)
+        sync(bench.device)
+        t0 = time.perf_counter()
+        torch.mm(probe, probe)
+        sync(bench.device)
+        probe_rate = 2 * 256**3 / max(time.perf_counter() - t0, 1e-9)
+        n = n_max
+        while n > 256 and 2 * n**3 / probe_rate > 1.0:
+            n //= 2
         a = torch.randn(n, n, device=bench.device, dtype=dtype)
         b = torch.randn(n, n, device=bench.device, dtype=dtype)
-        fns[name] = lambda a=a, b=b: torch.mm(a, b)
+        fns[name], sizes[name] = (lambda a=a, b=b: torch.mm(a, b)), n
     reps = max(bench.repeats, 5)
     samples = measure(fns, bench.device, warmup=2, repeats=reps)
     ceiling = {}
-    flops = 2 * n**3
     for name, xs in samples.items():
+        flops = 2 * sizes[name] ** 3
         ceiling[name] = flops / statistics.median(xs)
-        bench.add("ceiling", f"matmul_{name}", ceiling[name] / 1e9, "GFLOP/s", {"n": n, "dtype": name}, better="higher",
-                  spread=stats([flops / x / 1e9 for x in xs]))
+        bench.add("ceiling", f"matmul_{name}", ceiling[name] / 1e9, "GFLOP/s", {"n": sizes[name], "dtype": name},
+                  better="higher", spread=stats([flops / x / 1e9 for x in xs]))
     return ceiling

@@ -194,14 +194,22 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
     on a vocabulary mismatch or a damaged run (one line)."""
     run_dir = Path(run_dir)
     model = load_model(run_dir).to(device).eval()
+    tokenizer = run_tokenizer(run_dir, model.config.vocab_size)
+    info = read_json(run_dir / RUN_FILE) if (run_dir / RUN_FILE).is_file() else {}
+    return model, tokenizer, info
+
+
+def run_tokenizer(run_dir: str | os.PathLike, vocab_size: int) -> Tokenizer:
+    """The tokenizer saved in a run folder (the byte tokenizer, with a warning, if it has none); ValueError if its
+    vocabulary is not the model's `vocab_size`."""
+    run_dir = Path(run_dir)
     if any((run_dir / name).is_file() for name in (META_FILE, "tokenizer.json", "tokenizer_config.json")):
         tokenizer = load_tokenizer(run_dir)
     else:
-        warnings.warn(f"{run_dir} has no tokenizer files; assuming the byte tokenizer", stacklevel=2)
+        warnings.warn(f"{run_dir} has no tokenizer files; assuming the byte tokenizer", stacklevel=3)
         tokenizer = ByteTokenizer()
-    check_vocab(tokenizer, model.config.vocab_size, f"the model in {run_dir}")
-    info = read_json(run_dir / RUN_FILE) if (run_dir / RUN_FILE).is_file() else {}
-    return model, tokenizer, info
+    check_vocab(tokenizer, vocab_size, f"the model in {run_dir}")
+    return tokenizer
 
 
 def check_vocab(tokenizer: Tokenizer, vocab_size: int, what: str) -> None:

@@ -8,4 +8,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 args=("$@")
 if [[ " ${args[*]-} " != *" --out "* ]]; then args+=(--out runs/quick --resume); fi
+# --jobs 2: two one-thread processes side by side use two cores better than one two-thread process on these
+# small models (docs/recall.md); pass --jobs 1 to run them one after the other
+if [[ " ${args[*]-} " != *" --jobs "* ]]; then args+=(--jobs 2); fi
 exec .venv/bin/bmojo compare --preset quick "${args[@]}"

@@ -322,3 +322,20 @@ def test_the_sweep_is_decided_on_the_validation_split_never_the_test_split(tmp_p
     monkeypatch.setattr(bmojo.compare, "run_one", fake_run)
     (record,) = run_compare(CompareSpec(**{**TINY_SPEC, "lrs": [1e-4, 3e-2]}), tmp_path, progress=False)
     assert (record["lr"], record["val_accuracy"], record["accuracy"]) == (1e-4, 0.9, 0.5)
+
+
+def test_a_jobs_worker_budget_shares_what_is_left_of_the_time(monkeypatch):
+    """--jobs: each run, as it starts, gets (time left) x (processes) / (runs not started), at most the time left."""
+    import multiprocessing
+    import time
+
+    import bmojo.compare
+
+    started = multiprocessing.get_context("spawn").Value("i", 0)
+    monkeypatch.setattr(bmojo.compare, "_WORKER", (started, time.time() + 100, 4, 2))
+    spec = CompareSpec(**{**TINY_SPEC, "lrs": [1e-3, 2e-3]})  # two sweep entries share a run's budget
+    budgets = [bmojo.compare._worker_time_budget(spec) for _ in range(4)]
+    assert budgets == pytest.approx([100 * 2 / 4 / 2, 100 * 2 / 3 / 2, 100 / 2, 100 / 2], abs=0.1)
+    assert started.value == 4
+    monkeypatch.setattr(bmojo.compare, "_WORKER", (started, None, 4, 2))
+    assert bmojo.compare._worker_time_budget(spec) is None  # no --time-budget

@@ -443,12 +443,12 @@ def run_compare(spec: CompareSpec, out_dir: Path, device: str = "cpu", progress:
         import multiprocessing
         import signal
 
-        remaining = None if spec.time_budget_s is None else max(spec.time_budget_s * jobs / len(runnable) / sweep, 1.0)
-        tasks = [(record, seq_len, config, spec, device, remaining, models_dir) for record, seq_len, config in runnable]
-        # a fresh interpreter per worker (spawn: no state copied from this one); a SIGTERM to this process stops
-        # the workers too (as Ctrl-C does), instead of leaving them running
-        pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=torch.set_num_threads, initargs=(1,))
-        previous = _on_sigterm(signal, _raise_interrupt)
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no state copied from this one
+        deadline = None if spec.time_budget_s is None else time.time() + spec.time_budget_s
+        shared = (context.Value("i", 0), deadline, len(runnable), jobs)  # see _worker_time_budget
+        tasks = [(record, seq_len, config, spec, device, None, models_dir) for record, seq_len, config in runnable]
+        pool = context.Pool(jobs, initializer=_init_worker, initargs=shared)
+        previous = _on_sigterm(signal, _raise_interrupt)  # a SIGTERM stops the workers too, as Ctrl-C does
         try:
             for record in pool.imap_unordered(_run_task_star, tasks):
                 finished(record)
@@ -480,8 +480,33 @@ def _on_sigterm(signal, handler):
         return None
 
 
+_WORKER: tuple | None = None  # in a --jobs worker: (runs started, deadline, runs in all, jobs), shared
+
+
+def _init_worker(*shared) -> None:
+    global _WORKER
+    torch.set_num_threads(1)
+    _WORKER = shared
+
+
+def _worker_time_budget(spec: CompareSpec) -> float | None:
+    """A --jobs worker's time budget for the run it starts, as the sequential loop splits it: what is left of the
+    command's budget, times the number of processes, shared by the runs not started yet (this one included), per
+    sweep entry; never more than what is left."""
+    started, deadline, total, jobs = _WORKER
+    if deadline is None:
+        return None
+    with started.get_lock():
+        before = started.value
+        started.value += 1
+    left = deadline - time.time()
+    per_run = min(left * jobs / max(total - before, 1), left)
+    return max(per_run / (len(spec.lrs) * len(spec.weight_decays)), 1.0)
+
+
 def _run_task_star(args: tuple) -> dict:
-    return _run_task(*args)
+    record, seq_len, config, spec, device, _, models_dir = args
+    return _run_task(record, seq_len, config, spec, device, _worker_time_budget(spec), models_dir)
 
 
 def _run_task(record: dict, seq_len: int, config: BMojoConfig, spec: CompareSpec, device: str,

@@ -22,6 +22,7 @@ import inspect
 import json
 import math
 import os
+import signal
 import sys
 import time
 import tomllib
@@ -441,14 +442,13 @@ def run_compare(spec: CompareSpec, out_dir: Path, device: str = "cpu", progress:
             finished(_run_task(record, seq_len, config, spec, device, remaining, models_dir, data_cache))
     elif runnable:
         import multiprocessing
-        import signal
 
         context = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no state copied from this one
         deadline = None if spec.time_budget_s is None else time.time() + spec.time_budget_s
         shared = (context.Value("i", 0), deadline, len(runnable), jobs)  # see _worker_time_budget
-        tasks = [(record, seq_len, config, spec, device, None, models_dir) for record, seq_len, config in runnable]
+        tasks = [(record, seq_len, config, spec, device, models_dir) for record, seq_len, config in runnable]
         pool = context.Pool(jobs, initializer=_init_worker, initargs=shared)
-        previous = _on_sigterm(signal, _raise_interrupt)  # a SIGTERM stops the workers too, as Ctrl-C does
+        previous = _on_sigterm(_raise_interrupt)  # a SIGTERM stops the workers too, as Ctrl-C does
         try:
             for record in pool.imap_unordered(_run_task_star, tasks):
                 finished(record)
@@ -458,7 +458,7 @@ def run_compare(spec: CompareSpec, out_dir: Path, device: str = "cpu", progress:
             raise
         finally:
             pool.join()
-            _on_sigterm(signal, previous)
+            _on_sigterm(previous)
     bar.close()
     records = _in_plan_order(plan, done)
     write_outputs(records, out_dir, spec)
@@ -469,7 +469,7 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _on_sigterm(signal, handler):
+def _on_sigterm(handler):
     """Install `handler` (None: nothing) for SIGTERM where this thread may (the main thread); returns the previous
     handler, or None where none was replaced."""
     if handler is None:
@@ -505,7 +505,7 @@ def _worker_time_budget(spec: CompareSpec) -> float | None:
 
 
 def _run_task_star(args: tuple) -> dict:
-    record, seq_len, config, spec, device, _, models_dir = args
+    record, seq_len, config, spec, device, models_dir = args
     return _run_task(record, seq_len, config, spec, device, _worker_time_budget(spec), models_dir)
 
 

@@ -15,6 +15,9 @@ def test_generate_from_a_run_folder(reference_run, capsys, cli):
     assert cli(*args) == 0
     assert capsys.readouterr().out == greedy and greedy.startswith(PROMPT) and len(greedy.rstrip("\n")) > len(PROMPT)
     assert cli("generate", out, "--prompt", "the", "--max-new-tokens", "8", "--num-samples", "2", "--seed", "1") == 0
+    capsys.readouterr()
+    assert cli(*args, "--decoding", "static") == 0  # the static decode step: the same text
+    assert capsys.readouterr().out == greedy
 
 
 def test_generate_bad_input(tmp_path, capsys, cli):

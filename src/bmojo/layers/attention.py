@@ -88,6 +88,16 @@ class Attention(nn.Module):
         o = masked_attention(q, k, v, mask[:, None])
         return o, slots.slots(n), slots.slots(0, n)
 
+    def static_step(self, x: torch.Tensor, state: KVSlots, pos: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """One token per row in the fixed-address layout (bmojo.models.static): x (b, 1, d) at positions pos (b,);
+        `state` is a ring of w slots (sliding window: position p in slot p % w) or full attention's preallocated
+        slots (the token goes to slot `count`, a 0-dim tensor: the tokens read so far). Updates `state` in place;
+        returns (b, 1, d)."""
+        q, k, v = self.qkv(x, pos[:, None])
+        slot = count.expand(x.shape[0]) if self.window is None else pos % self.window
+        state.put_(slot, KVSlots(k, v, pos[:, None]))
+        return self.merge(masked_attention(q, state.k, state.v, state.valid[:, None, None, :]))
+
     def forward(self, x: torch.Tensor, state: KVSlots | None = None, start: int = 0, docs: Documents | None = None):
         """x: (b, T, d), tokens at positions start..start+T-1 (with `docs`: at docs.positions, masked to their
         documents). Without state: the parallel form (start 0); with state: decoding, continuing from it (with

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..ops.attention import window_attention, window_attention_weights
+from ..ops.attention import masked_attention, window_attention, window_attention_weights
 from ..ops.memory import (
     EMPTY,
     KVSlots,
@@ -41,6 +41,8 @@ class BMojoState:
     fading (m_f slots), eidetic (m_e slots, scored): the current chunk's memory prefix.
     pending (min(w, m_e) slots, scored): the best tokens that left the window since the last chunk boundary;
         merged into the eidetic memory at the next one.
+    fading_ring (R_y slots): in the fixed-address layout only (bmojo.models.static), the fading keys/values of
+        the outputs in the y ring, projected as each output arrives; None in the reference layout.
     """
 
     ssm: SSMState
@@ -49,6 +51,7 @@ class BMojoState:
     fading: KVSlots
     eidetic: KVSlots
     pending: KVSlots
+    fading_ring: KVSlots | None = None
 
     @property
     def memory(self) -> KVSlots:
@@ -241,6 +244,40 @@ class BMojoMixer(nn.Module):
                 s.pending = keep_top(s.pending, _without_first(left, boundary))
             s.y = torch.cat([s.y, y[:, a:e]], 1)[:, -s.y.shape[1] :]
         return self.output(torch.cat(outs, dim=2), y), s
+
+    def static_step(self, u: torch.Tensor, s: BMojoState, pos: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """One token per row in the fixed-address layout (bmojo.models.static): `s.window` is a ring of w slots and
+        `s.y` a ring of R_y outputs (position p in slot p % size); the other fields as in the recurrent form. The
+        chunk-boundary work (`_enter_chunk`) is computed at every step and kept only in the rows at a boundary (a
+        mask, not a branch). u: (b, 1, d) at positions pos (b,). Updates `s` in place; returns (b, 1, d)."""
+        b, _, d = u.shape
+        w, m_f, R = self.window, self.num_fading, s.y.shape[1]
+        y = self.ssm.static_step(u, s.ssm, pos, count)
+        q, k, v = self.attn.qkv(u, pos[:, None])
+        boundary = (pos % w == 0) & (pos > 0)
+        slot = pos % w
+        eps = None
+        if self.num_eidetic:
+            # the innovation predictor's history: positions pos - k .. pos - 1 of the y ring
+            k_hist = self.innovation_weights.shape[0]
+            hist = (pos[:, None] - k_hist + torch.arange(k_hist, device=u.device)) % R
+            eps = innovation_score(y, self.innovation_weights, s.y.gather(1, hist[..., None].expand(-1, -1, d)))
+            pending = keep_top(s.pending, s.window.take(slot[:, None]))  # the token at pos - w leaves the window
+            cleared = dataclasses.replace(
+                pending, pos=torch.full_like(pending.pos, EMPTY), score=torch.full_like(pending.score, float("-inf"))
+            )
+            s.eidetic.copy_(select_rows(boundary, keep_top(s.eidetic, pending), s.eidetic))
+            s.pending.copy_(select_rows(boundary, cleared, pending))
+        if m_f:
+            fpos = fading_positions(pos // w, w, m_f)  # (b, m_f); at a boundary they lie in the ring
+            entered = dataclasses.replace(s.fading_ring.take(fpos % R), pos=fpos)
+            s.fading.copy_(select_rows(boundary, entered, s.fading))
+            s.fading_ring.put_(pos % R, KVSlots(*self.fading_kv(y, pos[:, None]), pos[:, None]))  # after the read
+        s.window.put_(slot, KVSlots(k, v, pos[:, None], eps))
+        s.y.scatter_(1, (pos % R).view(b, 1, 1).expand(b, 1, d), y)
+        keys = s.memory.cat(s.window)
+        o = masked_attention(q, keys.k, keys.v, keys.valid[:, None, None, :])
+        return self.output(o, y)
 
 
 def _without_first(slots: KVSlots, rows) -> KVSlots:

@@ -53,6 +53,14 @@ class Mamba2Mixer(nn.Module):
                             dtype=torch.float32),
         )
 
+    def static_step(self, u: torch.Tensor, state: SSMState, pos: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """The one-token recurrence with `state` updated in place (the static decode step, bmojo.models.static).
+        u: (b, 1, d) -> (b, 1, d); pos and count are part of the contract, unused."""
+        y, new = self(u, state)
+        state.conv.copy_(new.conv)
+        state.ssm.copy_(new.ssm)
+        return y
+
     def forward(self, u: torch.Tensor, state: SSMState | None = None, start: int = 0,
                 docs: Documents | None = None) -> tuple[torch.Tensor, SSMState | None]:
         """u: (b, L, d). With `state`, continues from it and returns the state after the last token

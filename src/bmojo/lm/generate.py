@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..models.cache import DECODINGS
 from .common import load_run, number
 
 
@@ -27,11 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not put the end-of-document token before the prompt (default: it is there, as "
                              "after every document in training)")
     parser.add_argument("--ignore-eos", action="store_true", help="keep going past an end-of-document token")
+    parser.add_argument("--decoding", choices=("auto", *DECODINGS), default="auto",
+                        help="how the one-token steps run (default auto: compiled when long enough to repay it)")
 
 
 def generate_text(model, tokenizer, prompt: str = "", max_new_tokens: int = 200, temperature: float = 0.8,
                   top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0, num_samples: int = 1,
-                  seed: int = 0, doc_start: bool = True, stop_at_eos: bool = True) -> list[str]:
+                  seed: int = 0, doc_start: bool = True, stop_at_eos: bool = True, decoding: str = "auto") -> list[str]:
     """Continuations of `prompt` (the new text only, one string per sample)."""
     ids = ([tokenizer.eos_id] if doc_start else []) + tokenizer.encode(prompt)
     if not ids:
@@ -41,7 +44,8 @@ def generate_text(model, tokenizer, prompt: str = "", max_new_tokens: int = 200,
     torch.manual_seed(seed)
     sample = temperature > 0
     kwargs = dict(do_sample=sample, max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
-                  pad_token_id=tokenizer.eos_id, eos_token_id=tokenizer.eos_id if stop_at_eos else None)
+                  pad_token_id=tokenizer.eos_id, eos_token_id=tokenizer.eos_id if stop_at_eos else None,
+                  decoding=decoding)
     if sample:
         kwargs.update(temperature=temperature, top_k=top_k or None, top_p=top_p)
     with torch.no_grad():
@@ -59,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     model, tok, _ = load_run(args.run)
     texts = generate_text(model, tok, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
                           args.repetition_penalty, args.num_samples, args.seed, not args.no_doc_start,
-                          not args.ignore_eos)
+                          not args.ignore_eos, args.decoding)
     for i, text in enumerate(texts):
         if len(texts) > 1:
             print(f"--- sample {i + 1}", file=sys.stderr)

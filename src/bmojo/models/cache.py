@@ -11,32 +11,120 @@ import dataclasses
 
 import torch
 
+from .static import (
+    CudaGraphStep,
+    StaticState,
+    compiled_decode_step,
+    copy_into,
+    decode_step,
+    same_shapes,
+    to_dynamic,
+    to_static,
+)
 
-def _tensors(obj):
+
+def state_tensors(obj):
+    """Every tensor of a state (a tensor, or a dataclass of them, nested)."""
     if isinstance(obj, torch.Tensor):
         yield obj
     elif dataclasses.is_dataclass(obj):
         for f in dataclasses.fields(obj):
-            yield from _tensors(getattr(obj, f.name))
+            yield from state_tensors(getattr(obj, f.name))
+
+
+DECODINGS = ("reference", "static", "compiled", "cuda_graph")
 
 
 class BMojoCache:
     """Per-layer states (SSMState, KVSlots, BMojoState: whatever each mixer's `init_state` returns), the number
     of tokens seen, and where each row stands in its current document: `positions` (b,) the next token's position
     inside it, `seq_idx` (b,) its index. While every row has read the same unpadded tokens (`aligned`), rows
-    share their positions and decoding takes the chunked fast path."""
+    share their positions and decoding takes the chunked fast path.
+
+    `decoding` says how one-token calls run: "reference" (the mixers' recurrent forms), "static" (the fixed-address
+    step of bmojo.models.static, eager), "compiled" (that step under torch.compile(fullgraph=True)) or "cuda_graph"
+    (that step captured as a CUDA graph, on CUDA). The states live in one layout at a time: `states` (the
+    reference layout) converts back from the static one when that is current, `static_layout()` converts to it,
+    reusing its buffers (their addresses stay fixed)."""
 
     is_compileable = False
 
     def __init__(self, states: list, layer_pattern: list[str], batch_size: int = 1, device=None,
-                 dtype: torch.dtype = torch.float32):
-        self.states = states
+                 dtype: torch.dtype = torch.float32, decoding: str = "reference", capacity: int | None = None):
+        if decoding not in DECODINGS:
+            raise ValueError(f"decoding must be one of {', '.join(DECODINGS)}; got {decoding!r}")
+        self._states = states
+        if decoding == "cuda_graph" and torch.device(device or "cpu").type != "cuda":
+            raise ValueError("decoding='cuda_graph' needs a model on a CUDA device; on the CPU use 'compiled'")
+        self.static: StaticState | None = None  # the fixed-address layout, current while _static_current
+        self._graph: CudaGraphStep | None = None  # the captured step over self.static (decoding="cuda_graph")
+        self._static_current = False
+        self.decoding = decoding
+        self.capacity = capacity  # full attention's slots in the static layout (None: chosen when first needed)
         self.dtype = dtype  # of the states that follow the model's dtype
         self.layer_pattern = list(layer_pattern)
         self.seen_tokens = 0
         self.positions = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.seq_idx = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.aligned = True
+
+    @property
+    def states(self) -> list:
+        """Per-layer states in the reference layout (converted back from the static layout if that is current)."""
+        if self._static_current:
+            count = self.seen_tokens
+            self._states = [to_dynamic(kind, s, self.positions, count)
+                            for kind, s in zip(self.layer_pattern, self.static.layers, strict=True)]
+            self._static_current = False
+        return self._states
+
+    @states.setter
+    def states(self, states: list) -> None:
+        self._states = states
+        self._static_current = False
+
+    def static_layout(self, mixers: list) -> StaticState:
+        """The states in the fixed-address layout (bmojo.models.static), converted from the reference layout unless
+        current (`mixers`: the model's, one per layer). Full attention gets `capacity` slots (default: twice the tokens
+        seen plus 1024); when the cache outgrows them, new buffers of twice the size are laid out."""
+        if self._static_current and not self._full(self.static):
+            return self.static
+        states = self.states
+        if self.capacity is None:
+            self.capacity = 2 * self.seen_tokens + 1024
+        while self.seen_tokens >= self.capacity:
+            self.capacity *= 2
+        layers = [to_static(kind, mixer, s, self.positions, self.capacity)
+                  for kind, mixer, s in zip(self.layer_pattern, mixers, states, strict=True)]
+        st = self.static
+        if st is not None and st.capacity == self.capacity and same_shapes(st.layers, layers):
+            copy_into(st.layers, layers)
+            st.positions.copy_(self.positions)
+            st.count.fill_(self.seen_tokens)
+        else:
+            count = torch.tensor(self.seen_tokens, device=self.positions.device)
+            self.static = StaticState(layers, self.positions.clone(), count, self.capacity)
+        self._static_current = True
+        return self.static
+
+    def static_step(self, model, input_ids: torch.Tensor) -> torch.Tensor:
+        """One token per row (b, 1) through `model` (a BMojoForCausalLM) by the static step `decoding` names; returns
+        the logits (b, 1, V) and advances the cache."""
+        st = self.static_layout([layer.mixer for layer in model.model.layers])
+        if self.decoding == "compiled":
+            step = compiled_decode_step()
+        elif self.decoding == "cuda_graph":
+            if self._graph is None or self._graph.state is not st:
+                self._graph = CudaGraphStep(model, st, self.positions.shape[0])
+            step = self._graph
+        else:
+            step = decode_step
+        logits = step(model, st, input_ids)
+        self.advance(1)
+        return logits
+
+    def _full(self, st: StaticState) -> bool:
+        return "attn" in self.layer_pattern and self.seen_tokens >= st.capacity
 
     def advance(self, num_tokens: int, docs=None) -> None:
         """Record that `num_tokens` more tokens were read (with their `Documents`, if any)."""
@@ -48,12 +136,13 @@ class BMojoCache:
             self.aligned = False
 
     def __len__(self) -> int:
-        return len(self.states)
+        return len(self.layer_pattern)
 
     @property
     def nbytes(self) -> int:
         """Bytes of all tensors held (SSM states, windows, memories, and the growing KV of 'attn' layers)."""
-        return sum(t.numel() * t.element_size() for s in self.states for t in _tensors(s))
+        layers = self.static.layers if self._static_current else self._states
+        return sum(t.numel() * t.element_size() for s in layers for t in state_tensors(s))
 
     # The small part of HF's Cache interface that `generate()` consults.
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -61,7 +150,7 @@ class BMojoCache:
 
     @property
     def is_linear(self) -> list[bool]:
-        return [False] * len(self.states)
+        return [False] * len(self.layer_pattern)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Select batch rows (beam search)."""

@@ -3,6 +3,7 @@ final norm, tied LM head. HF `PreTrainedModel` + `GenerationMixin`."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,9 +21,12 @@ from ..layers.common import RMSNorm, RotaryEmbedding, SwiGLU, rope_inverse_frequ
 from ..layers.documents import Documents, documents_from_starts, restart_rows
 from ..layers.mamba2 import Mamba2Mixer
 from ..ops.loss import next_token_cross_entropy, token_cross_entropy
-from .cache import BMojoCache
+from .cache import DECODINGS, BMojoCache
 from .configuration import MIXER_KINDS, BMojoConfig
 from .remote import AUTO_MAP, write_remote_code_shim
+from .static import compiled_decoding_pays
+
+logger = logging.getLogger("bmojo")
 
 # The mixer of each kind. Every mixer has one contract: `forward(x (b, T, d), state=None, start=0) -> (out, state)`
 # (no state: the parallel form; a state from `init_state(batch_size, device, dtype)`: decoding from position start).
@@ -61,8 +65,14 @@ class BMojoBlock(nn.Module):
             self.mlp = None
 
     def forward(self, h: torch.Tensor, state=None, start: int = 0, docs: Documents | None = None):
-        x = self.input_norm(h)
-        out, state = self.mixer(x, state, start, docs)
+        return self._residual(h, lambda x: self.mixer(x, state, start, docs))
+
+    def step(self, h: torch.Tensor, state, positions: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """The static decode step (bmojo.models.static): h (b, 1, d); `state` (fixed-address layout), in place."""
+        return self._residual(h, lambda x: (self.mixer.static_step(x, state, positions, count), None))[0]
+
+    def _residual(self, h: torch.Tensor, mix: Callable):
+        out, state = mix(self.input_norm(h))
         h = h + out
         if self.mlp is not None:
             h = h + self.mlp(self.mlp_norm(h))
@@ -186,16 +196,42 @@ class BMojoForCausalLM(BMojoPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = BMojoModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self._decoding = ("reference", None)  # (decoding, capacity) of the caches forward() starts (set by generate)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
 
-    def new_cache(self, batch_size: int) -> BMojoCache:
-        """An empty decoding cache for `batch_size` sequences, on the model's device and dtype."""
+    def generate(self, inputs=None, generation_config=None, *args, decoding: str = "auto", **kwargs):
+        """HF `generate`, plus `decoding`: how the one-token steps run (see BMojoCache): "reference" (the mixers'
+        recurrent forms), "static" (the fixed-address step of bmojo.models.static, eager), "compiled" (that step
+        under torch.compile(fullgraph=True); the first call for a model and batch size compiles, about a minute on a
+        2-core CPU), or "auto": `compiled_decoding_pays` decides. Prefill runs the chunked reference form either way.
+        The choice is logged at INFO (logger "bmojo")."""
+        config = generation_config if generation_config is not None else self.generation_config
+        max_new = kwargs.get("max_new_tokens", config.max_new_tokens) or config.max_length
+        ids = inputs if inputs is not None else kwargs.get("input_ids")
+        prompt = ids.shape[-1] if ids is not None else 1
+        beams = kwargs.get("num_beams", config.num_beams) or 1
+        if decoding == "auto":
+            device = next(self.parameters()).device
+            decoding = "compiled" if beams == 1 and compiled_decoding_pays(max_new, device) else "reference"
+        if decoding not in DECODINGS:
+            raise ValueError(f"decoding must be one of auto, {', '.join(DECODINGS)}; got {decoding!r}")
+        logger.info("generate: %s decoding (%d new tokens, %d beams)", decoding, max_new, beams)
+        self._decoding = (decoding, prompt + max_new)
+        try:
+            return super().generate(inputs, generation_config, *args, **kwargs)
+        finally:
+            self._decoding = ("reference", None)
+
+    def new_cache(self, batch_size: int, decoding: str = "reference", capacity: int | None = None) -> BMojoCache:
+        """An empty decoding cache for `batch_size` sequences, on the model's device and dtype. `decoding`: how
+        one-token calls run ("reference", "static", "compiled", "cuda_graph": see BMojoCache); `capacity`: full
+        attention's slots in the static layout (the longest context it will hold; default: grown as needed)."""
         p = next(self.parameters())
         states = [layer.mixer.init_state(batch_size, p.device, p.dtype) for layer in self.model.layers]
-        return BMojoCache(states, self.config.layer_pattern, batch_size, p.device, p.dtype)
+        return BMojoCache(states, self.config.layer_pattern, batch_size, p.device, p.dtype, decoding, capacity)
 
     def forward(
         self,
@@ -239,9 +275,13 @@ class BMojoForCausalLM(BMojoPreTrainedModel, GenerationMixin):
         cache = cache if cache is not None else past_key_values
         shape = tuple(input_ids.shape) if input_ids is not None else tuple(inputs_embeds.shape[:-1])
         if use_cache and cache is None and len(shape) == 2:
-            cache = self.new_cache(shape[0])
+            cache = self.new_cache(shape[0], *self._decoding)
         self._check_inputs(input_ids, inputs_embeds, cache)
         docs = self._documents(shape, attention_mask, seq_idx, position_ids, cache)
+        if (cache is not None and cache.decoding != "reference" and shape[1] == 1 and input_ids is not None
+                and labels is None and targets is None and not output_hidden_states and not torch.is_grad_enabled()
+                and (docs is None or not bool(docs.starts.any()))):  # one token per row: the static step
+            return BMojoCausalLMOutput(logits=cache.static_step(self, input_ids), cache=cache)
         h = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         hidden = self.model(h, cache, docs)
         h = hidden[-1]

@@ -61,6 +61,41 @@ class KVSlots:
         score = None if self.score is None else self.score.gather(1, index)
         return KVSlots(self.k.gather(2, kv_index), self.v.gather(2, kv_index), self.pos.gather(1, index), score)
 
+    # Fixed-address forms (the static decode step): a ring of S slots where position p lives in slot p % S.
+    def roll(self, shift: torch.Tensor) -> KVSlots:
+        """Per row r, slot j of the result is slot (j - shift[r]) % S of self. shift: (b,) long. Slots in time
+        order whose newest position is n - 1 become a ring with `roll(n)`; a ring becomes time order with `roll(-n)`."""
+        return self.take(rolled_index(self.pos.shape[1], shift))
+
+    def put_(self, index: torch.Tensor, new: KVSlots) -> None:
+        """In place: slot index[r] of row r takes the one slot of `new` (b, hk, 1, hd). index: (b,) long."""
+        b, hk, _, hd = self.k.shape
+        self.k.scatter_(2, index.view(b, 1, 1, 1).expand(b, hk, 1, hd), new.k)
+        self.v.scatter_(2, index.view(b, 1, 1, 1).expand(b, hk, 1, hd), new.v)
+        self.pos.scatter_(1, index[:, None], new.pos)
+        if self.score is not None:
+            self.score.scatter_(1, index[:, None], new.score)
+
+    def copy_(self, other: KVSlots) -> None:
+        """In place: every tensor takes other's values (same shapes)."""
+        for mine, theirs in zip(_fields(self), _fields(other), strict=True):
+            mine.copy_(theirs)
+
+
+def _fields(slots: KVSlots) -> list[torch.Tensor]:
+    return [t for t in (slots.k, slots.v, slots.pos, slots.score) if t is not None]
+
+
+def rolled_index(size: int, shift: torch.Tensor) -> torch.Tensor:
+    """(b, size) index: row r, entry j = (j - shift[r]) % size (what `KVSlots.roll` and `roll_rows` gather)."""
+    return (torch.arange(size, device=shift.device)[None, :] - shift[:, None]) % size
+
+
+def roll_rows(t: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """t (b, S, ...) rolled along dim 1 per row, as `KVSlots.roll`: out[r, j] = t[r, (j - shift[r]) % S]."""
+    index = rolled_index(t.shape[1], shift).view(*t.shape[:2], *([1] * (t.dim() - 2))).expand(t.shape)
+    return t.gather(1, index)
+
 
 @torch.no_grad()
 def innovation_score(y: torch.Tensor, weights: torch.Tensor, history: torch.Tensor | None = None,

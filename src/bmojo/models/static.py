@@ -1,0 +1,181 @@
+"""Static decoding: a model's decoding state at fixed addresses and a one-token step without a Python branch on the
+data, so that `torch.compile(fullgraph=True)` turns the whole step into one graph, and on CUDA `CudaGraphStep`
+captures it as a CUDA graph.
+
+Layout (`StaticState`): a sliding window is a ring of w slots where position p lives in slot p % w (B'MOJO's y history
+and fading keys/values likewise, R_y slots); full attention has `capacity` preallocated slots, token i of the cache in
+slot i; the SSM state, B'MOJO's fading, eidetic and pending slots are as in the reference; positions (b,) and the token
+count are tensors. Every update is in place. The reference decoding (the mixers' recurrent forms over
+`BMojoCache.states`) stays the twin the step is tested against; `to_static` / `to_dynamic` convert between the two
+layouts, so prefill runs chunked through the reference form and the step continues from its state (and back, for a
+later multi-token call).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from ..layers.bmojo import BMojoState
+from ..layers.mamba2 import SSMState
+from ..ops.memory import EMPTY, KVSlots, roll_rows
+
+
+@dataclass
+class StaticState:
+    """layers: each layer's state in the fixed-address layout; positions (b,): the next token's position in its
+    document, per row; count (): the tokens read so far (full attention's next slot); capacity: full attention's
+    slots."""
+
+    layers: list
+    positions: torch.Tensor
+    count: torch.Tensor
+    capacity: int
+
+
+def ring_positions(next_pos: torch.Tensor, size: int) -> torch.Tensor:
+    """(b, size): the position held in each slot of a ring of `size` slots that holds the `size` positions before
+    next_pos (b,), position p in slot p % size (EMPTY for positions before 0)."""
+    pos = next_pos[:, None] - size + (torch.arange(size, device=next_pos.device) - next_pos[:, None]) % size
+    return pos.masked_fill(pos < 0, EMPTY)
+
+
+def to_static(kind: str, mixer, state, next_pos: torch.Tensor, capacity: int):
+    """One layer's reference decoding state -> the fixed-address layout (new tensors). mixer: the layer's mixer (a
+    B'MOJO layer's fading ring is projected from its y history); next_pos: (b,)."""
+    if kind == "attn":
+        b, hk, S, hd = state.k.shape
+        if S > capacity:
+            raise ValueError(f"the cache holds {S} tokens, more than the static capacity {capacity}")
+        return state.cat(KVSlots.empty(b, hk, capacity - S, hd, state.k.device, state.k.dtype, False))
+    if kind == "swa":
+        return state.roll(next_pos)
+    if kind == "ssm":
+        return SSMState(state.conv.clone(), state.ssm.clone())
+    y = roll_rows(state.y, next_pos)
+    ring = None
+    if mixer.num_fading:
+        pos = ring_positions(next_pos, y.shape[1])
+        ring = KVSlots(*mixer.fading_kv(y, pos.clamp(min=0)), pos)
+    return dataclasses.replace(
+        state,
+        ssm=to_static("ssm", mixer.ssm, state.ssm, next_pos, capacity),
+        window=state.window.roll(next_pos),
+        y=y,
+        fading_ring=ring,
+    )
+
+
+def to_dynamic(kind: str, state, next_pos: torch.Tensor, count: int):
+    """The inverse of `to_static`: the fixed-address layout -> the reference decoding state (new tensors)."""
+    if kind == "attn":
+        return state.slots(0, count)
+    if kind == "swa":
+        return state.roll(-next_pos)
+    if kind == "ssm":
+        return SSMState(state.conv.clone(), state.ssm.clone())
+    assert isinstance(state, BMojoState)
+    return dataclasses.replace(
+        state,
+        ssm=to_dynamic("ssm", state.ssm, next_pos, count),
+        window=state.window.roll(-next_pos),
+        y=roll_rows(state.y, -next_pos),
+        fading_ring=None,
+    )
+
+
+def copy_into(dst, src) -> None:
+    """In place: every tensor of dst (a tensor, a list or dataclass of them) takes src's values (other fields are
+    left alone)."""
+    if isinstance(dst, torch.Tensor):
+        dst.copy_(src)
+    elif isinstance(dst, list):
+        for d, s in zip(dst, src, strict=True):
+            copy_into(d, s)
+    elif dataclasses.is_dataclass(dst):
+        for f in dataclasses.fields(dst):
+            copy_into(getattr(dst, f.name), getattr(src, f.name))
+
+
+def same_shapes(a, b) -> bool:
+    """Whether two states (tensors, KVSlots, dataclasses of them) have the same tensor shapes."""
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(map(same_shapes, a, b))
+    return all(same_shapes(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
+
+
+def decode_step(model, state: StaticState, input_ids: torch.Tensor) -> torch.Tensor:
+    """One token per row through `model` (a BMojoForCausalLM) from the fixed-address `state`, updated in place.
+    input_ids: (b, 1). Returns the next-token logits (b, 1, V). No Python branch depends on the data: compile it with
+    `torch.compile(decode_step, fullgraph=True)`."""
+    h = model.model.embed_tokens(input_ids)
+    for layer, layer_state in zip(model.model.layers, state.layers, strict=True):
+        h = layer.step(h, layer_state, state.positions, state.count)
+    logits = model.lm_head(model.model.norm(h))
+    state.positions.add_(1)
+    state.count.add_(1)
+    return logits
+
+
+class CudaGraphStep:
+    """`decode_step` captured as one CUDA graph over the buffers of `state` (which keep their addresses: the cache
+    converts into them in place). Calls copy the tokens into the graph's input buffer, replay, and return a copy of
+    the logits. Capture runs two warm-up steps on a side stream and then restores the state it started from."""
+
+    def __init__(self, model, state: StaticState, batch_size: int):
+        self.state = state
+        self.ids = torch.zeros(batch_size, 1, dtype=torch.long, device=state.positions.device)
+        start = copy.deepcopy(state)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                decode_step(model, state, self.ids)
+        torch.cuda.current_stream().wait_stream(stream)
+        copy_into(state, start)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = decode_step(model, state, self.ids)
+
+    def __call__(self, model, state: StaticState, input_ids: torch.Tensor) -> torch.Tensor:
+        self.ids.copy_(input_ids)
+        self.graph.replay()
+        return self.logits.clone()
+
+
+_COMPILED = None
+# Each model and batch size is one more compiled entry of `decode_step` (the same code object); Dynamo's default
+# limit of 8 entries would make the 9th a hard error under fullgraph.
+RECOMPILE_LIMIT = 64
+
+
+def compiled_decode_step():
+    """`decode_step` under torch.compile(fullgraph=True) (compiled on its first call for each model and batch size,
+    up to RECOMPILE_LIMIT of them in a process)."""
+    global _COMPILED
+    if _COMPILED is None:
+        compiled = torch.compile(decode_step, fullgraph=True, dynamic=False)
+
+        def step(model, state: StaticState, input_ids: torch.Tensor) -> torch.Tensor:
+            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+                return compiled(model, state, input_ids)
+
+        _COMPILED = step
+    return _COMPILED
+
+
+# New tokens from which "auto" decoding compiles the step: compiling costs about a minute on a 2-core CPU, and the
+# compiled step saves about 5 ms per token there (docs/benchmarks.md, decode suite); on CUDA it saves more per token.
+COMPILE_MIN_NEW_TOKENS = {"cpu": 8192, "cuda": 256}
+
+
+def compiled_decoding_pays(max_new_tokens: int, device: torch.device) -> bool:
+    """Whether compiling the static step is worth it for a generation of `max_new_tokens` on `device`."""
+    return max_new_tokens >= COMPILE_MIN_NEW_TOKENS.get(device.type, COMPILE_MIN_NEW_TOKENS["cpu"])

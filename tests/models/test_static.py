@@ -1,0 +1,151 @@
+"""bmojo.models.static: the fixed-address decode step equals the reference decoding (the mixers' recurrent forms) for
+every kind, at every chunk phase; compiled with fullgraph it equals eager; the layouts convert both ways exactly."""
+
+import pytest
+import torch
+
+import bmojo
+from bmojo.models.cache import state_tensors
+from bmojo.models.static import compiled_decode_step, decode_step, to_dynamic, to_static
+
+PRESETS = list(bmojo.PRESETS)
+VOCAB = 61  # TINY in tests/conftest.py
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (the GPU path is optional)")
+
+
+def decode_logits(model, ids, prefill: int, decoding: str, attention_mask=None):
+    """Logits of ids[:, prefill-1:] (b, T - prefill + 1, V): prefill in one call, then one token per call."""
+    cache = model.new_cache(ids.shape[0], decoding=decoding)
+    mask = None if attention_mask is None else attention_mask[:, :prefill]
+    out = [model(ids[:, :prefill], cache=cache, attention_mask=mask).logits[:, -1:]]
+    for t in range(prefill, ids.shape[1]):
+        mask = None if attention_mask is None else attention_mask[:, : t + 1]
+        out.append(model(ids[:, t : t + 1], cache=cache, attention_mask=mask).logits)
+    return torch.cat(out, dim=1), cache
+
+
+@pytest.mark.parametrize("window", [5, 7])
+@pytest.mark.parametrize("preset", PRESETS)
+def test_static_step_equals_reference_decoding_at_every_phase(preset, window, tiny_model, one_thread):
+    """Every prefill length mod w, then >= 3 chunk boundaries crossed one token at a time."""
+    model = tiny_model(preset, window_size=window, num_hidden_layers=2)
+    ids = torch.randint(0, VOCAB, (2, 5 * window))
+    with torch.no_grad():
+        full = model(ids).logits
+        for prefill in range(1, window + 1):
+            reference, _ = decode_logits(model, ids, prefill, "reference")
+            static, cache = decode_logits(model, ids, prefill, "static")
+            assert cache._static_current  # the one-token calls ran the static step
+            torch.testing.assert_close(static, reference, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(static, full[:, prefill - 1 :], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("preset", ["transformer", "hybrid", "bmojo"])
+def test_left_padded_batch_generates_the_same_tokens(preset, tiny_model, one_thread):
+    """Rows at different positions (left padding): the static step keeps per-row positions and chunk grids."""
+    model = tiny_model(preset, window_size=5)
+    ids = torch.randint(1, VOCAB, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    mask[1, :1] = 0
+    kwargs = dict(
+        attention_mask=mask,
+        max_new_tokens=17,
+        do_sample=False,
+        pad_token_id=0,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
+    ref = model.generate(ids, decoding="reference", **kwargs)
+    static = model.generate(ids, decoding="static", **kwargs)
+    assert torch.equal(static.sequences, ref.sequences)
+    torch.testing.assert_close(torch.stack(static.scores), torch.stack(ref.scores), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_layouts_convert_both_ways_exactly(preset, tiny_model):
+    model = tiny_model(preset, window_size=5)
+    cache = model.new_cache(2)
+    with torch.no_grad():
+        model(torch.randint(0, VOCAB, (2, 13)), cache=cache)
+    pos, count = cache.positions, cache.seen_tokens
+    for kind, layer, state in zip(cache.layer_pattern, model.model.layers, cache.states, strict=True):
+        back = to_dynamic(kind, to_static(kind, layer.mixer, state, pos, 64), pos, count)
+        assert [t.tolist() for t in state_tensors(back)] == [t.tolist() for t in state_tensors(state)]
+
+
+def test_switching_layouts_mid_stream_and_growing_capacity(tiny_model, one_thread):
+    """Static steps, then a multi-token call (back to the reference layout), then static steps again; full attention
+    outgrows its static capacity (new buffers of twice the size): all equal to the reference."""
+    model = tiny_model(
+        "hybrid", window_size=5, layer_pattern=["attn", "bmojo"], num_fading_tokens=2, num_eidetic_tokens=3
+    )
+    ids = torch.randint(0, VOCAB, (2, 40))
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = model.new_cache(2, decoding="static", capacity=8)
+        out = [model(ids[:, :3], cache=cache).logits]
+        out += [model(ids[:, t : t + 1], cache=cache).logits for t in range(3, 12)]
+        grown = cache.static  # 8 slots, then 16 from the 8th token on
+        out.append(model(ids[:, 12:15], cache=cache).logits)  # multi-token: the reference form
+        out.append(model(ids[:, 15:16], cache=cache).logits)  # static again, in the same buffers
+        assert cache.static is grown and grown.capacity == 16
+        out += [model(ids[:, t : t + 1], cache=cache).logits for t in range(16, 40)]
+    assert cache.static.capacity == 64  # 32 from token 16, 64 from token 32
+    torch.testing.assert_close(torch.cat(out, dim=1), full, rtol=1e-4, atol=1e-4)
+
+
+def test_bounded_kinds_keep_their_static_bytes(tiny_model):
+    model = tiny_model("bmojo", window_size=5)
+    cache = model.new_cache(1, decoding="static")
+    sizes = []
+    with torch.no_grad():
+        model(torch.randint(0, VOCAB, (1, 7)), cache=cache)
+        for n in range(200):
+            model(torch.randint(0, VOCAB, (1, 1)), cache=cache)
+            if n in (10, 199):
+                sizes.append(cache.nbytes)
+    assert sizes[0] == sizes[1] > 0
+
+
+def test_compiled_fullgraph_step_equals_eager(tiny_model, one_thread):
+    """One model with every kind, compiled once (torch.compile fullgraph: a graph break would raise)."""
+    model = tiny_model(
+        "bmojo", window_size=5, num_hidden_layers=5, layer_pattern=["attn", "swa", "ssm", "bmojo_f", "bmojo"]
+    )
+    ids = torch.randint(0, VOCAB, (2, 24))
+    with torch.no_grad():
+        eager = model.new_cache(2, decoding="static", capacity=32)
+        compiled = model.new_cache(2, decoding="static", capacity=32)
+        model(ids[:, :4], cache=eager)
+        model(ids[:, :4], cache=compiled)
+        step = compiled_decode_step()
+        mixers = [layer.mixer for layer in model.model.layers]
+        for t in range(4, 24):
+            a = decode_step(model, eager.static_layout(mixers), ids[:, t : t + 1])
+            b = step(model, compiled.static_layout(mixers), ids[:, t : t + 1])
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_decoding_is_refused(tiny_model):
+    model = tiny_model("bmojo")
+    with pytest.raises(ValueError, match="decoding must be one of reference, static, compiled, cuda_graph; got 'fast'"):
+        model.new_cache(1, decoding="fast")
+    with pytest.raises(ValueError, match="must be one of auto, reference"):
+        model.generate(torch.ones(1, 3, dtype=torch.long), max_new_tokens=2, decoding="fast")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="decoding='cuda_graph' needs a model on a CUDA device"):
+            model.new_cache(1, decoding="cuda_graph")
+
+
+@cuda
+@pytest.mark.parametrize("preset", PRESETS)
+def test_cuda_graph_step_equals_cpu_reference(preset, tiny_model):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model = tiny_model(preset, window_size=5)
+    ids = torch.randint(0, VOCAB, (2, 30))
+    with torch.no_grad():
+        reference, _ = decode_logits(model, ids, 3, "reference")
+        graph, cache = decode_logits(model.to("cuda"), ids.cuda(), 3, "cuda_graph")
+    assert cache._graph is not None
+    torch.testing.assert_close(graph.cpu(), reference, rtol=1e-4, atol=1e-4)

@@ -66,13 +66,25 @@ def test_bench_reports_every_target_figure(quick_run):
         assert any(f["name"].startswith(f"models/train_bf16/{preset}/") for f in doc["figures"])
         assert by_name[f"decode/latency_growth/{preset}"]["value"] > 0
     assert by_name["decode/cache_growth/bmojo"]["value"] == 1.0  # constant-size cache
+    assert by_name["decode/cache_growth/bmojo_static"]["value"] == 1.0  # and in the static layout
+    assert by_name["decode/latency/bmojo_static/ctx128"]["settings"]["decoding"] == "static"
     assert by_name["decode/cache_growth/transformer"]["value"] > 1.0  # the KV cache grows
+    for batch in (1, 8):
+        for peer in ("hf_mistral", "hf_mamba2"):
+            fig = by_name[f"decode/generate/bmojo/batch{batch}/vs_{peer}"]
+            assert fig["peer"] == f"decode/generate/{peer}/batch{batch}" and fig["ratio"] > 0
+    bandwidth = by_name["decode/bandwidth/bmojo_100m"]
+    assert (
+        0
+        < bandwidth["fraction_of_bandwidth"]
+        == pytest.approx(bandwidth["value"] / by_name["ceiling/memory_read"]["value"])
+    )
     assert by_name["packing/train_packed/bmojo/L128"]["peer"] == "packing/train_unpacked/bmojo/L128"
     for preset in presets:
         small = by_name[f"small/train_step/{preset}"]
         assert small["settings"]["batch"] == 32 and small["settings"]["L"] == 64  # the quick recall size
         assert preset == "transformer" or small["peer"] == "small/train_step/transformer"
-    assert len(doc["targets"]) == 10 and all(t["measured"] is not None for t in doc["targets"])
+    assert len(doc["targets"]) == 15 and all(t["measured"] is not None for t in doc["targets"])
 
 
 def test_bench_markdown_and_plots(quick_run, png_signature):

@@ -5,8 +5,8 @@
 writes DIR/bench.json (every figure: name, value, unit, settings, the peer and the speed-up over it where
 there is one, spread of the repeats; the machine; the targets), DIR/bench.md (the same as tables) and
 DIR/*.png (training throughput vs L, decode latency and cache size vs context, the fp32/bf16 loss curves).
-The machine's ceiling (fp32 and bf16 matmul throughput) is always measured first; model-FLOP utilization
-is given against it. Benchmarks assert nothing about time.
+The machine's ceiling (fp32 and bf16 matmul throughput, memory read bandwidth) is always measured first;
+model-FLOP utilization and decoding's bytes/s are given against it. Benchmarks assert nothing about time.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 
 from ..cli import check_writable
 from . import suites
-from .harness import SUITES, Bench, load_average, machine_info, matmul_ceiling
+from .harness import SUITES, Bench, load_average, machine_info, matmul_ceiling, memory_bandwidth
 from .report import targets, write_json, write_markdown
 
 
@@ -66,14 +66,16 @@ def run(args) -> int:
     print(f"bmojo bench: {machine['cpu_model']}, {machine['torch_threads']} threads, torch {machine['torch']}, "
           f"device {device}", flush=True)
     ceiling = matmul_ceiling(bench)
-    print(f"  ceiling: fp32 {ceiling['fp32'] / 1e9:.0f} GFLOP/s, bf16 {ceiling['bf16'] / 1e9:.0f} GFLOP/s", flush=True)
+    ceiling["bandwidth"] = memory_bandwidth(bench)
+    print(f"  ceiling: fp32 {ceiling['fp32'] / 1e9:.0f} GFLOP/s, bf16 {ceiling['bf16'] / 1e9:.0f} GFLOP/s, memory read "
+          f"{ceiling['bandwidth'] / 1e9:.1f} GB/s", flush=True)
     timings = {}
     for name in SUITES:
         if name not in chosen:
             continue
         ts = time.perf_counter()
-        if name == "models":
-            suites.models(bench, ceiling)
+        if name in ("models", "decode"):
+            getattr(suites, name)(bench, ceiling)
         else:
             getattr(suites, name)(bench)
         timings[name] = {"seconds": time.perf_counter() - ts, "load_average_after": load_average()}

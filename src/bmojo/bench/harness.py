@@ -187,3 +187,15 @@ def matmul_ceiling(bench: Bench) -> dict[str, float]:
         bench.add("ceiling", f"matmul_{name}", ceiling[name] / 1e9, "GFLOP/s", {"n": sizes[name], "dtype": name},
                   better="higher", spread=stats([flops / x / 1e9 for x in xs]))
     return ceiling
+
+
+def memory_bandwidth(bench: Bench) -> float:
+    """The machine's memory ceiling: measured streaming read bandwidth (bytes/s) on the device, summing a 512 MiB
+    fp32 tensor (64 MiB with --quick): far larger than any cache, so it is read from memory every time."""
+    n = (64 if bench.quick else 512) * 2**20 // 4
+    x = torch.ones(n, device=bench.device)
+    samples = measure({"read": lambda: x.sum()}, bench.device, warmup=2, repeats=max(bench.repeats, 5))["read"]
+    rate = x.numel() * 4 / statistics.median(samples)
+    bench.add("ceiling", "memory_read", rate / 1e9, "GB/s", {"bytes": x.numel() * 4, "op": "sum, fp32"},
+              better="higher", spread=stats([x.numel() * 4 / s / 1e9 for s in samples]))
+    return rate

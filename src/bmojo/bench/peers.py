@@ -66,3 +66,55 @@ def attention_peer(config, x: torch.Tensor, window: int | None) -> tuple[torch.n
         pos_emb = rope(x, position_ids)
         mask = make_mask(config=hf_cfg, inputs_embeds=x, attention_mask=None, cache=None, position_ids=position_ids)
     return module, lambda h: module(h, pos_emb, mask)[0]
+
+
+def mamba2_lm_peer(config) -> torch.nn.Module:
+    """HF `Mamba2ForCausalLM` with the sizes of our `mamba` preset `config` (same layers, width, SSM sizes,
+    vocabulary, tied embeddings): the same parameters up to its per-layer norms."""
+    from transformers import Mamba2Config, Mamba2ForCausalLM
+
+    inner = config.ssm_expand * config.hidden_size
+    hf_cfg = Mamba2Config(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_heads=inner // config.ssm_head_dim,
+        head_dim=config.ssm_head_dim,
+        state_size=config.ssm_state_size,
+        n_groups=config.ssm_n_groups,
+        expand=config.ssm_expand,
+        conv_kernel=config.ssm_conv_kernel,
+        chunk_size=config.ssm_chunk_size,
+        use_bias=False,
+        use_conv_bias=True,
+        tie_word_embeddings=True,
+        layer_norm_epsilon=config.rms_norm_eps,
+        pad_token_id=0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    return Mamba2ForCausalLM(hf_cfg).eval()
+
+
+def mistral_lm_peer(config) -> torch.nn.Module:
+    """HF `MistralForCausalLM` (SDPA, sliding window) with the sizes of our `swa` preset `config`."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    hf_cfg = MistralConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads,
+        sliding_window=config.window_size,
+        rms_norm_eps=config.rms_norm_eps,
+        tie_word_embeddings=True,
+        max_position_embeddings=1 << 20,
+        rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
+        pad_token_id=0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    hf_cfg._attn_implementation = "sdpa"
+    return MistralForCausalLM(hf_cfg).eval()

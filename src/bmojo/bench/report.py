@@ -18,12 +18,21 @@ def targets(bench: Bench) -> list[dict]:
     size = SIZES[bench.quick]
     mid, long = size["bf16_L"], size["train_L"][-1]
     mfu = size["mfu"]
+    fast = "bmojo_static" if bench.quick else "bmojo_compiled"  # the rows of bmojo's static decode step
     rows = [
         ("bmojo layer fwd+bwd vs HF Mamba2Mixer + Mistral SWA (speed-up)", "layers/bmojo/fwd_bwd", "ratio", ">=", 1.5),
         (f"bmojo training tokens/s vs transformer at L={mid}", f"models/train/bmojo/L{mid}", "ratio", ">=", 1.5),
         (f"bmojo training tokens/s vs transformer at L={long}", f"models/train/bmojo/L{long}", "ratio", ">=", 4.0),
-        ("bmojo decode latency, longest / shortest context", "decode/latency_growth/bmojo", "value", "<=", 1.2),
-        ("bmojo decode cache bytes, longest / shortest context", "decode/cache_growth/bmojo", "value", "==", 1.0),
+        ("bmojo decode latency (static step), longest / shortest context", f"decode/latency_growth/{fast}", "value",
+         "<=", 1.2),
+        ("bmojo decode cache bytes (static step), longest / shortest context", f"decode/cache_growth/{fast}",
+         "value", "==", 1.0),
+        *[(f"bmojo generate() tokens/s vs HF {peer_name}, batch {b}", f"decode/generate/bmojo/batch{b}/vs_{peer}",
+           "ratio", ">=", goal)
+          for b, goal in ((1, 3.0), (8, 2.0)) for peer, peer_name in (("hf_mistral", "Mistral (SWA)"),
+                                                                     ("hf_mamba2", "Mamba2"))],
+        ("~100M-parameter bmojo decoding, batch 1: bytes read per second / memory bandwidth",
+         "decode/bandwidth/bmojo_100m", "fraction_of_bandwidth", ">=", 0.6),
         (f"bmojo bf16 autocast training tokens/s vs fp32 at L={mid}", f"models/train_bf16/bmojo/L{mid}", "ratio",
          ">=", 1.5),
         ("bf16 loss tracks fp32: max relative difference, second half", "models/loss_curve/bf16_vs_fp32_max_rel_diff",

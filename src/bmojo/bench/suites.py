@@ -27,7 +27,7 @@ from ..ops.ssd import ssd_chunked, ssd_sequential
 from ..plotting import pyplot
 from .harness import Bench, measure, stats, sync
 from .models import matched_configs, non_embedding_params, train_flops_per_token
-from .peers import attention_peer, mamba2_peer
+from .peers import attention_peer, mamba2_lm_peer, mamba2_peer, mistral_lm_peer
 
 TINY_WIDTH = dict(hidden_size=64, num_attention_heads=2, ssm_state_size=16, ssm_head_dim=16, window_size=16,
                   ssm_chunk_size=16, num_fading_tokens=4, num_eidetic_tokens=4)
@@ -41,7 +41,9 @@ SIZES = {
         packed_docs=(64, 1024), packed_presets=("mamba", "hybrid", "bmojo"),
         mfu=dict(hidden_size=512, L=4096),
         curve=dict(L=512, batch=2, steps=40, lr=1e-3),
-        decode_ctx=(1024, 2048, 4096, 8192, 16384, 32768), prefill_block=2048, decode_steps=16,
+        decode_ctx=(1024, 4096, 16384, 32768, 131072), prefill_block=2048, decode_steps=16,
+        decode_attn_max=32768,  # full attention's prefill is quadratic: its curve stops there
+        generate_tokens=64, generate_repeats=3,
     ),
     True: dict(  # --quick: tiny sizes, same code paths
         kernel_L=256, eidetic_L=(256,),
@@ -51,7 +53,8 @@ SIZES = {
         packed_docs=(8, 48), packed_presets=("bmojo",),
         mfu=dict(hidden_size=128, L=128),
         curve=dict(L=64, batch=2, steps=4, lr=1e-3),
-        decode_ctx=(32, 128), prefill_block=32, decode_steps=4,
+        decode_ctx=(32, 128), prefill_block=32, decode_steps=4, decode_attn_max=128,
+        generate_tokens=4, generate_repeats=1,
     ),
 }
 
@@ -501,8 +504,23 @@ def _log_log_plot(bench: Bench, lines: dict[str, tuple], xlabel: str, ylabel: st
 
 # ------------------------------------------------------------------------------------------------ decode
 
-def decode(bench: Bench) -> None:
-    """Decode latency and cache size per token of every preset at growing context lengths."""
+
+def decode(bench: Bench, ceiling: dict[str, float]) -> None:
+    """Decoding: latency and cache size per token at growing contexts; generate() against the HF peers at batch 1
+    and 8; a ~100M-parameter bmojo's bytes read per second against the memory bandwidth."""
+    _decode_contexts(bench)
+    _decode_generate(bench)
+    _decode_bandwidth(bench, ceiling["bandwidth"])
+
+
+def _fast_decoding(bench: Bench) -> str:
+    """The static step our fast rows use: compiled (full sizes), eager with --quick (compiling takes minutes)."""
+    return "static" if bench.quick else "compiled"
+
+
+def _decode_contexts(bench: Bench) -> None:
+    """Latency and cache bytes per token of every preset (reference decoding) and of bmojo's static step, at each
+    context (full attention only up to `decode_attn_max`: its prefill is quadratic)."""
     size = SIZES[bench.quick]
     dev = bench.device
     configs = model_configs(bench.quick)
@@ -510,45 +528,124 @@ def decode(bench: Bench) -> None:
     caches = {name: m.new_cache(1) for name, m in mods.items()}
     gen = torch.Generator().manual_seed(0)
     block = size["prefill_block"]
-    curves: dict[str, dict[str, list]] = {name: {"ctx": [], "ms": [], "bytes": []} for name in mods}
+    fast = f"bmojo_{_fast_decoding(bench)}"
+    curves: dict[str, dict[str, list]] = {name: {"ctx": [], "ms": [], "bytes": []} for name in [*mods, fast]}
     # Prefill every preset to each context in turn, keeping a copy of the cache at each context; then time the
     # decode steps of all (preset, context) pairs interleaved, so that load drift cannot fake a growth with context.
-    snapshots, nbytes = {}, {}
+    snapshots = {}
     with torch.no_grad():
         for ctx in size["decode_ctx"]:
             for name, m in mods.items():
+                if name == "transformer" and ctx > size["decode_attn_max"]:
+                    continue
                 cache = caches[name]
                 while cache.seen_tokens < ctx:
                     n = min(block, ctx - cache.seen_tokens)
                     m(torch.randint(0, 256, (1, n), generator=gen).to(dev), cache=cache, logits_to_keep=1)
                 snapshots[(name, ctx)] = copy.deepcopy(cache)
-                nbytes[(name, ctx)] = cache.nbytes
+                if name == "bmojo":
+                    snapshots[(fast, ctx)] = copy.deepcopy(cache)
+                    snapshots[(fast, ctx)].decoding = _fast_decoding(bench)
         del caches
         token = torch.randint(0, 256, (1, 1), generator=gen).to(dev)
-        fns = {key: (lambda m=mods[key[0]], c=c: m(token, cache=c, logits_to_keep=1)) for key, c in snapshots.items()}
+        model_of = {key: mods[key[0] if key[0] in mods else "bmojo"] for key in snapshots}
+        fns = {key: (lambda m=model_of[key], c=c: m(token, cache=c, logits_to_keep=1)) for key, c in snapshots.items()}
         s = measure(fns, dev, warmup=2, repeats=size["decode_steps"])
+    nbytes = {key: c.nbytes for key, c in snapshots.items()}  # after the steps: the static rows in their layout
     for (name, ctx), xs in s.items():
-        cfg, ms = configs[name], _median_ms(xs)
+        cfg, ms = configs.get(name, configs["bmojo"]), _median_ms(xs)
         settings = dict(context=ctx, batch=1, layers=cfg.num_hidden_layers, hidden_size=cfg.hidden_size,
-                        non_embedding_params=non_embedding_params(cfg), prefill_block=block)
+                        non_embedding_params=non_embedding_params(cfg), prefill_block=block,
+                        decoding=_fast_decoding(bench) if name == fast else "reference")
         bench.add("decode", f"latency/{name}/ctx{ctx}", ms, "ms/token", settings, spread=stats(xs, 1e3))
         bench.add("decode", f"cache_bytes/{name}/ctx{ctx}", nbytes[(name, ctx)], "bytes", settings)
         curves[name]["ctx"].append(ctx)
         curves[name]["ms"].append(ms)
         curves[name]["bytes"].append(nbytes[(name, ctx)])
     del snapshots, fns
-    lo, hi = size["decode_ctx"][0], size["decode_ctx"][-1]
-    growth = {name: c["ms"][-1] / c["ms"][0] for name, c in curves.items()}
     for name, c in curves.items():
-        settings = dict(from_context=lo, to_context=hi)
-        bench.add("decode", f"latency_growth/{name}", growth[name], f"x (latency at {hi} / at {lo})", settings,
-                  peer=None if name == "transformer" else "decode/latency_growth/transformer",
-                  ratio=None if name == "transformer" else growth["transformer"] / growth[name])
-        bench.add("decode", f"cache_growth/{name}", c["bytes"][-1] / c["bytes"][0],
-                  f"x (cache bytes at {hi} / at {lo})", settings)
+        lo, hi = c["ctx"][0], c["ctx"][-1]
+        settings, unit = dict(from_context=lo, to_context=hi), f"x (at {hi} / at {lo})"
+        bench.add("decode", f"latency_growth/{name}", c["ms"][-1] / c["ms"][0], "latency " + unit, settings)
+        bench.add("decode", f"cache_growth/{name}", c["bytes"][-1] / c["bytes"][0], "cache bytes " + unit, settings)
     bench.extra["decode_curves"] = curves
     for key, ylabel, fname in (("ms", "decode latency (ms/token)", "decode_latency.png"),
                                ("bytes", "cache size (bytes)", "decode_cache.png")):
         _log_log_plot(bench, {name: (c["ctx"], c[key]) for name, c in curves.items()}, "context length", ylabel,
                       f"decoding, batch 1, matched parameters: {ylabel.split(' (')[0]}", fname,
                       f"{ylabel} vs context length, every preset")
+
+
+def _decode_generate(bench: Bench) -> None:
+    """generate() tokens/s, greedy, a 16-token prompt, `generate_tokens` new tokens, batch 1 and 8: our bmojo (static
+    step and reference), mamba and swa presets (static step) against HF `Mamba2ForCausalLM` (the sizes of our mamba
+    preset) and `MistralForCausalLM` (sliding window, the sizes of our swa preset), all timed interleaved."""
+    size = SIZES[bench.quick]
+    dev, fast, n_new = bench.device, _fast_decoding(bench), size["generate_tokens"]
+    configs = model_configs(bench.quick)
+    torch.manual_seed(0)
+    models = {
+        "hf_mamba2": (mamba2_lm_peer(configs["mamba"]).to(dev), None),
+        "hf_mistral": (mistral_lm_peer(configs["swa"]).to(dev), None),
+        "bmojo": (_model(configs["bmojo"], dev).eval(), fast),
+        "bmojo_reference": (_model(configs["bmojo"], dev).eval(), "reference"),
+        "mamba": (_model(configs["mamba"], dev).eval(), fast),
+        "swa": (_model(configs["swa"], dev).eval(), fast),
+    }
+    params = {name: sum(p.numel() for p in m.parameters()) for name, (m, _) in models.items()}
+    gen = torch.Generator().manual_seed(0)
+    for batch in (1, 8):
+        prompt = torch.randint(1, 256, (batch, 16), generator=gen).to(dev)
+
+        def run(m, decoding, prompt=prompt):
+            kwargs = {} if decoding is None else {"decoding": decoding}
+            m.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n_new, min_new_tokens=n_new,
+                       do_sample=False, pad_token_id=0, **kwargs)
+
+        with torch.no_grad():
+            s = measure({name: (lambda m=m, d=d: run(m, d)) for name, (m, d) in models.items()}, dev, warmup=1,
+                        repeats=size["generate_repeats"])
+        rate = {name: batch * n_new / statistics.median(xs) for name, xs in s.items()}
+        for name, xs in s.items():
+            settings = dict(batch=batch, new_tokens=n_new, prompt=16, params=params[name],
+                            decoding=models[name][1] or "HF generate")
+            spread = stats([batch * n_new / x for x in xs])
+            if name.startswith("hf_"):
+                bench.add("decode", f"generate/{name}/batch{batch}", rate[name], "tokens/s", settings, better="higher",
+                          spread=spread)
+                continue
+            for peer in ("hf_mistral", "hf_mamba2"):
+                bench.add("decode", f"generate/{name}/batch{batch}/vs_{peer}", rate[name], "tokens/s", settings,
+                          better="higher", spread=spread, peer=f"generate/{peer}/batch{batch}",
+                          ratio=rate[name] / rate[peer])
+
+
+def bandwidth_config(quick: bool) -> BMojoConfig:
+    """The bmojo preset at about 100M parameters (d 768, 9 layers, 12 heads); a tiny one with --quick."""
+    if quick:
+        return BMojoConfig.from_preset("bmojo", num_hidden_layers=2, **TINY_WIDTH)
+    return BMojoConfig.from_preset("bmojo", hidden_size=768, num_hidden_layers=9, num_attention_heads=12,
+                                   num_key_value_heads=12)
+
+
+def _decode_bandwidth(bench: Bench, bandwidth: float) -> None:
+    """A ~100M-parameter bmojo at batch 1 with the static step: bytes read per token (every weight, the LM head
+    included, and the whole decoding state) / seconds per token, against the measured memory read bandwidth."""
+    size = SIZES[bench.quick]
+    dev, fast = bench.device, _fast_decoding(bench)
+    cfg = bandwidth_config(bench.quick)
+    m = _model(cfg, dev).eval()
+    cache = m.new_cache(1, decoding=fast)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        m(torch.randint(0, 256, (1, size["prefill_block"]), generator=gen).to(dev), cache=cache, logits_to_keep=1)
+        token = torch.randint(0, 256, (1, 1), generator=gen).to(dev)
+        xs = measure({"step": lambda: m(token, cache=cache)}, dev, warmup=3, repeats=size["decode_steps"])["step"]
+    weights = sum(p.numel() * p.element_size() for p in m.parameters())
+    read = weights + cache.nbytes
+    rate = read / statistics.median(xs)
+    settings = dict(params=sum(p.numel() for p in m.parameters()), hidden_size=cfg.hidden_size,
+                    layers=cfg.num_hidden_layers, weight_bytes=weights, state_bytes=cache.nbytes, decoding=fast,
+                    ms_per_token=_median_ms(xs), bandwidth_GBps=bandwidth / 1e9)
+    bench.add("decode", "bandwidth/bmojo_100m", rate / 1e9, "GB/s (weights + state read per token)", settings,
+              better="higher", spread=stats([read / x / 1e9 for x in xs]), fraction_of_bandwidth=rate / bandwidth)

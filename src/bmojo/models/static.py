@@ -171,8 +171,9 @@ def compiled_decode_step():
     return _COMPILED
 
 
-# New tokens from which "auto" decoding compiles the step: compiling costs about a minute on a 2-core CPU, and the
-# compiled step saves about 5 ms per token there (docs/benchmarks.md, decode suite); on CUDA it saves more per token.
+# New tokens from which "auto" decoding compiles the step: compiling costs 50-90 s per model and batch size on a
+# 2-core CPU, and the compiled step saves about 9 ms per token there at ~5M parameters (docs/benchmarks.md, decode
+# suite): break-even near 8k tokens. On CUDA a step saves more and compiles as fast.
 COMPILE_MIN_NEW_TOKENS = {"cpu": 8192, "cuda": 256}
 
 

@@ -62,6 +62,37 @@ def test_left_padded_batch_generates_the_same_tokens(preset, tiny_model, one_thr
     torch.testing.assert_close(torch.stack(static.scores), torch.stack(ref.scores), rtol=1e-5, atol=1e-5)
 
 
+def test_beam_search_and_sampling_with_the_static_step(tiny_model, one_thread):
+    """Beam search reorders the cache every step (back to the reference layout and in again); sampling with
+    num_return_sequences widens the batch: both give the reference's sequences."""
+    model = tiny_model("bmojo", window_size=5)
+    prompt = torch.randint(1, VOCAB, (2, 13))
+    for kwargs in (dict(num_beams=3, do_sample=False), dict(do_sample=True, num_return_sequences=3)):
+        out = {}
+        for decoding in ("reference", "static"):
+            torch.manual_seed(1)
+            out[decoding] = model.generate(prompt, max_new_tokens=12, pad_token_id=0, decoding=decoding, **kwargs)
+        assert torch.equal(out["static"], out["reference"])
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_static_step_in_bf16(preset, tiny_model, rel, one_thread):
+    """Under autocast (new keys in bf16, the slots keep the cache's dtype, as in the reference) and with bf16 weights
+    (bf16 states): the two decodings round in different places, so they agree to the bf16 tolerance of
+    tests/conftest.py (2e-2)."""
+    model = tiny_model(preset, window_size=5)
+    ids = torch.randint(0, VOCAB, (2, 24))
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            reference, _ = decode_logits(model, ids, 3, "reference")
+            static, _ = decode_logits(model, ids, 3, "static")
+        assert rel(static.float(), reference.float()) < 2e-2
+        model = model.to(torch.bfloat16)
+        reference, _ = decode_logits(model, ids, 3, "reference")
+        static, cache = decode_logits(model, ids, 3, "static")
+    assert cache._static_current and rel(static.float(), reference.float()) < 2e-2
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_layouts_convert_both_ways_exactly(preset, tiny_model):
     model = tiny_model(preset, window_size=5)

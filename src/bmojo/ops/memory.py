@@ -68,10 +68,11 @@ class KVSlots:
         return self.take(rolled_index(self.pos.shape[1], shift))
 
     def put_(self, index: torch.Tensor, new: KVSlots) -> None:
-        """In place: slot index[r] of row r takes the one slot of `new` (b, hk, 1, hd). index: (b,) long."""
+        """In place: slot index[r] of row r takes the one slot of `new` (b, hk, 1, hd), in self's dtype (under autocast
+        new keys may be bf16; the slots keep theirs, as `cat` promotes them). index: (b,) long."""
         b, hk, _, hd = self.k.shape
-        self.k.scatter_(2, index.view(b, 1, 1, 1).expand(b, hk, 1, hd), new.k)
-        self.v.scatter_(2, index.view(b, 1, 1, 1).expand(b, hk, 1, hd), new.v)
+        self.k.scatter_(2, index.view(b, 1, 1, 1).expand(b, hk, 1, hd), new.k.to(self.k.dtype))
+        self.v.scatter_(2, index.view(b, 1, 1, 1).expand(b, hk, 1, hd), new.v.to(self.v.dtype))
         self.pos.scatter_(1, index[:, None], new.pos)
         if self.score is not None:
             self.score.scatter_(1, index[:, None], new.score)

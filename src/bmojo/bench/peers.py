@@ -18,19 +18,28 @@ from collections.abc import Callable
 import torch
 
 
-def mamba2_peer(config) -> tuple[torch.nn.Module, Callable]:
-    """HF Mamba2Mixer with our SSM sizes; returns (module, fn(x) -> y)."""
+def _mamba2_config(config, **more):
+    """HF `Mamba2Config` with our SSM sizes (and `more` fields)."""
     from transformers import Mamba2Config
-    from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
 
     inner = config.ssm_expand * config.hidden_size
-    hf_cfg = Mamba2Config(
+    return Mamba2Config(
         hidden_size=config.hidden_size, num_heads=inner // config.ssm_head_dim, head_dim=config.ssm_head_dim,
         state_size=config.ssm_state_size, n_groups=config.ssm_n_groups, expand=config.ssm_expand,
         conv_kernel=config.ssm_conv_kernel, chunk_size=config.ssm_chunk_size, use_bias=False, use_conv_bias=True,
-        layer_norm_epsilon=config.rms_norm_eps, num_hidden_layers=1,
+        layer_norm_epsilon=config.rms_norm_eps, **more,
     )
-    module = Mamba2Mixer(hf_cfg, layer_idx=0)
+
+
+# What the HF language models share with ours in the decode benchmark: tied embeddings, token 0 as pad/bos/eos.
+_LM_FIELDS = dict(tie_word_embeddings=True, pad_token_id=0, bos_token_id=0, eos_token_id=0)
+
+
+def mamba2_peer(config) -> tuple[torch.nn.Module, Callable]:
+    """HF Mamba2Mixer with our SSM sizes; returns (module, fn(x) -> y)."""
+    from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
+
+    module = Mamba2Mixer(_mamba2_config(config, num_hidden_layers=1), layer_idx=0)
     return module, lambda x: module(x)
 
 
@@ -69,30 +78,12 @@ def attention_peer(config, x: torch.Tensor, window: int | None) -> tuple[torch.n
 
 
 def mamba2_lm_peer(config) -> torch.nn.Module:
-    """HF `Mamba2ForCausalLM` with the sizes of our `mamba` preset `config` (same layers, width, SSM sizes,
-    vocabulary, tied embeddings): the same parameters up to its per-layer norms."""
-    from transformers import Mamba2Config, Mamba2ForCausalLM
+    """HF `Mamba2ForCausalLM` with the sizes of our `mamba` preset `config` (layers, width, SSM sizes, vocabulary,
+    tied embeddings): the same parameters up to its per-layer norms."""
+    from transformers import Mamba2ForCausalLM
 
-    inner = config.ssm_expand * config.hidden_size
-    hf_cfg = Mamba2Config(
-        vocab_size=config.vocab_size,
-        hidden_size=config.hidden_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_heads=inner // config.ssm_head_dim,
-        head_dim=config.ssm_head_dim,
-        state_size=config.ssm_state_size,
-        n_groups=config.ssm_n_groups,
-        expand=config.ssm_expand,
-        conv_kernel=config.ssm_conv_kernel,
-        chunk_size=config.ssm_chunk_size,
-        use_bias=False,
-        use_conv_bias=True,
-        tie_word_embeddings=True,
-        layer_norm_epsilon=config.rms_norm_eps,
-        pad_token_id=0,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
+    hf_cfg = _mamba2_config(config, vocab_size=config.vocab_size, num_hidden_layers=config.num_hidden_layers,
+                            **_LM_FIELDS)
     return Mamba2ForCausalLM(hf_cfg).eval()
 
 
@@ -101,20 +92,11 @@ def mistral_lm_peer(config) -> torch.nn.Module:
     from transformers import MistralConfig, MistralForCausalLM
 
     hf_cfg = MistralConfig(
-        vocab_size=config.vocab_size,
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        num_key_value_heads=config.num_key_value_heads,
-        sliding_window=config.window_size,
-        rms_norm_eps=config.rms_norm_eps,
-        tie_word_embeddings=True,
-        max_position_embeddings=1 << 20,
-        rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
-        pad_token_id=0,
-        bos_token_id=0,
-        eos_token_id=0,
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads, sliding_window=config.window_size,
+        rms_norm_eps=config.rms_norm_eps, max_position_embeddings=1 << 20,
+        rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta}, **_LM_FIELDS,
     )
     hf_cfg._attn_implementation = "sdpa"
     return MistralForCausalLM(hf_cfg).eval()

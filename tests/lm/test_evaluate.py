@@ -4,6 +4,7 @@ the allowed range)."""
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,6 +29,30 @@ def test_eval_of_a_run_folder(reference_run, capsys, cli):
         assert r["perplexity"] == pytest.approx(math.exp(r["loss"]))
     assert (out / "length_generalization.png").stat().st_size > 1000
     assert "| run |" in (out / "length_generalization.md").read_text()
+
+
+def test_eval_on_several_corpora(reference_run, corpus, tmp_path, capsys, cli):
+    """--corpus repeated: one row per run and corpus; a corpus the run did not train on gets its own eval file and
+    is marked in the table; the training corpus's row equals a plain eval."""
+    other = tmp_path / "stdlib_json"  # real text the run never saw: the standard library's json package
+    other.mkdir()
+    for f in Path(json.__file__).parent.glob("*.py"):
+        (other / f.name).write_text(f.read_text(encoding="utf-8"), encoding="utf-8")
+    capsys.readouterr()
+    common = ("--lengths", "1,2", "--split", "train", "--eval-tokens", EVAL_TOKENS, "--threads", "1", "--out", tmp_path)
+    assert cli("eval", reference_run, *common) == 0
+    losses = lambda report: [r["loss"] for r in report["results"]]  # noqa: E731
+    alone = losses(json.loads((reference_run / "eval.json").read_text()))
+    assert cli("eval", reference_run, "--corpus", corpus, "--corpus", other, *common) == 0
+    own = json.loads((reference_run / "eval.json").read_text())
+    unseen = json.loads((reference_run / "eval.stdlib_json.json").read_text())
+    assert losses(own) == alone and own["trained_on_corpus"] and not unseen["trained_on_corpus"]
+    assert unseen["corpus"] == str(other) and unseen["results"][0]["loss"] > own["results"][0]["loss"]
+    table = (tmp_path / "length_generalization.md").read_text()
+    assert "| model | corpus | params |" in table and f"| run | {corpus.name} |" in table
+    assert "| run | stdlib_json * |" in table
+    assert cli("eval", reference_run, "--corpus", other, "--corpus", tmp_path / "x" / "stdlib_json") == 2
+    assert "several corpora are named stdlib_json" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("preset", ["transformer", "mamba", "hybrid", "bmojo"])

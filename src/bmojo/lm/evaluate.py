@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from ..training import collate
 from .common import (
     DEFAULT_FRACTIONS,
     EVAL_FILE,
+    RUN_FILE,
     bits_per_byte,
     bytes_per_token,
     load_run,
@@ -44,7 +46,9 @@ TABLE_NAME = "length_generalization.md"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `bmojo eval`."""
     parser.add_argument("runs", nargs="+", type=Path, metavar="DIR", help="run folder(s) written by `bmojo train`")
-    parser.add_argument("--corpus", help="corpus to evaluate on (default: the run's training corpus)")
+    parser.add_argument("--corpus", action="append",
+                        help="corpus to evaluate on (default: the run's training corpus); repeat it to evaluate on "
+                             "several, one table row per run and corpus (e.g. text the model did not train on)")
     parser.add_argument("--text-column", default=None)
     parser.add_argument("--split", default="test", choices=["train", "validation", "test"], help="default test")
     parser.add_argument("--lengths", default="1,2,4,8",
@@ -143,14 +147,40 @@ def length_sweep(model, stream_blocks: torch.Tensor, train_len: int, multiples: 
     return rows
 
 
-def evaluate_run(run_dir: Path, args: argparse.Namespace, log=print) -> dict:
-    """Evaluate one run folder; writes and returns its eval.json content."""
+def eval_file(run_dir: Path, corpus: str | None, info: dict) -> Path:
+    """Where the evaluation of a run on `corpus` goes: eval.json for the run's training corpus (or None), else
+    eval.<corpus name>.json."""
+    if corpus is None or corpus == info.get("corpus", "builtin"):
+        return run_dir / EVAL_FILE
+    return run_dir / f"eval.{corpus_name(corpus)}.json"
+
+
+def corpus_name(corpus: str) -> str:
+    """A short name for a corpus: 'builtin', or the file or folder name (characters other than letters, digits,
+    '.', '_' and '-' replaced by '_')."""
+    name = corpus if corpus == "builtin" else Path(corpus).name or "corpus"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+def check_corpora(corpora: list[str] | None) -> None:
+    """ValueError when two corpora given to --corpus would share a name (and an eval file)."""
+    names = [corpus_name(c) for c in corpora or []]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise ValueError(f"--corpus: several corpora are named {', '.join(clash)} (each run keeps one eval file per "
+                         "corpus name); give them distinct file or folder names")
+
+
+def evaluate_run(run_dir: Path, args: argparse.Namespace, corpus: str | None = None, log=print) -> dict:
+    """Evaluate one run folder on `corpus` (default: its training corpus); writes and returns the content of its
+    eval file (see `eval_file`)."""
     model, tok, info = load_run(run_dir)
     train_len = args.seq_len or info.get("seq_len")
     if not train_len:
         raise ValueError(f"{run_dir} has no run.json with seq_len; pass --seq-len (the training length)")
     multiples = parse_lengths(args.lengths)
-    corpus = args.corpus or info.get("corpus", "builtin")
+    path = eval_file(run_dir, corpus, info)
+    corpus = corpus or info.get("corpus", "builtin")
     text_column = args.text_column or info.get("text_column", "text")
     fractions = info.get("fractions", DEFAULT_FRACTIONS)
     docs = load_split(corpus, args.split, fractions, info.get("split_seed", 0), text_column)
@@ -165,26 +195,38 @@ def evaluate_run(run_dir: Path, args: argparse.Namespace, log=print) -> dict:
                         args.max_parallel_len, args.block_size, args.bf16, log=log,
                         sep_id=tok.eos_id if args.doc_boundaries else None)
     result = {"run": str(run_dir), "name": name, "preset": info.get("preset"), "parameters": n_params,
-              "corpus": corpus, "split": args.split, "doc_boundaries": args.doc_boundaries,
-              "train_seq_len": train_len, "tokenizer": repr(tok),
+              "corpus": corpus, "trained_on_corpus": corpus == info.get("corpus", "builtin"), "split": args.split,
+              "doc_boundaries": args.doc_boundaries, "train_seq_len": train_len, "tokenizer": repr(tok),
               "evaluated_tokens": n_blocks * longest, "bytes_per_token": bpt, "results": rows}
-    write_json(run_dir / EVAL_FILE, result)
+    write_json(path, result)
     return result
 
 
 # ---------------------------------------------------------------- outputs
 
+def _label(res: dict, several_corpora: bool) -> str:
+    """A result's name in tables and legends: the run's, with its corpus when the results span several."""
+    return f"{res['name']} / {corpus_name(res['corpus'])}" if several_corpora else res["name"]
+
+
 def markdown_table(results: list[dict]) -> str:
-    """Perplexity per model (rows) and context length (columns), with bits/byte at the training length."""
+    """Perplexity per model (rows; per model and corpus when there are several corpora, marked * where the model
+    did not train on it) and context length (columns), with bits/byte at the training length."""
     lengths = sorted({(r["multiple"], r["context_length"]) for res in results for r in res["results"]})
-    head = "| model | params | " + " | ".join(f"ppl @ {L} ({m:g}x)" for m, L in lengths) + " | bpb @ 1x |"
-    lines = [head, "|" + "---|" * (len(lengths) + 3)]
+    several = len({res["corpus"] for res in results}) > 1
+    corpus_head = "corpus | " if several else ""
+    head = f"| model | {corpus_head}params | " + " | ".join(f"ppl @ {L} ({m:g}x)" for m, L in lengths) + " | bpb @ 1x |"
+    lines = [head, "|" + "---|" * (len(lengths) + 3 + several)]
     for res in results:
         by_len = {r["context_length"]: r for r in res["results"]}
         cells = [f"{by_len[L]['perplexity']:.3f}" if L in by_len else "-" for _, L in lengths]
         base = by_len.get(res["train_seq_len"])
         bpb = f"{base['bits_per_byte']:.4f}" if base else "-"
-        lines.append(f"| {res['name']} | {res['parameters']:,} | " + " | ".join(cells) + f" | {bpb} |")
+        unseen = "" if res.get("trained_on_corpus", True) else " *"
+        corpus = f"{corpus_name(res['corpus'])}{unseen} | " if several else ""
+        lines.append(f"| {res['name']} | {corpus}{res['parameters']:,} | " + " | ".join(cells) + f" | {bpb} |")
+    if several:
+        lines.append("\n\\* a corpus the model did not train on")
     return "\n".join(lines) + "\n"
 
 
@@ -194,13 +236,14 @@ def plot(results: list[dict], path: Path) -> Path:
     plt = pyplot()
     fig, (ax, rel) = plt.subplots(1, 2, figsize=(11, 4.2))
     lengths = sorted({r["context_length"] for res in results for r in res["results"]})
+    several = len({res["corpus"] for res in results}) > 1
     for res in results:
         rows = sorted(res["results"], key=lambda r: r["context_length"])
         xs, ys = [r["context_length"] for r in rows], [r["perplexity"] for r in rows]
-        line, = ax.plot(xs, ys, marker="o", label=res["name"])
+        line, = ax.plot(xs, ys, marker="o", label=_label(res, several))
         base = next((r["perplexity"] for r in rows if r["context_length"] == res["train_seq_len"]), None)
         if base:
-            rel.plot(xs, [y / base for y in ys], marker="o", color=line.get_color(), label=res["name"])
+            rel.plot(xs, [y / base for y in ys], marker="o", color=line.get_color(), label=_label(res, several))
     for a in (ax, rel):
         for L in sorted({res["train_seq_len"] for res in results}):
             a.axvline(L, color="grey", linestyle="--", linewidth=0.8)
@@ -225,25 +268,30 @@ def plot(results: list[dict], path: Path) -> Path:
 def run(args: argparse.Namespace) -> int:
     """Evaluate every run folder of `args` (or reread their eval.json) and write the combined table and plot."""
     parse_lengths(args.lengths)
+    check_corpora(args.corpus)
     for d in args.runs:
         if not d.is_dir():
             raise FileNotFoundError(f"run folder {str(d)!r} does not exist")
     out = args.out or (args.runs[0] if len(args.runs) == 1 else common_parent(args.runs))
     check_writable(out)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    results = []
+    results, files = [], []
     for d in args.runs:
-        if args.plot_only:
-            if not (d / EVAL_FILE).is_file():
-                raise FileNotFoundError(f"--plot-only: {d / EVAL_FILE} does not exist; run `bmojo eval {d}` first")
-            results.append(read_json(d / EVAL_FILE))
-        else:
-            results.append(evaluate_run(d, args, log))
+        info = read_json(d / RUN_FILE) if (d / RUN_FILE).is_file() else {}
+        for corpus in args.corpus or [None]:
+            path = eval_file(d, corpus, info)
+            if args.plot_only:
+                if not path.is_file():
+                    raise FileNotFoundError(f"--plot-only: {path} does not exist; run `bmojo eval {d}` first")
+                results.append(read_json(path))
+            else:
+                results.append(evaluate_run(d, args, corpus, log))
+                files.append(str(path))
     table = markdown_table(results)
     (out / TABLE_NAME).write_text(table)
     png = plot(results, out / PLOT_NAME)
     print(table)
-    evals = "" if args.plot_only else ", ".join(str(d / EVAL_FILE) for d in args.runs) + ", "
+    evals = "" if args.plot_only else ", ".join(files) + ", "
     print(f"wrote {evals}{out / TABLE_NAME} and {png}")
     return 0
 

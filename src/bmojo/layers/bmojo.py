@@ -274,7 +274,7 @@ class BMojoMixer(nn.Module):
             s.fading.copy_(select_rows(boundary, entered, s.fading))
             s.fading_ring.put_(pos % R, KVSlots(*self.fading_kv(y, pos[:, None]), pos[:, None]))  # after the read
         s.window.put_(slot, KVSlots(k, v, pos[:, None], eps))
-        s.y.scatter_(1, (pos % R).view(b, 1, 1).expand(b, 1, d), y.to(s.y.dtype))
+        s.y[torch.arange(b, device=u.device), pos % R] = y[:, 0].to(s.y.dtype)  # index_put_: in place when compiled
         keys = s.memory.cat(s.window)
         o = masked_attention(q, keys.k, keys.v, keys.valid[:, None, None, :])
         return self.output(o, y)

@@ -69,13 +69,15 @@ class KVSlots:
 
     def put_(self, index: torch.Tensor, new: KVSlots) -> None:
         """In place: slot index[r] of row r takes the one slot of `new` (b, hk, 1, hd), in self's dtype (under autocast
-        new keys may be bf16; the slots keep theirs, as `cat` promotes them). index: (b,) long."""
-        b, hk, _, hd = self.k.shape
-        self.k.scatter_(2, index.view(b, 1, 1, 1).expand(b, hk, 1, hd), new.k.to(self.k.dtype))
-        self.v.scatter_(2, index.view(b, 1, 1, 1).expand(b, hk, 1, hd), new.v.to(self.v.dtype))
-        self.pos.scatter_(1, index[:, None], new.pos)
+        new keys may be bf16; the slots keep theirs, as `cat` promotes them). index: (b,) long. Written as indexed
+        assignment (index_put_), which torch.compile updates in place; a scatter_ into a graph input would copy the
+        whole buffer on every call."""
+        rows = torch.arange(index.shape[0], device=index.device)
+        self.k[rows, :, index] = new.k[:, :, 0].to(self.k.dtype)
+        self.v[rows, :, index] = new.v[:, :, 0].to(self.v.dtype)
+        self.pos[rows, index] = new.pos[:, 0]
         if self.score is not None:
-            self.score.scatter_(1, index[:, None], new.score)
+            self.score[rows, index] = new.score[:, 0]
 
     def copy_(self, other: KVSlots) -> None:
         """In place: every tensor takes other's values (same shapes)."""

@@ -431,20 +431,16 @@ def run_compare(spec: CompareSpec, out_dir: Path, device: str = "cpu", progress:
     for record, _, config in todo:
         if config is None:  # skipped: recorded at once
             finished(record)
-    start, sweep = time.perf_counter(), len(spec.lrs) * len(spec.weight_decays)
+    deadline = None if spec.time_budget_s is None else time.time() + spec.time_budget_s
     if jobs == 1:
         data_cache: dict = {}
         for i, (record, seq_len, config) in enumerate(runnable):
-            remaining = None
-            if spec.time_budget_s is not None:
-                per_run = (spec.time_budget_s - (time.perf_counter() - start)) / (len(runnable) - i)
-                remaining = max(per_run / sweep, 1.0)
+            remaining = run_time_budget(spec, deadline, len(runnable) - i, 1)
             finished(_run_task(record, seq_len, config, spec, device, remaining, models_dir, data_cache))
     elif runnable:
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no state copied from this one
-        deadline = None if spec.time_budget_s is None else time.time() + spec.time_budget_s
         shared = (context.Value("i", 0), deadline, len(runnable), jobs)  # see _worker_time_budget
         tasks = [(record, seq_len, config, spec, device, models_dir) for record, seq_len, config in runnable]
         pool = context.Pool(jobs, initializer=_init_worker, initargs=shared)
@@ -489,19 +485,26 @@ def _init_worker(*shared) -> None:
     _WORKER = shared
 
 
+def run_time_budget(spec: CompareSpec, deadline: float | None, runs_left: int, jobs: int) -> float | None:
+    """The time budget (s) of one training run of the lr x weight-decay sweep, for the run about to start: what is
+    left until `deadline` (time.time(); None: no budget), times the `jobs` processes, shared by the `runs_left` runs
+    not started yet (this one included), never more than what is left; then split over the sweep; at least 1 s."""
+    if deadline is None:
+        return None
+    left = deadline - time.time()
+    per_run = min(left * jobs / max(runs_left, 1), left)
+    return max(per_run / (len(spec.lrs) * len(spec.weight_decays)), 1.0)
+
+
 def _worker_time_budget(spec: CompareSpec) -> float | None:
-    """A --jobs worker's time budget for the run it starts, as the sequential loop splits it: what is left of the
-    command's budget, times the number of processes, shared by the runs not started yet (this one included), per
-    sweep entry; never more than what is left."""
+    """`run_time_budget` in a --jobs worker: the shared counter says how many runs have started."""
     started, deadline, total, jobs = _WORKER
     if deadline is None:
         return None
     with started.get_lock():
         before = started.value
         started.value += 1
-    left = deadline - time.time()
-    per_run = min(left * jobs / max(total - before, 1), left)
-    return max(per_run / (len(spec.lrs) * len(spec.weight_decays)), 1.0)
+    return run_time_budget(spec, deadline, total - before, jobs)
 
 
 def _run_task_star(args: tuple) -> dict:

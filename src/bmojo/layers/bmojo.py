@@ -26,7 +26,7 @@ from ..ops.memory import (
     keep_top,
 )
 from .attention import Attention, chunk_segments
-from .documents import Documents, align_documents, select_rows
+from .documents import Documents, align_documents, copy_into, select_rows
 from .mamba2 import Mamba2Mixer, SSMState
 
 
@@ -266,12 +266,12 @@ class BMojoMixer(nn.Module):
             cleared = dataclasses.replace(
                 pending, pos=torch.full_like(pending.pos, EMPTY), score=torch.full_like(pending.score, float("-inf"))
             )
-            s.eidetic.copy_(select_rows(boundary, keep_top(s.eidetic, pending), s.eidetic))
-            s.pending.copy_(select_rows(boundary, cleared, pending))
+            copy_into(s.eidetic, select_rows(boundary, keep_top(s.eidetic, pending), s.eidetic))
+            copy_into(s.pending, select_rows(boundary, cleared, pending))
         if m_f:
             fpos = fading_positions(pos // w, w, m_f)  # (b, m_f); at a boundary they lie in the ring
             entered = dataclasses.replace(s.fading_ring.take(fpos % R), pos=fpos)
-            s.fading.copy_(select_rows(boundary, entered, s.fading))
+            copy_into(s.fading, select_rows(boundary, entered, s.fading))
             s.fading_ring.put_(pos % R, KVSlots(*self.fading_kv(y, pos[:, None]), pos[:, None]))  # after the read
         s.window.put_(slot, KVSlots(k, v, pos[:, None], eps))
         s.y[torch.arange(b, device=u.device), pos % R] = y[:, 0].to(s.y.dtype)  # index_put_: in place when compiled

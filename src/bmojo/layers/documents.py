@@ -76,6 +76,19 @@ def select_rows(rows: torch.Tensor, new, old):
     return torch.where(rows.view(-1, *([1] * (old.dim() - 1))), new, old)
 
 
+def copy_into(dst, src) -> None:
+    """In place, for states (tensors, lists or dataclasses of them, None): every tensor of dst takes src's values
+    (other fields are left alone); dst keeps its addresses."""
+    if isinstance(dst, torch.Tensor):
+        dst.copy_(src)
+    elif isinstance(dst, list):
+        for d, s in zip(dst, src, strict=True):
+            copy_into(d, s)
+    elif dataclasses.is_dataclass(dst):
+        for f in dataclasses.fields(dst):
+            copy_into(getattr(dst, f.name), getattr(src, f.name))
+
+
 def restart_rows(rows: torch.Tensor, state, fresh):
     """`state` with the rows where `rows` (b,) holds set back to `fresh` (the mixer's `init_state`): a new document
     begins there. The growing KV of full attention keeps its slots and forgets them (EMPTY positions)."""

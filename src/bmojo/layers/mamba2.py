@@ -11,7 +11,7 @@ from torch import nn
 from ..ops.conv import causal_conv_silu
 from ..ops.ssd import ssd_chunked, ssd_step
 from .common import GatedRMSNorm
-from .documents import Documents
+from .documents import Documents, copy_into
 
 
 @dataclass
@@ -57,8 +57,7 @@ class Mamba2Mixer(nn.Module):
         """The one-token recurrence with `state` updated in place (the static decode step, bmojo.models.static).
         u: (b, 1, d) -> (b, 1, d); pos and count are part of the contract, unused."""
         y, new = self(u, state)
-        state.conv.copy_(new.conv)
-        state.ssm.copy_(new.ssm)
+        copy_into(state, new)
         return y
 
     def forward(self, u: torch.Tensor, state: SSMState | None = None, start: int = 0,

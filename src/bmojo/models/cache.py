@@ -11,16 +11,8 @@ import dataclasses
 
 import torch
 
-from .static import (
-    CudaGraphStep,
-    StaticState,
-    compiled_decode_step,
-    copy_into,
-    decode_step,
-    same_shapes,
-    to_dynamic,
-    to_static,
-)
+from ..layers.documents import copy_into
+from .static import CudaGraphStep, StaticState, compiled_decode_step, decode_step, to_dynamic, to_static
 
 
 def state_tensors(obj):
@@ -72,8 +64,7 @@ class BMojoCache:
     def states(self) -> list:
         """Per-layer states in the reference layout (converted back from the static layout if that is current)."""
         if self._static_current:
-            count = self.seen_tokens
-            self._states = [to_dynamic(kind, s, self.positions, count)
+            self._states = [to_dynamic(kind, s, self.positions, self.seen_tokens)
                             for kind, s in zip(self.layer_pattern, self.static.layers, strict=True)]
             self._static_current = False
         return self._states
@@ -87,17 +78,18 @@ class BMojoCache:
         """The states in the fixed-address layout (bmojo.models.static), converted from the reference layout unless
         current (`mixers`: the model's, one per layer). Full attention gets `capacity` slots (default: twice the tokens
         seen plus 1024); when the cache outgrows them, new buffers of twice the size are laid out."""
-        if self._static_current and not self._full(self.static):
+        attn = "attn" in self.layer_pattern  # the only kind whose slots can fill up
+        if self._static_current and not (attn and self.seen_tokens >= self.capacity):
             return self.static
         states = self.states
         if self.capacity is None:
             self.capacity = 2 * self.seen_tokens + 1024
-        while self.seen_tokens >= self.capacity:
+        while attn and self.seen_tokens >= self.capacity:
             self.capacity *= 2
         layers = [to_static(kind, mixer, s, self.positions, self.capacity)
                   for kind, mixer, s in zip(self.layer_pattern, mixers, states, strict=True)]
         st = self.static
-        if st is not None and st.capacity == self.capacity and same_shapes(st.layers, layers):
+        if st is not None and st.capacity == self.capacity:  # same shapes: convert into the same buffers
             copy_into(st.layers, layers)
             st.positions.copy_(self.positions)
             st.count.fill_(self.seen_tokens)
@@ -122,9 +114,6 @@ class BMojoCache:
         logits = step(model, st, input_ids)
         self.advance(1)
         return logits
-
-    def _full(self, st: StaticState) -> bool:
-        return "attn" in self.layer_pattern and self.seen_tokens >= st.capacity
 
     def advance(self, num_tokens: int, docs=None) -> None:
         """Record that `num_tokens` more tokens were read (with their `Documents`, if any)."""

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 import torch
 
 from ..layers.bmojo import BMojoState
+from ..layers.documents import copy_into
 from ..layers.mamba2 import SSMState
-from ..ops.memory import EMPTY, KVSlots, roll_rows
+from ..ops.memory import EMPTY, KVSlots, roll_rows, rolled_index
 
 
 @dataclass
@@ -39,7 +40,7 @@ class StaticState:
 def ring_positions(next_pos: torch.Tensor, size: int) -> torch.Tensor:
     """(b, size): the position held in each slot of a ring of `size` slots that holds the `size` positions before
     next_pos (b,), position p in slot p % size (EMPTY for positions before 0)."""
-    pos = next_pos[:, None] - size + (torch.arange(size, device=next_pos.device) - next_pos[:, None]) % size
+    pos = next_pos[:, None] - size + rolled_index(size, next_pos)
     return pos.masked_fill(pos < 0, EMPTY)
 
 
@@ -85,30 +86,6 @@ def to_dynamic(kind: str, state, next_pos: torch.Tensor, count: int):
         y=roll_rows(state.y, -next_pos),
         fading_ring=None,
     )
-
-
-def copy_into(dst, src) -> None:
-    """In place: every tensor of dst (a tensor, a list or dataclass of them) takes src's values (other fields are
-    left alone)."""
-    if isinstance(dst, torch.Tensor):
-        dst.copy_(src)
-    elif isinstance(dst, list):
-        for d, s in zip(dst, src, strict=True):
-            copy_into(d, s)
-    elif dataclasses.is_dataclass(dst):
-        for f in dataclasses.fields(dst):
-            copy_into(getattr(dst, f.name), getattr(src, f.name))
-
-
-def same_shapes(a, b) -> bool:
-    """Whether two states (tensors, KVSlots, dataclasses of them) have the same tensor shapes."""
-    if a is None or b is None:
-        return a is None and b is None
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.shape == b.shape
-    if isinstance(a, list):
-        return isinstance(b, list) and len(a) == len(b) and all(map(same_shapes, a, b))
-    return all(same_shapes(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
 
 
 def decode_step(model, state: StaticState, input_ids: torch.Tensor) -> torch.Tensor:

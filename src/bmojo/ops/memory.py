@@ -79,14 +79,6 @@ class KVSlots:
         if self.score is not None:
             self.score[rows, index] = new.score[:, 0]
 
-    def copy_(self, other: KVSlots) -> None:
-        """In place: every tensor takes other's values (same shapes)."""
-        for mine, theirs in zip(_fields(self), _fields(other), strict=True):
-            mine.copy_(theirs)
-
-
-def _fields(slots: KVSlots) -> list[torch.Tensor]:
-    return [t for t in (slots.k, slots.v, slots.pos, slots.score) if t is not None]
 
 
 def rolled_index(size: int, shift: torch.Tensor) -> torch.Tensor:

@@ -205,7 +205,7 @@ class BMojoForCausalLM(BMojoPreTrainedModel, GenerationMixin):
     def generate(self, inputs=None, generation_config=None, *args, decoding: str = "auto", **kwargs):
         """HF `generate`, plus `decoding`: how the one-token steps run (see BMojoCache): "reference" (the mixers'
         recurrent forms), "static" (the fixed-address step of bmojo.models.static, eager), "compiled" (that step
-        under torch.compile(fullgraph=True); the first call for a model and batch size compiles, about a minute on a
+        under torch.compile(fullgraph=True); the first call for a model and batch size compiles, up to minutes on a
         2-core CPU), or "auto": `compiled_decoding_pays` decides. Prefill runs the chunked reference form either way.
         The choice is logged at INFO (logger "bmojo")."""
         config = generation_config if generation_config is not None else self.generation_config

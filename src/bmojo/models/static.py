@@ -148,9 +148,9 @@ def compiled_decode_step():
     return _COMPILED
 
 
-# New tokens from which "auto" decoding compiles the step: compiling costs 50-90 s per model and batch size on a
-# 2-core CPU, and the compiled step saves about 9 ms per token there at ~5M parameters (docs/benchmarks.md, decode
-# suite): break-even near 8k tokens. On CUDA a step saves more and compiles as fast.
+# New tokens from which "auto" decoding compiles the step: compiling takes tens of seconds to minutes per model and
+# batch size on a 2-core CPU, and the compiled step saves about 9 ms per token there at ~5M parameters
+# (docs/benchmarks.md, decode suite). On CUDA a step saves more.
 COMPILE_MIN_NEW_TOKENS = {"cpu": 8192, "cuda": 256}
 
 

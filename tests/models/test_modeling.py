@@ -491,3 +491,14 @@ def test_gradient_checkpointing_gives_the_same_gradients(preset, tiny_model):
     assert model.model.gradient_checkpointing
     for a, b in zip(plain, checkpointed, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=EQUIVALENT_TOL)
+
+
+def test_input_checks_off_the_cpu_take_either_message_form():
+    """Off the CPU an input check is an asynchronous device assertion (no host sync); both message forms (a string,
+    or a function building one) must reach it. The meta device takes that branch without a GPU."""
+    from bmojo.models.modeling import _require
+
+    for message in ("attention_mask has padding after real tokens", lambda: "built lazily"):
+        _require(torch.tensor(True, device="meta"), message)
+    with pytest.raises(ValueError, match="built lazily"):
+        _require(torch.tensor(False), lambda: "built lazily")

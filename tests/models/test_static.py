@@ -6,7 +6,7 @@ import torch
 
 import bmojo
 from bmojo.models.cache import state_tensors
-from bmojo.models.static import compiled_decode_step, decode_step, to_dynamic, to_static
+from bmojo.models.static import auto_decoding, compiled_decode_step, decode_step, to_dynamic, to_static
 
 PRESETS = list(bmojo.PRESETS)
 VOCAB = 61  # TINY in tests/conftest.py
@@ -169,6 +169,13 @@ def test_bad_decoding_is_refused(tiny_model):
             model.new_cache(1, decoding="cuda_graph")
 
 
+def test_auto_decoding_choice():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert [auto_decoding(n, cpu) for n in (8191, 8192)] == ["reference", "compiled"]
+    assert [auto_decoding(n, gpu) for n in (15, 16)] == ["reference", "cuda_graph"]
+    assert auto_decoding(10**6, gpu, num_beams=4) == auto_decoding(10**6, cpu, num_beams=2) == "reference"
+
+
 @cuda
 @pytest.mark.parametrize("preset", PRESETS)
 def test_cuda_graph_step_equals_cpu_reference(preset, tiny_model):
@@ -180,3 +187,21 @@ def test_cuda_graph_step_equals_cpu_reference(preset, tiny_model):
         graph, cache = decode_logits(model.to("cuda"), ids.cuda(), 3, "cuda_graph")
     assert cache._graph is not None
     torch.testing.assert_close(graph.cpu(), reference, rtol=1e-4, atol=1e-4)
+
+
+@cuda
+@pytest.mark.parametrize("preset", ["transformer", "hybrid", "bmojo"])
+def test_cuda_generate_auto_takes_the_graph_and_gives_the_cpu_tokens(preset, tiny_model, caplog):
+    """A left-padded batch on CUDA: "auto" captures the CUDA graph and generates the CPU reference's tokens."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model = tiny_model(preset, window_size=5)
+    ids = torch.randint(1, VOCAB, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    kwargs = dict(max_new_tokens=17, do_sample=False, pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+    ref = model.generate(ids, attention_mask=mask, decoding="reference", **kwargs)
+    with caplog.at_level("INFO", logger="bmojo"):
+        gpu = model.to("cuda").generate(ids.cuda(), attention_mask=mask.cuda(), **kwargs)
+    assert "cuda_graph decoding" in caplog.text
+    assert torch.equal(gpu.sequences.cpu(), ref.sequences)
+    torch.testing.assert_close(torch.stack(gpu.scores).cpu(), torch.stack(ref.scores), rtol=1e-4, atol=1e-4)

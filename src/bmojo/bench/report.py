@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from .harness import FIGURE_SUITES, Bench
-from .suites import SIZES
+from .suites import SIZES, fast_decoding
 
 SCHEMA_VERSION = 1
 
@@ -18,7 +18,7 @@ def targets(bench: Bench) -> list[dict]:
     size = SIZES[bench.quick]
     mid, long = size["bf16_L"], size["train_L"][-1]
     mfu = size["mfu"]
-    fast = "bmojo_static" if bench.quick else "bmojo_compiled"  # the rows of bmojo's static decode step
+    fast = f"bmojo_{fast_decoding(bench)}"  # the rows of bmojo's static decode step
     rows = [
         ("bmojo layer fwd+bwd vs HF Mamba2Mixer + Mistral SWA (speed-up)", "layers/bmojo/fwd_bwd", "ratio", ">=", 1.5),
         (f"bmojo training tokens/s vs transformer at L={mid}", f"models/train/bmojo/L{mid}", "ratio", ">=", 1.5),

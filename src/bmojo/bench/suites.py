@@ -513,8 +513,11 @@ def decode(bench: Bench, ceiling: dict[str, float]) -> None:
     _decode_bandwidth(bench, ceiling["bandwidth"])
 
 
-def _fast_decoding(bench: Bench) -> str:
-    """The static step our fast rows use: compiled (full sizes), eager with --quick (compiling takes minutes)."""
+def fast_decoding(bench: Bench) -> str:
+    """The static step our fast rows use: captured as a CUDA graph on CUDA; on a CPU compiled (full sizes), eager with
+    --quick (compiling takes minutes)."""
+    if bench.device.type == "cuda":
+        return "cuda_graph"
     return "static" if bench.quick else "compiled"
 
 
@@ -528,7 +531,7 @@ def _decode_contexts(bench: Bench) -> None:
     caches = {name: m.new_cache(1) for name, m in mods.items()}
     gen = torch.Generator().manual_seed(0)
     block = size["prefill_block"]
-    fast = f"bmojo_{_fast_decoding(bench)}"
+    fast = f"bmojo_{fast_decoding(bench)}"
     curves: dict[str, dict[str, list]] = {name: {"ctx": [], "ms": [], "bytes": []} for name in [*mods, fast]}
     # Prefill every preset to each context in turn, keeping a copy of the cache at each context; then time the
     # decode steps of all (preset, context) pairs interleaved, so that load drift cannot fake a growth with context.
@@ -545,7 +548,7 @@ def _decode_contexts(bench: Bench) -> None:
                 snapshots[(name, ctx)] = copy.deepcopy(cache)
                 if name == "bmojo":
                     snapshots[(fast, ctx)] = copy.deepcopy(cache)
-                    snapshots[(fast, ctx)].decoding = _fast_decoding(bench)
+                    snapshots[(fast, ctx)].decoding = fast_decoding(bench)
         del caches
         token = torch.randint(0, 256, (1, 1), generator=gen).to(dev)
         model_of = {key: mods[key[0] if key[0] in mods else "bmojo"] for key in snapshots}
@@ -556,7 +559,7 @@ def _decode_contexts(bench: Bench) -> None:
         cfg, ms = configs.get(name, configs["bmojo"]), _median_ms(xs)
         settings = dict(context=ctx, batch=1, layers=cfg.num_hidden_layers, hidden_size=cfg.hidden_size,
                         non_embedding_params=non_embedding_params(cfg), prefill_block=block,
-                        decoding=_fast_decoding(bench) if name == fast else "reference")
+                        decoding=fast_decoding(bench) if name == fast else "reference")
         bench.add("decode", f"latency/{name}/ctx{ctx}", ms, "ms/token", settings, spread=stats(xs, 1e3))
         bench.add("decode", f"cache_bytes/{name}/ctx{ctx}", nbytes[(name, ctx)], "bytes", settings)
         curves[name]["ctx"].append(ctx)
@@ -581,7 +584,7 @@ def _decode_generate(bench: Bench) -> None:
     step and reference), mamba and swa presets (static step) against HF `Mamba2ForCausalLM` (the sizes of our mamba
     preset) and `MistralForCausalLM` (sliding window, the sizes of our swa preset), all timed interleaved."""
     size = SIZES[bench.quick]
-    dev, fast, n_new = bench.device, _fast_decoding(bench), size["generate_tokens"]
+    dev, fast, n_new = bench.device, fast_decoding(bench), size["generate_tokens"]
     configs = model_configs(bench.quick)
     torch.manual_seed(0)
     models = {
@@ -632,7 +635,7 @@ def _decode_bandwidth(bench: Bench, bandwidth: float) -> None:
     """A ~100M-parameter bmojo at batch 1 with the static step: bytes read per token (every weight, the LM head
     included, and the whole decoding state) / seconds per token, against the measured memory read bandwidth."""
     size = SIZES[bench.quick]
-    dev, fast = bench.device, _fast_decoding(bench)
+    dev, fast = bench.device, fast_decoding(bench)
     cfg = bandwidth_config(bench.quick)
     m = _model(cfg, dev).eval()
     cache = m.new_cache(1, decoding=fast)

@@ -24,7 +24,7 @@ from ..ops.loss import next_token_cross_entropy, token_cross_entropy
 from .cache import DECODINGS, BMojoCache
 from .configuration import MIXER_KINDS, BMojoConfig
 from .remote import AUTO_MAP, write_remote_code_shim
-from .static import compiled_decoding_pays
+from .static import auto_decoding
 
 logger = logging.getLogger("bmojo")
 
@@ -47,7 +47,7 @@ def _require(condition: torch.Tensor, message) -> None:
         if not bool(condition):
             raise ValueError(message() if callable(message) else message)
     else:
-        torch._assert_async(condition, message() if not callable(message) else "invalid model input")
+        torch._assert_async(condition, message if isinstance(message, str) else "invalid model input")
 
 
 class BMojoBlock(nn.Module):
@@ -206,16 +206,16 @@ class BMojoForCausalLM(BMojoPreTrainedModel, GenerationMixin):
         """HF `generate`, plus `decoding`: how the one-token steps run (see BMojoCache): "reference" (the mixers'
         recurrent forms), "static" (the fixed-address step of bmojo.models.static, eager), "compiled" (that step
         under torch.compile(fullgraph=True); the first call for a model and batch size compiles, up to minutes on a
-        2-core CPU), or "auto": `compiled_decoding_pays` decides. Prefill runs the chunked reference form either way.
-        The choice is logged at INFO (logger "bmojo")."""
+        2-core CPU), "cuda_graph" (the step captured as one CUDA graph), or "auto": `auto_decoding` decides (CUDA
+        graph on CUDA, compiled on a CPU, when the generation is long enough to repay it). Prefill runs the chunked
+        reference form either way. The choice is logged at INFO (logger "bmojo")."""
         config = generation_config if generation_config is not None else self.generation_config
         max_new = kwargs.get("max_new_tokens", config.max_new_tokens) or config.max_length
         ids = inputs if inputs is not None else kwargs.get("input_ids")
         prompt = ids.shape[-1] if ids is not None else 1
         beams = kwargs.get("num_beams", config.num_beams) or 1
         if decoding == "auto":
-            device = next(self.parameters()).device
-            decoding = "compiled" if beams == 1 and compiled_decoding_pays(max_new, device) else "reference"
+            decoding = auto_decoding(max_new, next(self.parameters()).device, beams)
         if decoding not in DECODINGS:
             raise ValueError(f"decoding must be one of auto, {', '.join(DECODINGS)}; got {decoding!r}")
         logger.info("generate: %s decoding (%d new tokens, %d beams)", decoding, max_new, beams)

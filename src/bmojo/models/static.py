@@ -148,12 +148,20 @@ def compiled_decode_step():
     return _COMPILED
 
 
-# New tokens from which "auto" decoding compiles the step: compiling takes tens of seconds to minutes per model and
-# batch size on a 2-core CPU, and the compiled step saves about 9 ms per token there at ~5M parameters
-# (docs/benchmarks.md, decode suite). On CUDA a step saves more.
-COMPILE_MIN_NEW_TOKENS = {"cpu": 8192, "cuda": 256}
+# New tokens from which "auto" decoding compiles the step on a CPU: compiling takes tens of seconds to minutes per
+# model and batch size on a 2-core CPU, and the compiled step saves about 9 ms per token there at ~5M parameters
+# (docs/benchmarks.md, decode suite). On CUDA the eager step is captured as a CUDA graph instead: capturing costs two
+# warm-up steps and no compilation, and replay removes the per-kernel launch cost that dominates small models.
+COMPILE_MIN_NEW_TOKENS = 8192
+CUDA_GRAPH_MIN_NEW_TOKENS = 16
 
 
-def compiled_decoding_pays(max_new_tokens: int, device: torch.device) -> bool:
-    """Whether compiling the static step is worth it for a generation of `max_new_tokens` on `device`."""
-    return max_new_tokens >= COMPILE_MIN_NEW_TOKENS.get(device.type, COMPILE_MIN_NEW_TOKENS["cpu"])
+def auto_decoding(max_new_tokens: int, device: torch.device, num_beams: int = 1) -> str:
+    """The decoding `generate(decoding="auto")` uses for `max_new_tokens` on `device`: "cuda_graph" on CUDA and
+    "compiled" on other devices when the generation is long enough to repay the set-up, else "reference". Beam
+    search (which reorders the cache every step) always takes "reference"."""
+    if num_beams != 1:
+        return "reference"
+    if device.type == "cuda":
+        return "cuda_graph" if max_new_tokens >= CUDA_GRAPH_MIN_NEW_TOKENS else "reference"
+    return "compiled" if max_new_tokens >= COMPILE_MIN_NEW_TOKENS else "reference"

@@ -3,7 +3,7 @@
 Layout: tests/X/test_Y.py tests src/bmojo/X/Y.py (tests/test_Y.py tests src/bmojo/Y.py).
 
 - `tiny_config(preset, **overrides)` / `tiny_model(preset, seed=0, **overrides)`: factories for the tiny models
-  (sizes in TINY, memory sizes in MEMORY).
+  (sizes in TINY, memory sizes in MEMORY); `knob`: a (preset, overrides) pair of KNOBS, one test per entry.
 - `rel(a, b)`: relative Frobenius error ||a - b|| / ||b||; `one_thread`: run a test with one torch thread.
 - `cli(*argv)`: run the `bmojo` command in-process (arguments str()-ed), returns its exit code;
   `subprocess_env`: the environment for `bmojo` in a child process.
@@ -46,6 +46,21 @@ TINY = dict(
     window_size=8, ssm_state_size=8, ssm_head_dim=16, ssm_chunk_size=16, intermediate_size=48,
 )
 MEMORY = {"bmojo_f": dict(num_fading_tokens=3), "bmojo": dict(num_fading_tokens=3, num_eidetic_tokens=5)}
+
+# Config knobs beyond the presets, each with the preset it changes (name: (preset, overrides on top of TINY and
+# MEMORY)). Every test that takes a `knob` argument runs once per entry (pytest_generate_tests below): causality,
+# decoding == parallel forward, packed documents, the static step, the bounded cache.
+KNOBS = {
+    "fading_span=w": ("bmojo", dict(fading_span=8)),
+    "fading_span=3,m_f=0": ("bmojo_f", dict(fading_span=3, num_fading_tokens=0)),
+    "fading_span=w,odd_w": ("bmojo", dict(window_size=7, ssm_chunk_size=5, fading_span=7)),
+}
+
+
+def pytest_generate_tests(metafunc):
+    if "knob" in metafunc.fixturenames:
+        metafunc.parametrize("knob", list(KNOBS.values()), ids=list(KNOBS))
+
 
 # `bmojo train --set` overrides for a tiny model (close to TINY; vocab_size comes from the tokenizer).
 TINY_TRAIN_SETTINGS = [

@@ -43,6 +43,15 @@ def test_attention_mass_sums_to_one_and_splits_by_memory_part(tiny_model):
     assert layer.mass.shape == (45, 3)
     torch.testing.assert_close(layer.mass.sum(1), torch.ones(45))
     torch.testing.assert_close(layer.mass[:8, 0], torch.ones(8))  # chunk 0: every memory slot is empty
+
+
+def test_attention_mass_counts_the_fading_span_as_fading(tiny_model):
+    """With `fading_span` the blocked keys grow by 2w (the span): still three parts summing to 1; the span is empty
+    in chunk 0 and read after it."""
+    (layer, _) = inspect_memory(tiny_model("bmojo", fading_span=8), torch.randint(0, VOCAB, (45,)))
+    torch.testing.assert_close(layer.mass.sum(1), torch.ones(45))
+    torch.testing.assert_close(layer.mass[:8, 0], torch.ones(8))
+    assert (layer.mass[8:, 1] > 0).all()
     assert torch.equal(layer.mass[:8, 1:], torch.zeros(8, 2))
     assert (layer.mass[16:, 2] > 0).all()  # from chunk 2 on, the eidetic memory holds tokens and is read
 

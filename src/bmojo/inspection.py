@@ -32,8 +32,8 @@ class LayerMemory:
 
     score (L,): innovation scores (None when the layer has no eidetic memory: the bmojo_f kind).
     fading (nc, m_f), eidetic (nc, m_e): the positions in each chunk's memory, -1 = a free slot (None when m = 0).
-    mass (L, 3): the fraction of each query's attention (mean over heads) on its raw window, its chunk's fading
-    tokens and its eidetic tokens; each row sums to 1.
+    mass (L, 3): the fraction of each query's attention (mean over heads) on its raw window, its fading tokens (the
+    chunk's, and its own span with `fading_span`) and its eidetic tokens; each row sums to 1.
     """
 
     layer: int
@@ -114,9 +114,10 @@ def inspect_memory(model, input_ids: torch.Tensor, layers: list[int] | None = No
     for i, mixer in mixers.items():
         r = records[i]
         m_f = mixer.num_fading
-        probs = r.weights[0].mean(0)  # (L, M + 2w)
-        M = probs.shape[1] - 2 * mixer.window
-        mass = torch.stack([probs[:, M:].sum(1), probs[:, :m_f].sum(1), probs[:, m_f:M].sum(1)], dim=1)
+        probs = r.weights[0].mean(0)  # (L, M + 2w (+ 2w: the per-query fading span))
+        M, window_end = m_f + mixer.num_eidetic, m_f + mixer.num_eidetic + 2 * mixer.window
+        fading = probs[:, :m_f].sum(1) + probs[:, window_end:].sum(1)
+        mass = torch.stack([probs[:, M:window_end].sum(1), fading, probs[:, m_f:M].sum(1)], dim=1)
         out.append(LayerMemory(
             layer=i, kind=model.model.layers[i].kind, window=mixer.window, num_fading=m_f,
             num_eidetic=mixer.num_eidetic, score=None if r.score is None else r.score[0].cpu(),

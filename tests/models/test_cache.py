@@ -12,7 +12,24 @@ VOCAB = 61  # the tiny models' vocab_size (TINY in tests/conftest.py)
 
 @pytest.mark.parametrize("preset", [p for p in PRESETS if p != "transformer"])
 def test_cache_size_is_constant_in_context_length(preset, tiny_model):
-    model = tiny_model(preset, num_hidden_layers=2)
+    assert_cache_size_is_constant(tiny_model(preset, num_hidden_layers=2))
+    grow = tiny_model("transformer").new_cache(1)
+    with torch.no_grad():
+        tiny_model("transformer")(torch.randint(0, VOCAB, (1, 100)), cache=grow)
+    assert grow.nbytes > 0  # full attention's cache grows (contrast)
+
+
+def test_knob_cache_size_is_constant_in_context_length(knob, tiny_model):
+    preset, overrides = knob
+    model = tiny_model(preset, **overrides)
+    assert_cache_size_is_constant(model)
+    config = model.config  # the y history keeps R_y = max(w + m_f - 1, w + s - 1, k) outputs
+    w, m_f, s, k = config.window_size, config.num_fading_tokens, config.fading_span, config.innovation_span
+    expected = max(w + m_f - 1 if m_f else 0, w + s - 1 if s else 0, k)
+    assert model.new_cache(1).states[0].y.shape[1] == expected
+
+
+def assert_cache_size_is_constant(model):
     cache = model.new_cache(1)
     sizes = {}
     with torch.no_grad():
@@ -20,10 +37,6 @@ def test_cache_size_is_constant_in_context_length(preset, tiny_model):
             model(torch.randint(0, VOCAB, (1, 500)), cache=cache, logits_to_keep=1)
             sizes[cache.seen_tokens] = cache.nbytes
     assert sizes[2000] == sizes[20000] > 0
-    grow = tiny_model("transformer").new_cache(1)
-    with torch.no_grad():
-        tiny_model("transformer")(torch.randint(0, VOCAB, (1, 100)), cache=grow)
-    assert grow.nbytes > 0  # full attention's cache grows (contrast)
 
 
 @pytest.mark.parametrize("preset", ["hybrid", "bmojo"])

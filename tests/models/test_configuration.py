@@ -31,6 +31,14 @@ def test_invalid_config_names_the_field(overrides, field):
         bmojo.BMojoConfig(**{**dict(hidden_size=32, num_attention_heads=4, ssm_head_dim=16), **overrides})
 
 
+@pytest.mark.parametrize("span", [9, -1])
+def test_fading_span_outside_the_window_is_refused(span):
+    """A span longer than the window would need more SSM outputs than the decoding state keeps (w + s - 1)."""
+    message = r"fading_span=-?\d+ is invalid: must be in \[0, window_size=8\]"
+    with pytest.raises(ValueError, match=message):
+        bmojo.BMojoConfig.from_preset("bmojo", window_size=8, fading_span=span)
+
+
 def test_unknown_preset_lists_valid_ones():
     with pytest.raises(ValueError, match="transformer.*bmojo"):
         bmojo.BMojoConfig.from_preset("gpt5")
@@ -40,7 +48,7 @@ def test_unknown_preset_lists_valid_ones():
     "preset, overrides, inert",
     [
         ("transformer", dict(num_fading_tokens=4, num_eidetic_tokens=3), ["num_fading_tokens", "num_eidetic_tokens"]),
-        ("swa", dict(num_fading_tokens=4), ["num_fading_tokens"]),
+        ("swa", dict(num_fading_tokens=4, fading_span=8), ["num_fading_tokens", "fading_span"]),
         ("bmojo_f", dict(num_eidetic_tokens=4), ["num_eidetic_tokens"]),
         ("bmojo", dict(num_fading_tokens=4, num_eidetic_tokens=3), []),
     ],

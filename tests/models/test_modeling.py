@@ -32,9 +32,7 @@ def logits(model, ids):
         return model(ids).logits
 
 
-@pytest.mark.parametrize("preset", PRESETS)
-def test_causal(preset, tiny_model):
-    model = tiny_model(preset)
+def assert_causal(model):
     ids = torch.randint(0, VOCAB, (2, L))
     base = logits(model, ids)
     for t in (0, 9, 23, 44):
@@ -43,6 +41,24 @@ def test_causal(preset, tiny_model):
         if t + 1 < L:
             changed[:, t + 1] = (ids[:, t + 1] + 1) % VOCAB  # make sure something changes
         torch.testing.assert_close(logits(model, changed)[:, : t + 1], base[:, : t + 1], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_causal(preset, tiny_model):
+    assert_causal(tiny_model(preset))
+
+
+def test_knob_is_causal(knob, tiny_model):
+    assert_causal(tiny_model(knob[0], **knob[1]))
+
+
+def test_fading_span_is_read_past_the_first_window(tiny_model):
+    """Same weights, with and without the per-query fading span: equal up to position w (the span is empty before
+    position 0), different after."""
+    ids = torch.randint(0, VOCAB, (2, L))
+    with_span, without = logits(tiny_model("bmojo", fading_span=8), ids), logits(tiny_model("bmojo"), ids)
+    torch.testing.assert_close(with_span[:, :8], without[:, :8], rtol=0, atol=0)
+    assert (with_span[:, 8:] - without[:, 8:]).abs().amax(-1).min() > 1e-4
 
 
 VARIANTS = [
@@ -59,7 +75,15 @@ def test_decoding_equals_parallel_forward(preset, variant, tiny_model):
     overrides = VARIANTS[variant]
     if preset in ("transformer", "mamba") and variant:
         pytest.skip("variant only concerns windowed / B'MOJO layers")
-    model = tiny_model(preset, **overrides)
+    assert_decoding_equals_parallel_forward(tiny_model(preset, **overrides))
+
+
+def test_knob_decoding_equals_parallel_forward(knob, tiny_model):
+    assert_decoding_equals_parallel_forward(tiny_model(knob[0], **knob[1]))
+
+
+def assert_decoding_equals_parallel_forward(model):
+    """Token by token and in pieces that start and end at every chunk phase."""
     ids = torch.randint(0, VOCAB, (2, L))
     ref = logits(model, ids)
     with torch.no_grad():
@@ -333,9 +357,16 @@ def test_left_padded_batch_equals_each_prompt_alone(preset, tiny_model):
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_packed_documents_equal_each_document_alone(preset, tiny_model):
+    assert_packed_documents_equal_each_alone(tiny_model(preset))
+
+
+def test_knob_packed_documents_equal_each_document_alone(knob, tiny_model):
+    assert_packed_documents_equal_each_alone(tiny_model(knob[0], **knob[1]))
+
+
+def assert_packed_documents_equal_each_alone(model):
     """A row of packed documents (seq_idx): each document's logits equal the document run alone, in the parallel
     form and in token-by-token decoding."""
-    model = tiny_model(preset)
     docs = [torch.randint(1, VOCAB, (n,)) for n in DOC_LENGTHS]
     ids, seq_idx = packed(docs)
     with torch.no_grad():

@@ -27,8 +27,16 @@ def decode_logits(model, ids, prefill: int, decoding: str, attention_mask=None):
 @pytest.mark.parametrize("window", [5, 7])
 @pytest.mark.parametrize("preset", PRESETS)
 def test_static_step_equals_reference_decoding_at_every_phase(preset, window, tiny_model, one_thread):
+    assert_static_step_equals_reference(tiny_model(preset, window_size=window, num_hidden_layers=2), window)
+
+
+def test_knob_static_step_equals_reference_decoding_at_every_phase(knob, tiny_model, one_thread):
+    model = tiny_model(knob[0], num_hidden_layers=2, **knob[1])
+    assert_static_step_equals_reference(model, model.config.window_size)
+
+
+def assert_static_step_equals_reference(model, window: int):
     """Every prefill length mod w, then >= 3 chunk boundaries crossed one token at a time."""
-    model = tiny_model(preset, window_size=window, num_hidden_layers=2)
     ids = torch.randint(0, VOCAB, (2, 5 * window))
     with torch.no_grad():
         full = model(ids).logits

@@ -31,6 +31,24 @@ def test_window_attention_matches_dense_reference(L, w, M):
     torch.testing.assert_close(out, ref, atol=FP32_TOL, rtol=FP32_TOL)
 
 
+@pytest.mark.parametrize("L,w,M,span", [(45, 8, 0, 8), (45, 8, 5, 3), (45, 8, 5, 1), (12, 8, 2, 8), (7, 8, 0, 5)])
+def test_window_attention_band_matches_dense_reference(L, w, M, span):
+    """The band (B'MOJO's per-query fading span): query t also reads band keys t - w - span < f <= t - w."""
+    b, hq, hk, d = 2, 4, 2, 8
+    q, k, v = torch.randn(b, hq, L, d), torch.randn(b, hk, L, d), torch.randn(b, hk, L, d)
+    band = (torch.randn(b, hk, L, d), torch.randn(b, hk, L, d), span)
+    nc = -(-L // w)
+    mem = {}
+    if M:
+        mem = dict(mem_k=torch.randn(b, hk, nc, M, d), mem_v=torch.randn(b, hk, nc, M, d),
+                   mem_valid=torch.rand(b, nc, M) > 0.3)
+    out = window_attention(q, k, v, w, **mem, band=band)
+    torch.testing.assert_close(out, window_attention_reference(q, k, v, w, **mem, band=band), atol=FP32_TOL,
+                               rtol=FP32_TOL)
+    if L > w:  # queries past the first window do read the band
+        assert not torch.allclose(out[:, :, w:], window_attention(q, k, v, w, **mem)[:, :, w:])
+
+
 def test_window_attention_weights_are_the_probabilities_window_attention_applies():
     """With one-hot values (source s -> unit vector e_s) the attention output is each query's distribution over its
     sources; `window_attention_weights`, mapped from the blocked layout [memory of chunk c; chunk c-1; chunk c] to
@@ -99,4 +117,19 @@ def test_window_attention_with_documents_equals_each_document_alone():
             a, e = (seq_idx[row] == doc).nonzero()[[0, -1], 0].tolist()
             part = [t[row : row + 1, :, a : e + 1] for t in (q, k, v)]
             alone = window_attention_reference(*part, 5)
+            torch.testing.assert_close(out[row : row + 1, :, a : e + 1], alone, rtol=0, atol=FP32_TOL)
+
+
+def test_window_attention_band_with_documents_equals_each_document_alone():
+    """seq_idx with a band: band keys of another document are masked too; each document equals the reference over
+    it alone."""
+    seq_idx = torch.tensor([[0] * 7 + [1] * 2 + [2] * 14, [0] * 23])
+    q, k, v = torch.randn(2, 4, 23, 8), torch.randn(2, 2, 23, 8), torch.randn(2, 2, 23, 8)
+    band_k, band_v = torch.randn(2, 2, 23, 8), torch.randn(2, 2, 23, 8)
+    out = window_attention(q, k, v, 5, seq_idx=seq_idx, band=(band_k, band_v, 4))
+    for row in range(2):
+        for doc in seq_idx[row].unique():
+            a, e = (seq_idx[row] == doc).nonzero()[[0, -1], 0].tolist()
+            part = [t[row : row + 1, :, a : e + 1] for t in (q, k, v, band_k, band_v)]
+            alone = window_attention_reference(*part[:3], 5, band=(*part[3:], 4))
             torch.testing.assert_close(out[row : row + 1, :, a : e + 1], alone, rtol=0, atol=FP32_TOL)

@@ -7,9 +7,10 @@ d = 256 this gives transformer/swa 6 layers, mamba 12, hybrid 6, bmojo_f/bmojo 4
 
 FLOPs ("model FLOPs", for model-FLOP utilization): per token, forward, counting a multiply-add as 2:
   matmuls: 2 x the weights applied to the token (every Linear, LM head included; B'MOJO's fading k/v
-           projections are applied to m_f SSM outputs per chunk of w, so they count m_f / w times);
+           projections are applied to m_f SSM outputs per chunk of w, so they count m_f / w times, or to every
+           output with a per-query fading span);
   attention: 4 x (query-key width) x (keys the token attends to): L/2 on average for causal, about w for
-           sliding window, w + m_f + m_e for B'MOJO;
+           sliding window, w + m_f + m_e (+ s, the fading span) for B'MOJO;
   SSD (chunked algorithm, chunk Q): 2 Q (g n + h p) within the chunk + 4 h p n for the chunk states, plus
            2 K conv_dim for the short convolution.
 A training step is 3x the forward. Elementwise work (norms, exp, softmax) is not counted.
@@ -61,9 +62,9 @@ def _linear_flops(module: nn.Module) -> int:
     for m in module.modules():
         if isinstance(m, nn.Linear):
             flops += 2 * m.in_features * m.out_features
-        if isinstance(m, BMojoMixer):  # fading k/v projections: applied only to the m_f outputs read per chunk
-            per_token = 2 * 2 * m.attn.k_proj.in_features * m.attn.k_proj.out_features
-            flops += per_token * m.num_fading / m.window - (0 if m.tied else per_token)
+        if isinstance(m, BMojoMixer):  # fading k/v projections: the m_f outputs read per chunk, or every output
+            per_token = 2 * 2 * m.attn.k_proj.in_features * m.attn.k_proj.out_features  # with a per-query span
+            flops += per_token * (1 if m.fading_span else m.num_fading / m.window) - (0 if m.tied else per_token)
     return flops
 
 
@@ -91,7 +92,8 @@ def forward_flops_per_token(config: BMojoConfig, seq_len: int) -> float:
         elif kind == "ssm":
             mixing += ssd
         else:  # bmojo_f / bmojo
-            mixing += ssd + 4 * qk_width * (avg_window + c.num_fading_tokens + c.eidetic_tokens(i))
+            memory = c.num_fading_tokens + c.eidetic_tokens(i) + c.fading_span
+            mixing += ssd + 4 * qk_width * (avg_window + memory)
     return linear + mixing
 
 

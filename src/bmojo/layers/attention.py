@@ -71,13 +71,15 @@ class Attention(nn.Module):
         size = 0 if self.window is None else self.window
         return KVSlots.empty(batch_size, self.num_kv_heads, size, self.head_dim, device, dtype, scored)
 
-    def attend_window(self, q: torch.Tensor, window: KVSlots, new: KVSlots, memory: KVSlots | None = None):
+    def attend_window(self, q: torch.Tensor, window: KVSlots, new: KVSlots, memory: KVSlots | None = None,
+                      band: KVSlots | None = None, band_span: int = 0):
         """One decoding step of a sliding window, for n new tokens that do not cross a chunk boundary.
 
         q (b, h, n, hd) are the new tokens' queries, `new` their keys/values (positions new.pos); each attends,
-        under one softmax, to the window's and the new tokens' raw keys in its window and to every valid slot of
-        `memory` (B'MOJO's memory prefix). Returns (o (b, h, n, hd), the
-        window after the step (its last w slots), the n slots that left it, oldest first)."""
+        under one softmax, to the window's and the new tokens' raw keys in its window, to every valid slot of
+        `memory` (B'MOJO's memory prefix) and to the slots of `band` at t - w - band_span < f <= t - w (B'MOJO's
+        per-query fading span). Returns (o (b, h, n, hd), the window after the step (its last w slots), the n slots
+        that left it, oldest first)."""
         n = new.pos.shape[1]
         slots = window.cat(new)
         mask = window_mask(new.pos, slots.pos, self.window)
@@ -85,6 +87,9 @@ class Attention(nn.Module):
         if memory is not None:
             mask = torch.cat([memory.valid[:, None, :].expand(-1, n, -1), mask], dim=2)
             k, v = torch.cat([memory.k, k], 2), torch.cat([memory.v, v], 2)
+        if band is not None:
+            mask = torch.cat([mask, window_mask(new.pos - self.window, band.pos, band_span)], dim=2)
+            k, v = torch.cat([k, band.k], 2), torch.cat([v, band.v], 2)
         o = masked_attention(q, k, v, mask[:, None])
         return o, slots.slots(n), slots.slots(0, n)
 

@@ -1,6 +1,7 @@
 """The B'MOJO mixer (docs/design.md, "The B'MOJO layer"): sliding-window attention over the raw window,
-m_f fading tokens (SSM outputs from just beyond the window) and m_e eidetic tokens (the most surprising
-past raw tokens, by the innovation test). `m_e = 0` is the 'bmojo_f' kind.
+m_f fading tokens (SSM outputs from just beyond the window, the same for every query of a chunk), optionally each
+query's own span of s fading tokens (the SSM outputs at t-w-s+1..t-w, `fading_span`), and m_e eidetic tokens (the
+most surprising past raw tokens, by the innovation test). `m_e = 0` is the 'bmojo_f' kind.
 
 Both forms take every memory rule (positions, merge, eviction) from `bmojo.ops.memory`: the parallel form
 computes each chunk's memory positions for the whole sequence at once, the recurrent form updates one
@@ -36,13 +37,15 @@ class BMojoState:
 
     ssm: the SSM's state.
     window: the raw window, the last w tokens (keys/values of u, positions, innovation scores when m_e > 0).
-    y (b, R_y, d): the last R_y = max(w + m_f - 1, k) SSM outputs (zeros before position 0): the innovation
-        predictor's history and, at a chunk boundary, the source of the fading tokens.
+    y (b, R_y, d): the last R_y = max(w + m_f - 1, w + s - 1, k) SSM outputs (zeros before position 0): the
+        innovation predictor's history, the source of the fading tokens at a chunk boundary and of each query's
+        fading span (s = `fading_span`).
     fading (m_f slots), eidetic (m_e slots, scored): the current chunk's memory prefix.
     pending (min(w, m_e) slots, scored): the best tokens that left the window since the last chunk boundary;
         merged into the eidetic memory at the next one.
-    fading_ring (R_y slots): in the fixed-address layout only (bmojo.models.static), the fading keys/values of
-        the outputs in the y ring, projected as each output arrives; None in the reference layout.
+    fading_ring (R_y slots): in the fixed-address layout only (bmojo.models.static, when m_f > 0 or s > 0), the
+        fading keys/values of the outputs in the y ring, projected as each output arrives; None in the reference
+        layout.
     """
 
     ssm: SSMState
@@ -65,7 +68,8 @@ class MemoryRecord:
 
     score (b, L): the innovation score of every token (None without eidetic tokens).
     fading (nc, m_f), eidetic (b, nc, m_e): each chunk's memory positions (EMPTY = a free slot; None when m = 0).
-    weights (b, hq, L, M + 2w): each query's attention probabilities over [fading; eidetic; chunk c-1; chunk c].
+    weights (b, hq, L, M + 2w (+ 2w)): each query's attention probabilities over [fading; eidetic; chunk c-1;
+        chunk c (; fading span: the SSM outputs of chunks c-2, c-1)].
     """
 
     score: torch.Tensor | None
@@ -90,6 +94,7 @@ class BMojoMixer(nn.Module):
         super().__init__()
         self.window = config.window_size
         self.num_fading = config.num_fading_tokens
+        self.fading_span = config.fading_span
         self.num_eidetic = num_eidetic
         self.fading_residual = config.fading_residual
         self.ssm = Mamba2Mixer(config)
@@ -105,7 +110,7 @@ class BMojoMixer(nn.Module):
         self.recorder: Callable[[MemoryRecord], None] | None = None
 
     def fading_kv(self, y: torch.Tensor, positions: torch.Tensor):
-        """Keys/values of SSM outputs y (b, T, d) at `positions` (T,): (b, hk, T, hd) each."""
+        """Keys/values of SSM outputs y (b, T, d) at `positions` (T,) or (b, T): (b, hk, T, hd) each."""
         k_proj, v_proj = (self.attn.k_proj, self.attn.v_proj) if self.tied else (self.fade_k_proj, self.fade_v_proj)
         return self.attn.split_heads(k_proj(y), positions), self.attn.split_heads(v_proj(y), None)
 
@@ -173,16 +178,18 @@ class BMojoMixer(nn.Module):
             mem_v.append(gather_positions(v, epos))
             mem_valid.append(epos >= 0)
         memory = (torch.cat(mem_k, 3), torch.cat(mem_v, 3), torch.cat(mem_valid, 2)) if mem_k else ()
+        band = (*self.fading_kv(y, positions), self.fading_span) if self.fading_span else None
         if self.recorder is not None:
-            weights = window_attention_weights(q, k, v, w, *memory, seq_idx=seq_idx)
+            weights = window_attention_weights(q, k, v, w, *memory, seq_idx=seq_idx, band=band)
             self.recorder(MemoryRecord(score=eps, fading=fpos, eidetic=epos, weights=weights))
-        return window_attention(q, k, v, w, *memory, seq_idx=seq_idx)
+        return window_attention(q, k, v, w, *memory, seq_idx=seq_idx, band=band)
 
     def init_state(self, batch_size: int, device, dtype) -> BMojoState:
         hk, hd = self.attn.num_kv_heads, self.attn.head_dim
         m_f, m_e = self.num_fading, self.num_eidetic
         slots = lambda n, scored: KVSlots.empty(batch_size, hk, n, hd, device, dtype, scored)  # noqa: E731
-        y_size = max(self.window + m_f - 1 if m_f else 0, self.innovation_weights.shape[0])
+        y_size = max(self.window + m_f - 1 if m_f else 0, self.window + self.fading_span - 1 if self.fading_span else 0,
+                     self.innovation_weights.shape[0])
         return BMojoState(
             ssm=self.ssm.init_state(batch_size, device, dtype),
             window=self.attn.init_state(batch_size, device, dtype, scored=m_e > 0),
@@ -238,12 +245,24 @@ class BMojoMixer(nn.Module):
                 chunk = positions[:, a] // w
             if boundary is not False:
                 s = self._enter_chunk(s, chunk, boundary)
-            o, s.window, left = self.attn.attend_window(q[:, :, a:e], s.window, new.slots(a, e), s.memory)
+            band = self._fading_span(s.y, positions[:, a:e]) if self.fading_span else None
+            o, s.window, left = self.attn.attend_window(q[:, :, a:e], s.window, new.slots(a, e), s.memory, band,
+                                                        self.fading_span)
             outs.append(o)
             if m_e:  # the other tokens that left the window are candidates for the next chunk
                 s.pending = keep_top(s.pending, _without_first(left, boundary))
             s.y = torch.cat([s.y, y[:, a:e]], 1)[:, -s.y.shape[1] :]
         return self.output(torch.cat(outs, dim=2), y), s
+
+    def _fading_span(self, y_hist: torch.Tensor, pos: torch.Tensor) -> KVSlots:
+        """The fading spans of n consecutive queries at positions pos (b, n) inside one chunk: the keys/values of the
+        SSM outputs at pos[:, 0] - w - s + 1 .. pos[:, -1] - w (n + s - 1 slots, EMPTY before position 0), read from
+        the y history y_hist (b, R_y, d), which ends at position pos[:, 0] - 1."""
+        n, R = pos.shape[1], y_hist.shape[1]
+        offsets = torch.arange(n + self.fading_span - 1, device=pos.device) - self.window - self.fading_span + 1
+        band_pos = pos[:, :1] + offsets
+        k, v = self.fading_kv(y_hist[:, R + offsets], band_pos.clamp(min=0))
+        return KVSlots(k, v, band_pos.masked_fill(band_pos < 0, EMPTY))
 
     def static_step(self, u: torch.Tensor, s: BMojoState, pos: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
         """One token per row in the fixed-address layout (bmojo.models.static): `s.window` is a ring of w slots and
@@ -272,10 +291,16 @@ class BMojoMixer(nn.Module):
             fpos = fading_positions(pos // w, w, m_f)  # (b, m_f); at a boundary they lie in the ring
             entered = dataclasses.replace(s.fading_ring.take(fpos % R), pos=fpos)
             copy_into(s.fading, select_rows(boundary, entered, s.fading))
-            s.fading_ring.put_(pos % R, KVSlots(*self.fading_kv(y, pos[:, None]), pos[:, None]))  # after the read
+        keys = s.memory
+        if self.fading_span:  # this query's span, pos - w - s + 1 .. pos - w, lies in the ring
+            band_pos = pos[:, None] - w - self.fading_span + 1 + torch.arange(self.fading_span, device=u.device)
+            band = dataclasses.replace(s.fading_ring.take(band_pos % R), pos=band_pos.masked_fill(band_pos < 0, EMPTY))
+            keys = keys.cat(band)
+        if s.fading_ring is not None:  # after the reads
+            s.fading_ring.put_(pos % R, KVSlots(*self.fading_kv(y, pos[:, None]), pos[:, None]))
         s.window.put_(slot, KVSlots(k, v, pos[:, None], eps))
         s.y[torch.arange(b, device=u.device), pos % R] = y[:, 0].to(s.y.dtype)  # index_put_: in place when compiled
-        keys = s.memory.cat(s.window)
+        keys = keys.cat(s.window)
         o = masked_attention(q, keys.k, keys.v, keys.valid[:, None, None, :])
         return self.output(o, y)
 

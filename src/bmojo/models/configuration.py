@@ -19,7 +19,8 @@ WINDOW_KINDS = frozenset({"swa", "bmojo_f", "bmojo"})  # kinds that read window_
 SSM_KINDS = frozenset({"ssm", "bmojo_f", "bmojo"})  # kinds with a Mamba-2 mixer inside
 BMOJO_KINDS = frozenset({"bmojo_f", "bmojo"})  # kinds with fading tokens and an innovation test
 # memory-size fields -> the kinds that use them; a pattern without such a kind leaves the field inert
-MEMORY_FIELDS = {"num_fading_tokens": BMOJO_KINDS, "num_eidetic_tokens": frozenset({"bmojo"})}
+MEMORY_FIELDS = {"num_fading_tokens": BMOJO_KINDS, "num_eidetic_tokens": frozenset({"bmojo"}),
+                 "fading_span": BMOJO_KINDS}
 # Cap on the memory sizes m_f and m_e [tokens]: their slots are allocated whether or not a sequence fills them
 # (m_e = 100000 took 3.6 s and 1.6 GB on 40 tokens). 4096 slots hold as much as a 4096-token KV cache, 16 x the
 # largest knob `bmojo compare` tries (256 eidetic tokens).
@@ -113,6 +114,7 @@ class BMojoConfig(PreTrainedConfig):
     num_eidetic_tokens: int = 0  # m_e <= MAX_MEMORY_TOKENS: past raw tokens the innovation test keeps [tokens] (bmojo)
     innovation_span: int = 4  # k: past SSM outputs the fixed innovation predictor averages
     innovation_weights: list[float] | None = None  # predictor weights alpha_1..alpha_k, oldest-last; None = 1/k each
+    fading_span: int = 0  # s in [0, w]: query t also reads fading keys/values of outputs t-w-s+1..t-w; 0 = off [tokens]
     tie_fading_projections: bool = True  # fading keys/values use the attention's k/v projections (else their own)
     fading_residual: bool = False  # also add the SSM output to the mixer output (the paper: off)
     # -- selective SSM, Mamba-2 (ssm, bmojo_f, bmojo)
@@ -174,7 +176,7 @@ class BMojoConfig(PreTrainedConfig):
         if kinds & WINDOW_KINDS:
             _need(self.window_size >= 1, "window_size", "must be >= 1 (sliding-window and B'MOJO layers)",
                   self.window_size)
-        for name in MEMORY_FIELDS:
+        for name in ("num_fading_tokens", "num_eidetic_tokens"):
             value = getattr(self, name)
             _need(0 <= value <= MAX_MEMORY_TOKENS, name, f"must be in [0, {MAX_MEMORY_TOKENS}] (MAX_MEMORY_TOKENS)",
                   value)
@@ -186,6 +188,9 @@ class BMojoConfig(PreTrainedConfig):
             _need(heads % self.ssm_n_groups == 0, "ssm_n_groups", f"must divide the SSM head count {heads}",
                   self.ssm_n_groups)
         if kinds & BMOJO_KINDS:
+            _need(0 <= self.fading_span <= self.window_size, "fading_span",
+                  f"must be in [0, window_size={self.window_size}] (a query's span of fading tokens just beyond its "
+                  "window; the decoding state keeps w + s - 1 SSM outputs)", self.fading_span)
             _need(self.innovation_span >= 1, "innovation_span", "must be >= 1", self.innovation_span)
             _need(len(self.innovation_weights) == self.innovation_span, "innovation_weights",
                   f"must have innovation_span={self.innovation_span} entries", self.innovation_weights)

@@ -58,7 +58,7 @@ def to_static(kind: str, mixer, state, next_pos: torch.Tensor, capacity: int):
         return SSMState(state.conv.clone(), state.ssm.clone())
     y = roll_rows(state.y, next_pos)
     ring = None
-    if mixer.num_fading:
+    if mixer.num_fading or mixer.fading_span:
         pos = ring_positions(next_pos, y.shape[1])
         ring = KVSlots(*mixer.fading_kv(y, pos.clamp(min=0)), pos)
     return dataclasses.replace(

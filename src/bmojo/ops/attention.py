@@ -53,9 +53,10 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_idx:
     return masked_attention(q, k, v, mask)
 
 
-def _window_blocks(q, k, v, window, mem_k=None, mem_v=None, mem_valid=None, seq_idx=None):
+def _window_blocks(q, k, v, window, mem_k=None, mem_v=None, mem_valid=None, seq_idx=None, band=None):
     """The blocked layout of `window_attention`, chunks folded into the batch: q (b*nc, hq, w, d), keys and values
-    (b*nc, hk, S, d) = [memory; chunk c-1; chunk c] with S = M + 2w, and the mask (b*nc, 1, w, S)."""
+    (b*nc, hk, S, d) = [memory; chunk c-1; chunk c (; band chunks c-2, c-1)] with S = M + 2w (+ 2w), and the mask
+    (b*nc, 1, w, S)."""
     b, hq, L, d = q.shape
     hk, w = k.shape[1], window
     nc = -(-L // w)
@@ -75,10 +76,29 @@ def _window_blocks(q, k, v, window, mem_k=None, mem_v=None, mem_valid=None, seq_
     raw_mask = raw_mask.expand(nc, w, 2 * w).clone()
     raw_mask[0, :, :w] = False  # chunk -1 does not exist
     mask = raw_mask.expand(b, nc, w, 2 * w)
+    docs = None
     if seq_idx is not None:
         docs = F.pad(seq_idx, (0, pad), mode="replicate").view(b, nc, w) if pad else seq_idx.view(b, nc, w)
         key_docs = torch.cat([F.pad(docs, (0, 0, 1, 0), value=-1)[:, :nc], docs], dim=2)  # [chunk c-1; chunk c]
         mask = mask & (docs[..., :, None] == key_docs[..., None, :])
+    if band is not None:  # keys at t - w - s < f <= t - w: [chunk c-2; chunk c-1] of the band's keys
+        band_k, band_v, span = band
+        if pad:
+            band_k, band_v = (F.pad(t, (0, 0, 0, pad)) for t in (band_k, band_v))
+        # chunk c reads the blocks of chunk c - 1: [chunk c-2; chunk c-1] (zeros before chunk 0, masked below)
+        earlier = lambda t: F.pad(blocks(t), (0, 0, 0, 0, 1, 0))[:, :, :nc]  # noqa: E731
+        keys = torch.cat([keys, earlier(band_k)], dim=3)
+        values = torch.cat([values, earlier(band_v)], dim=3)
+        band_mask = (j > i + w - span) & (j <= i + w)  # f - t = j - 2w - i
+        band_mask = band_mask.expand(nc, w, 2 * w).clone()
+        band_mask[0] = False  # chunks -2 and -1 do not exist
+        if nc > 1:
+            band_mask[1, :, :w] = False
+        band_mask = band_mask.expand(b, nc, w, 2 * w)
+        if docs is not None:
+            band_docs = F.pad(key_docs, (0, 0, 1, 0), value=-1)[:, :nc]  # [chunk c-2; chunk c-1]
+            band_mask = band_mask & (docs[..., :, None] == band_docs[..., None, :])
+        mask = torch.cat([mask, band_mask], dim=3)
     if mem_k is not None and mem_k.shape[3] > 0:
         keys = torch.cat([mem_k, keys], dim=3)
         values = torch.cat([mem_v, values], dim=3)
@@ -104,16 +124,19 @@ def window_attention(
     mem_v: torch.Tensor | None = None,
     mem_valid: torch.Tensor | None = None,
     seq_idx: torch.Tensor | None = None,
+    band: tuple[torch.Tensor, torch.Tensor, int] | None = None,
 ) -> torch.Tensor:
-    """Blocked causal sliding-window attention with optional memory tokens per chunk.
+    """Blocked causal sliding-window attention with optional memory tokens per chunk, and an optional band.
 
     Positions are cut into chunks of length `window` (w). Query t (chunk c = t // w) attends, under one
-    softmax, to raw keys s with t - w < s <= t and to the M memory slots of its chunk.
-    q: (b, hq, L, d); k, v: (b, hk, L, d); mem_k, mem_v: (b, hk, nc, M, d); mem_valid: (b, nc, M),
-    nc = ceil(L / w); seq_idx (b, L) (optional, packed documents): raw keys of another document are masked.
-    Cost O(L (2w + M)): each chunk's queries see [memory; chunk c-1; chunk c]. Returns (b, hq, L, d).
+    softmax, to raw keys s with t - w < s <= t, to the M memory slots of its chunk and, with `band` = (band_k,
+    band_v, span), to band keys f with t - w - span < f <= t - w (1 <= span <= w; B'MOJO's per-query fading span).
+    q: (b, hq, L, d); k, v, band_k, band_v: (b, hk, L, d); mem_k, mem_v: (b, hk, nc, M, d); mem_valid: (b, nc, M),
+    nc = ceil(L / w); seq_idx (b, L) (optional, packed documents): raw and band keys of another document are
+    masked. Cost O(L (2w + M)) (+ 2w with a band): each chunk's queries see [memory; chunk c-1; chunk c (; band
+    chunks c-2, c-1)]. Returns (b, hq, L, d).
     """
-    q_blocks, keys, values, mask = _window_blocks(q, k, v, window, mem_k, mem_v, mem_valid, seq_idx)
+    q_blocks, keys, values, mask = _window_blocks(q, k, v, window, mem_k, mem_v, mem_valid, seq_idx, band)
     dtype = compute_dtype(q.device.type, q.dtype)
     if q.device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
         out = explicit_attention(q_blocks, keys, values, mask, dtype)
@@ -132,11 +155,12 @@ def window_attention_weights(
     mem_v: torch.Tensor | None = None,
     mem_valid: torch.Tensor | None = None,
     seq_idx: torch.Tensor | None = None,
+    band: tuple[torch.Tensor, torch.Tensor, int] | None = None,
 ) -> torch.Tensor:
     """The attention probabilities of `window_attention` (same arguments), in fp32, for inspection: (b, hq, L, S)
-    over each query's blocked keys [the M memory slots of its chunk; chunk c-1; chunk c], S = M + 2w. Each row
-    sums to 1; masked keys have probability 0."""
-    q_blocks, keys, _, mask = _window_blocks(q, k, v, window, mem_k, mem_v, mem_valid, seq_idx)
+    over each query's blocked keys [the M memory slots of its chunk; chunk c-1; chunk c (; band chunks c-2, c-1)],
+    S = M + 2w (+ 2w). Each row sums to 1; masked keys have probability 0."""
+    q_blocks, keys, _, mask = _window_blocks(q, k, v, window, mem_k, mem_v, mem_valid, seq_idx, band)
     B, hq, w, d = q_blocks.shape
     hk, S = keys.shape[1], keys.shape[2]
     scores = torch.matmul(q_blocks.float().reshape(B, hk, hq // hk * w, d), keys.float().transpose(-1, -2))
@@ -152,16 +176,22 @@ def window_attention_reference(
     mem_k: torch.Tensor | None = None,
     mem_v: torch.Tensor | None = None,
     mem_valid: torch.Tensor | None = None,
+    band: tuple[torch.Tensor, torch.Tensor, int] | None = None,
 ) -> torch.Tensor:
-    """Dense twin of `window_attention`: one (L, nc*M + L) mask over all memory slots of all chunks
-    and all raw keys, explicit softmax in fp32. O(L^2) memory; for tests and benchmarks."""
+    """Dense twin of `window_attention` (without documents): one (L, nc*M + L (+ L)) mask over all memory slots of
+    all chunks, all raw keys (and all band keys), explicit softmax in fp32. O(L^2) memory; for tests and benchmarks."""
     b, hq, L, d = q.shape
     hk, w = k.shape[1], window
     rep = hq // hk
     k, v = k.repeat_interleave(rep, dim=1).float(), v.repeat_interleave(rep, dim=1).float()
     t = torch.arange(L, device=q.device)
     mask = (t[None, :] <= t[:, None]) & (t[None, :] > t[:, None] - w)  # (L, L)
-    mask = mask.expand(b, L, L)
+    if band is not None:
+        band_k, band_v, span = band
+        k = torch.cat([k, band_k.repeat_interleave(rep, dim=1).float()], dim=2)
+        v = torch.cat([v, band_v.repeat_interleave(rep, dim=1).float()], dim=2)
+        mask = torch.cat([mask, (t[None, :] <= t[:, None] - w) & (t[None, :] > t[:, None] - w - span)], dim=1)
+    mask = mask.expand(b, L, mask.shape[1])
     if mem_k is not None and mem_k.shape[3] > 0:
         nc, M = mem_k.shape[2], mem_k.shape[3]
         k = torch.cat([mem_k.repeat_interleave(rep, dim=1).flatten(2, 3).float(), k], dim=2)

@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 # Model-config fields that fix the parameter shapes or the computation: a checkpoint is resumable only
 # into a model that agrees on all of them.
 RESUME_CONFIG_KEYS = ("layer_pattern", "hidden_size", "num_hidden_layers", "vocab_size", "num_attention_heads",
-                      "num_key_value_heads", "window_size", "num_fading_tokens", "num_eidetic_tokens",
+                      "num_key_value_heads", "window_size", "num_fading_tokens", "num_eidetic_tokens", "fading_span",
                       "ssm_state_size", "ssm_expand", "ssm_head_dim", "ssm_n_groups", "ssm_conv_kernel",
                       "intermediate_size", "use_mlp", "pos_encoding", "tie_word_embeddings",
                       "tie_fading_projections", "fading_residual", "innovation_span")

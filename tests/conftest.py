@@ -54,6 +54,8 @@ KNOBS = {
     "fading_span=w": ("bmojo", dict(fading_span=8)),
     "fading_span=3,m_f=0": ("bmojo_f", dict(fading_span=3, num_fading_tokens=0)),
     "fading_span=w,odd_w": ("bmojo", dict(window_size=7, ssm_chunk_size=5, fading_span=7)),
+    "eidetic_position=edge": ("bmojo", dict(eidetic_position="edge")),
+    "edge,m_f=0,fading_span=5": ("bmojo", dict(eidetic_position="edge", num_fading_tokens=0, fading_span=5)),
 }
 
 

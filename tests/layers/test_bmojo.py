@@ -4,6 +4,7 @@ tests/models/test_modeling.py.)"""
 
 import torch
 
+from bmojo.layers.common import RotaryEmbedding
 from bmojo.ops.memory import EMPTY, innovation_score
 
 VOCAB = 61  # the tiny models' vocab_size (TINY in tests/conftest.py)
@@ -27,3 +28,35 @@ def test_decoded_eidetic_memory_is_top_innovation_at_every_chunk(tiny_model, bru
                 c = t // w
                 got = sorted(p for p in cache.states[0].eidetic.pos[0].tolist() if p != EMPTY)
                 assert got == brute_force_eidetic(eps, w, m_e, c), (t, got)
+
+
+def test_rotary_rotations_add():
+    """The edge policy re-rotates keys already rotated at their own positions: rotating by p, then by d, equals
+    rotating by p + d, to the rounding of an fp32 angle (p x 2^-24 rad: ~3e-4 at p = 5000)."""
+    rope = RotaryEmbedding(16)
+    x = torch.randn(2, 3, 10, 16)
+    p, d = torch.randint(0, 5000, (2, 3, 10)), torch.randint(-5000, 5000, (2, 3, 10))
+    torch.testing.assert_close(rope.rotate(rope.rotate(x, p), d), rope.rotate(x, p + d), rtol=0, atol=1e-3)
+
+
+def test_edge_policy_reads_eidetic_keys_at_the_chunk_edge(tiny_model):
+    """eidetic_position="edge": chunk c reads every eidetic key rotated to c w - w - m_f. The mixer's memory prefix
+    for a decoded state equals the keys recomputed from the kept tokens' inputs at that position; and the model
+    equals the "original" one until chunk 2 (before it the memory is empty or holds only position 0 ... c w - w)."""
+    edge, original = tiny_model("bmojo", eidetic_position="edge"), tiny_model("bmojo")
+    ids = torch.randint(0, VOCAB, (1, 45))
+    with torch.no_grad():
+        a, b = edge(ids).logits, original(ids).logits
+        torch.testing.assert_close(a[:, :8], b[:, :8], rtol=0, atol=0)  # chunk 0: no memory
+        assert (a[:, 16:] - b[:, 16:]).abs().amax(-1).min() > 1e-5
+        cache = edge.new_cache(1)
+        edge(ids[:, :41], cache=cache)  # the next token, at 41, is in chunk 5
+        mixer, state = edge.model.layers[0].mixer, cache.states[0]
+        memory = mixer._memory(state, torch.tensor([41]))
+        kept = state.eidetic.pos[0]
+        u = edge.model.layers[0].input_norm(edge.model.embed_tokens(ids[:, :41]))
+        k = mixer.attn.split_heads(mixer.attn.k_proj(u[:, kept.clamp(min=0)]), None)  # unrotated
+        at_edge = mixer.attn.rope.rotate(k, torch.tensor(5 * 8 - 8 - 3))
+        m_f = mixer.num_fading
+        valid = kept >= 0
+        torch.testing.assert_close(memory.k[:, :, m_f:][:, :, valid], at_edge[:, :, valid], rtol=1e-4, atol=1e-4)

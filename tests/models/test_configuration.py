@@ -39,6 +39,13 @@ def test_fading_span_outside_the_window_is_refused(span):
         bmojo.BMojoConfig.from_preset("bmojo", window_size=8, fading_span=span)
 
 
+def test_edge_eidetic_position_needs_rope():
+    with pytest.raises(ValueError, match="eidetic_position='edge' is invalid: 'edge' moves .* needs pos_encoding='rope'"):
+        bmojo.BMojoConfig.from_preset("bmojo", pos_encoding="none", eidetic_position="edge")
+    with pytest.raises(ValueError, match=r"eidetic_position='last' is invalid: must be one of \('original', 'edge'\)"):
+        bmojo.BMojoConfig.from_preset("bmojo", eidetic_position="last")
+
+
 def test_unknown_preset_lists_valid_ones():
     with pytest.raises(ValueError, match="transformer.*bmojo"):
         bmojo.BMojoConfig.from_preset("gpt5")

@@ -23,6 +23,7 @@ from ..ops.memory import (
     KVSlots,
     eidetic_positions,
     fading_positions,
+    history_end,
     innovation_score,
     keep_top,
 )
@@ -95,6 +96,7 @@ class BMojoMixer(nn.Module):
         self.window = config.window_size
         self.num_fading = config.num_fading_tokens
         self.fading_span = config.fading_span
+        self.eidetic_position = config.eidetic_position
         self.num_eidetic = num_eidetic
         self.fading_residual = config.fading_residual
         self.ssm = Mamba2Mixer(config)
@@ -174,7 +176,13 @@ class BMojoMixer(nn.Module):
             mem_valid.append(valid)
         if self.num_eidetic:
             epos = eidetic_positions(eps, w, self.num_eidetic, seq_idx)
-            mem_k.append(gather_positions(k, epos))
+            ek = gather_positions(k, epos)
+            if self.eidetic_position == "edge":  # from each token's own position to its chunk's edge
+                rows = positions.expand(b, -1) if positions.dim() == 1 else positions
+                own = rows.gather(1, epos.clamp(min=0).flatten(1)).view_as(epos)
+                edge = self._edge(rows[:, ::w])  # (b, nc): every chunk's first position
+                ek = self.attn.rope.rotate(ek, (edge[..., None] - own)[:, None])
+            mem_k.append(ek)
             mem_v.append(gather_positions(v, epos))
             mem_valid.append(epos >= 0)
         memory = (torch.cat(mem_k, 3), torch.cat(mem_v, 3), torch.cat(mem_valid, 2)) if mem_k else ()
@@ -246,13 +254,27 @@ class BMojoMixer(nn.Module):
             if boundary is not False:
                 s = self._enter_chunk(s, chunk, boundary)
             band = self._fading_span(s.y, positions[:, a:e]) if self.fading_span else None
-            o, s.window, left = self.attn.attend_window(q[:, :, a:e], s.window, new.slots(a, e), s.memory, band,
+            memory = self._memory(s, positions[:, a])
+            o, s.window, left = self.attn.attend_window(q[:, :, a:e], s.window, new.slots(a, e), memory, band,
                                                         self.fading_span)
             outs.append(o)
             if m_e:  # the other tokens that left the window are candidates for the next chunk
                 s.pending = keep_top(s.pending, _without_first(left, boundary))
             s.y = torch.cat([s.y, y[:, a:e]], 1)[:, -s.y.shape[1] :]
         return self.output(torch.cat(outs, dim=2), y), s
+
+    def _edge(self, pos: torch.Tensor) -> torch.Tensor:
+        """The rotary position where eidetic_position="edge" puts the eidetic tokens read by a query at `pos` (any
+        shape): c w - w - m_f for chunk c = pos // w, just beyond the chunk's fading tokens."""
+        return history_end(pos // self.window, self.window) - self.num_fading
+
+    def _memory(self, s: BMojoState, pos: torch.Tensor) -> KVSlots:
+        """The memory prefix [fading; eidetic] read by the queries of one chunk, at positions pos (b,): the eidetic
+        keys turned from their own positions to the chunk's edge under eidetic_position="edge"."""
+        if self.eidetic_position == "original" or not self.num_eidetic:
+            return s.memory
+        k = self.attn.rope.rotate(s.eidetic.k, (self._edge(pos)[:, None] - s.eidetic.pos)[:, None])
+        return s.fading.cat(dataclasses.replace(s.eidetic, k=k))
 
     def _fading_span(self, y_hist: torch.Tensor, pos: torch.Tensor) -> KVSlots:
         """The fading spans of n consecutive queries at positions pos (b, n) inside one chunk: the keys/values of the
@@ -291,7 +313,7 @@ class BMojoMixer(nn.Module):
             fpos = fading_positions(pos // w, w, m_f)  # (b, m_f); at a boundary they lie in the ring
             entered = dataclasses.replace(s.fading_ring.take(fpos % R), pos=fpos)
             copy_into(s.fading, select_rows(boundary, entered, s.fading))
-        keys = s.memory
+        keys = self._memory(s, pos)
         if self.fading_span:  # this query's span, pos - w - s + 1 .. pos - w, lies in the ring
             band_pos = pos[:, None] - w - self.fading_span + 1 + torch.arange(self.fading_span, device=u.device)
             band = dataclasses.replace(s.fading_ring.take(band_pos % R), pos=band_pos.masked_fill(band_pos < 0, EMPTY))

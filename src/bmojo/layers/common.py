@@ -68,10 +68,13 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x: (b, H, T, hd); positions: (T,) or per row (b, T), long. Returns x rotated by its positions."""
+        return self.rotate(x, positions[:, None] if positions.dim() == 2 else positions)
+
+    def rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x (..., hd) rotated by `positions` (long, broadcastable to x.shape[:-1]). Rotations add: rotating a key
+        already rotated by p by d more gives the key rotated by p + d (to rounding)."""
         angles = positions.float()[..., None] * self.inv_freq
         angles = torch.cat([angles, angles], dim=-1)
-        if angles.dim() == 3:  # per-row positions: broadcast over heads
-            angles = angles[:, None]
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos + torch.cat([-x2, x1], dim=-1) * sin

@@ -14,6 +14,7 @@ from transformers import PreTrainedConfig
 
 MIXER_KINDS = ("attn", "swa", "ssm", "bmojo_f", "bmojo")
 POS_ENCODINGS = ("none", "rope")
+EIDETIC_POSITIONS = ("original", "edge")  # where RoPE puts the eidetic tokens a chunk reads (see the field)
 ATTENTION_KINDS = frozenset({"attn", "swa", "bmojo_f", "bmojo"})  # kinds with q/k/v heads
 WINDOW_KINDS = frozenset({"swa", "bmojo_f", "bmojo"})  # kinds that read window_size
 SSM_KINDS = frozenset({"ssm", "bmojo_f", "bmojo"})  # kinds with a Mamba-2 mixer inside
@@ -114,6 +115,7 @@ class BMojoConfig(PreTrainedConfig):
     num_eidetic_tokens: int = 0  # m_e <= MAX_MEMORY_TOKENS: past raw tokens the innovation test keeps [tokens] (bmojo)
     innovation_span: int = 4  # k: past SSM outputs the fixed innovation predictor averages
     innovation_weights: list[float] | None = None  # predictor weights alpha_1..alpha_k, oldest-last; None = 1/k each
+    eidetic_position: str = "original"  # RoPE position of eidetic tokens: "original" or "edge" (c w - w - m_f, chunk c)
     fading_span: int = 0  # s in [0, w]: query t also reads fading keys/values of outputs t-w-s+1..t-w; 0 = off [tokens]
     tie_fading_projections: bool = True  # fading keys/values use the attention's k/v projections (else their own)
     fading_residual: bool = False  # also add the SSM output to the mixer output (the paper: off)
@@ -188,6 +190,11 @@ class BMojoConfig(PreTrainedConfig):
             _need(heads % self.ssm_n_groups == 0, "ssm_n_groups", f"must divide the SSM head count {heads}",
                   self.ssm_n_groups)
         if kinds & BMOJO_KINDS:
+            _need(self.eidetic_position in EIDETIC_POSITIONS, "eidetic_position",
+                  f"must be one of {EIDETIC_POSITIONS}", self.eidetic_position)
+            _need(self.eidetic_position == "original" or self.pos_encoding == "rope", "eidetic_position",
+                  f"'edge' moves the eidetic tokens' rotary positions: it needs pos_encoding='rope' (got "
+                  f"{self.pos_encoding!r}); use 'original' without RoPE", self.eidetic_position)
             _need(0 <= self.fading_span <= self.window_size, "fading_span",
                   f"must be in [0, window_size={self.window_size}] (a query's span of fading tokens just beyond its "
                   "window; the decoding state keeps w + s - 1 SSM outputs)", self.fading_span)

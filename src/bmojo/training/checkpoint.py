@@ -28,8 +28,8 @@ from safetensors.torch import load_file
 # into a model that agrees on all of them.
 RESUME_CONFIG_KEYS = ("layer_pattern", "hidden_size", "num_hidden_layers", "vocab_size", "num_attention_heads",
                       "num_key_value_heads", "window_size", "num_fading_tokens", "num_eidetic_tokens", "fading_span",
-                      "ssm_state_size", "ssm_expand", "ssm_head_dim", "ssm_n_groups", "ssm_conv_kernel",
-                      "intermediate_size", "use_mlp", "pos_encoding", "tie_word_embeddings",
+                      "eidetic_position", "ssm_state_size", "ssm_expand", "ssm_head_dim", "ssm_n_groups",
+                      "ssm_conv_kernel", "intermediate_size", "use_mlp", "pos_encoding", "tie_word_embeddings",
                       "tie_fading_projections", "fading_residual", "innovation_span")
 MANIFEST_FILE = "manifest.json"
 

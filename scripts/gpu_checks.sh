@@ -12,6 +12,6 @@ python3 -c "import torch, transformers; print('torch', torch.__version__, 'trans
 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 rc=0
 python3 -m pytest -q -rs -k "cuda" tests/ 2>&1 | tee "$OUT/cuda_tests.log" || rc=1
-python3 -c "import sys; from bmojo.cli import main; sys.exit(main())" bench --suite decode --device cuda \
+python3 -m bmojo bench --suite decode --device cuda \
   --out "$OUT/bench_decode_cuda" 2>&1 | tee "$OUT/bench_decode_cuda.log" || rc=1
 exit $rc

@@ -74,6 +74,11 @@ def test_eval_bad_input(reference_run, tmp_path, capsys, cli):
     # the validation split of the toy corpus is one ~5 KB document, too short for a 256 x 32-token window
     assert cli("eval", reference_run, "--lengths", "256", "--split", "validation", "--threads", "1") == 2
     assert "corpus too small" in capsys.readouterr().err
+    assert cli("eval", reference_run, "--device", "tpu") == 2
+    assert "--device tpu: only cpu and cuda[:N] are supported" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert cli("eval", reference_run, "--device", "cuda") == 2
+        assert "--device cuda: this machine has no CUDA GPU" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flag, value, allowed", [

@@ -40,7 +40,7 @@ def test_fading_span_outside_the_window_is_refused(span):
 
 
 def test_edge_eidetic_position_needs_rope():
-    with pytest.raises(ValueError, match="eidetic_position='edge' is invalid: 'edge' moves .* needs pos_encoding='rope'"):
+    with pytest.raises(ValueError, match="eidetic_position='edge' is invalid: .* needs pos_encoding='rope'"):
         bmojo.BMojoConfig.from_preset("bmojo", pos_encoding="none", eidetic_position="edge")
     with pytest.raises(ValueError, match=r"eidetic_position='last' is invalid: must be one of \('original', 'edge'\)"):
         bmojo.BMojoConfig.from_preset("bmojo", eidetic_position="last")

@@ -65,6 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--block-size", type=number(int, ge=1), default=1024,
                         help="recurrent-form block length (default 1024)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (default fp32)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     parser.add_argument("--doc-boundaries", action="store_true",
                         help="score each document of a window alone (the model restarts at every separator; a "
                              "document's first token is not scored); parallel form only. Default: the packed stream "
@@ -162,6 +163,18 @@ def corpus_name(corpus: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
+def check_device(device: str) -> None:
+    """ValueError unless `device` is cpu or an available cuda[:N]."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device}: only cpu and cuda[:N] are supported")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: this machine has no CUDA GPU (torch.cuda.is_available() is False)")
+
+
 def check_corpora(corpora: list[str] | None) -> None:
     """ValueError when two corpora given to --corpus would share a name (and an eval file)."""
     names = [corpus_name(c) for c in corpora or []]
@@ -174,7 +187,7 @@ def check_corpora(corpora: list[str] | None) -> None:
 def evaluate_run(run_dir: Path, args: argparse.Namespace, corpus: str | None = None, log=print) -> dict:
     """Evaluate one run folder on `corpus` (default: its training corpus); writes and returns the content of its
     eval file (see `eval_file`)."""
-    model, tok, info = load_run(run_dir)
+    model, tok, info = load_run(run_dir, args.device)
     train_len = args.seq_len or info.get("seq_len")
     if not train_len:
         raise ValueError(f"{run_dir} has no run.json with seq_len; pass --seq-len (the training length)")
@@ -269,6 +282,7 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate every run folder of `args` (or reread their eval.json) and write the combined table and plot."""
     parse_lengths(args.lengths)
     check_corpora(args.corpus)
+    check_device(args.device)
     for d in args.runs:
         if not d.is_dir():
             raise FileNotFoundError(f"run folder {str(d)!r} does not exist")

@@ -40,5 +40,8 @@ train() {  # NAME=PRESET[:SETTINGS]
 export -f train; export BMOJO COMMON SIZE SHAPE OUT SEED
 printf '%s\n' "$@" | xargs -P "$JOBS" -I{} bash -c 'train "$@"' _ {}
 runs=(); for row in "$@"; do runs+=("$OUT/${row%%=*}_s$SEED"); done
+# one eval process per run ($JOBS at a time), then the combined table and plot from their eval.json
 # shellcheck disable=SC2086
-$BMOJO eval "${runs[@]}" --lengths 1,2,4,8,16,32 --max-parallel-len 2048 $EVAL --out "$OUT"
+printf '%s\n' "${runs[@]}" | xargs -P "$JOBS" -I{} sh -c "$BMOJO eval {} --lengths 1,2,4,8,16,32 \
+  --max-parallel-len 2048 $EVAL > {}.eval.log 2>&1 || echo 'FAILED eval {}'"
+$BMOJO eval "${runs[@]}" --lengths 1,2,4,8,16,32 --plot-only --out "$OUT"

@@ -115,7 +115,8 @@ def copy_mixer_weights(src, dst, attr=None):
 
 def test_bmojo_without_memory_equals_swa(tiny_model):
     swa = tiny_model("swa", pos_encoding="none")
-    bm = tiny_model("bmojo", seed=1, pos_encoding="none", num_fading_tokens=0, num_eidetic_tokens=0)
+    bm = tiny_model("bmojo", seed=1, pos_encoding="none", num_fading_tokens=0, num_eidetic_tokens=0,
+                    fading_residual=False)
     copy_mixer_weights(swa, bm, attr="attn")
     ids = torch.randint(0, VOCAB, (2, L))
     torch.testing.assert_close(logits(bm, ids), logits(swa, ids), atol=EQUIVALENT_TOL, rtol=EQUIVALENT_TOL)
@@ -123,7 +124,7 @@ def test_bmojo_without_memory_equals_swa(tiny_model):
 
 def test_bmojo_with_window_covering_sequence_equals_attn(tiny_model):
     attn = tiny_model("transformer")
-    bm = tiny_model("bmojo", seed=1, pos_encoding="rope", window_size=L)
+    bm = tiny_model("bmojo", seed=1, pos_encoding="rope", window_size=L, fading_residual=False)
     copy_mixer_weights(attn, bm, attr="attn")
     ids = torch.randint(0, VOCAB, (2, L))
     torch.testing.assert_close(logits(bm, ids), logits(attn, ids), atol=EQUIVALENT_TOL, rtol=EQUIVALENT_TOL)

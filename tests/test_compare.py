@@ -93,6 +93,18 @@ def test_constant_filler_experiment_is_the_quick_bmojo_run_with_constant_filler(
     assert CompareSpec.from_file(path) == expected
 
 
+def test_paper_layer_experiment_is_the_quick_bmojo_run_without_the_residual():
+    """experiments/quick_paper_layer.toml (docs/recall.md) is the quick preset's bmojo, three seeds, with only
+    fading_residual switched off (the paper's layer)."""
+    import dataclasses
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "quick_paper_layer.toml"
+    quick = SPECS["quick"]
+    expected = dataclasses.replace(quick, presets=["bmojo"], seeds=[0, 1, 2],
+                                   model={**quick.model, "fading_residual": False})
+    assert CompareSpec.from_file(path) == expected
+
+
 def test_spec_reads_toml(tmp_path):
     path = tmp_path / "spec.toml"
     path.write_text('presets = ["swa"]\nbudgets = []\nseeds = [0]\nnum_train = 16\nnum_test = 8\n'

@@ -43,7 +43,7 @@ PRESETS: dict[str, dict] = {
     # Two departures from the paper, both measured on the builtin corpus (docs/language_modeling.md): RoPE (without
     # it attention inside the window has no order information: test perplexity 9.81 without vs 5.02 with), and
     # the SSM output added to the residual stream (`fading_residual`; through the fading keys/values alone the
-    # SSM's computation is mostly discarded: 19-21% worse than Mamba at ~5M parameters, 1.5-1.8% with it). The
+    # SSM's computation is mostly discarded: 19-21% worse than Mamba at ~5M parameters, 1.7% with it). The
     # bmojo and bmojo_f presets differ only in m_e.
     "bmojo_f": dict(layer_pattern="bmojo_f", use_mlp=True, pos_encoding="rope", num_fading_tokens=16,
                     fading_residual=True),

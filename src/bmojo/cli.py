@@ -41,6 +41,19 @@ def apply_runtime_arguments(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
 
 
+def check_device(name: str) -> torch.device:
+    """The torch device a command's --device names; ValueError unless it is cpu or an available cuda[:N]."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: only cpu and cuda[:N] are supported")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this machine has no CUDA GPU (torch.cuda.is_available() is False)")
+    return device
+
+
 def check_writable(directory: Path) -> None:
     """Create the output folder `directory` if needed and prove a file can be written there; ValueError
     otherwise."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..cli import check_writable
+from ..cli import check_device, check_writable
 from . import suites
 from .harness import SUITES, Bench, load_average, machine_info, matmul_ceiling, memory_bandwidth
 from .report import targets, write_json, write_markdown
@@ -48,14 +48,7 @@ def run(args) -> int:
     unknown = [s for s in chosen if s not in SUITES]
     if unknown or not chosen:
         raise ValueError(f"--suite {args.suite!r}: unknown suite(s) {unknown}; choose from {','.join(SUITES)}")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {args.device}: only cpu and cuda[:N] are supported")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
+    device = check_device(args.device)
     out = Path(args.out)
     check_writable(out)
     repeats = args.repeats or (2 if args.quick else 5)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..accounting import parameter_count
-from ..cli import check_writable
+from ..cli import check_device, check_writable
 from ..data import LMDataset
 from ..ops.loss import IGNORE_INDEX, next_token_cross_entropy, token_cross_entropy
 from ..plotting import pyplot
@@ -161,18 +161,6 @@ def corpus_name(corpus: str) -> str:
     '.', '_' and '-' replaced by '_')."""
     name = corpus if corpus == "builtin" else Path(corpus).name or "corpus"
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)
-
-
-def check_device(device: str) -> None:
-    """ValueError unless `device` is cpu or an available cuda[:N]."""
-    try:
-        kind = torch.device(device).type
-    except RuntimeError:
-        kind = None
-    if kind not in ("cpu", "cuda"):
-        raise ValueError(f"--device {device}: only cpu and cuda[:N] are supported")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: this machine has no CUDA GPU (torch.cuda.is_available() is False)")
 
 
 def check_corpora(corpora: list[str] | None) -> None:

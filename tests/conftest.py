@@ -49,13 +49,17 @@ MEMORY = {"bmojo_f": dict(num_fading_tokens=3), "bmojo": dict(num_fading_tokens=
 
 # Config knobs beyond the presets, each with the preset it changes (name: (preset, overrides on top of TINY and
 # MEMORY)). Every test that takes a `knob` argument runs once per entry (pytest_generate_tests below): causality,
-# decoding == parallel forward, packed documents, the static step, the bounded cache.
+# decoding == parallel forward, packed documents, the static step (refused with a store), the bounded cache (its working
+# memory, with a store).
 KNOBS = {
     "fading_span=w": ("bmojo", dict(fading_span=8)),
     "fading_span=3,m_f=0": ("bmojo_f", dict(fading_span=3, num_fading_tokens=0)),
     "fading_span=w,odd_w": ("bmojo", dict(window_size=7, ssm_chunk_size=5, fading_span=7)),
     "eidetic_position=edge": ("bmojo", dict(eidetic_position="edge")),
     "edge,m_f=0,fading_span=5": ("bmojo", dict(eidetic_position="edge", num_fading_tokens=0, fading_span=5)),
+    "store,r=4": ("bmojo", dict(num_retrieved_tokens=4)),
+    "store,r=2,evicted,odd_w": ("bmojo", dict(num_retrieved_tokens=2, store_write="evicted", window_size=7)),
+    "store,r=3,no_rope,kv_heads=4": ("bmojo", dict(num_retrieved_tokens=3, pos_encoding="none", num_key_value_heads=4)),
 }
 
 

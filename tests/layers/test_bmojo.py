@@ -2,10 +2,11 @@
 (The special cases of docs/design.md section 4.6, whole models with copied weights, are in
 tests/models/test_modeling.py.)"""
 
+import pytest
 import torch
 
 from bmojo.layers.common import RotaryEmbedding
-from bmojo.ops.memory import EMPTY, innovation_score
+from bmojo.ops.memory import EMPTY, eidetic_positions, innovation_score, store_entry_chunks
 
 VOCAB = 61  # the tiny models' vocab_size (TINY in tests/conftest.py)
 
@@ -60,3 +61,27 @@ def test_edge_policy_reads_eidetic_keys_at_the_chunk_edge(tiny_model):
         m_f = mixer.num_fading
         valid = kept >= 0
         torch.testing.assert_close(memory.k[:, :, m_f:][:, :, valid], at_edge[:, :, valid], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("write", ["window", "evicted"])
+def test_decoded_store_holds_the_parallel_rule_at_every_chunk(write, tiny_model):
+    """After every token, the recurrent cache's store holds exactly chunk c's store of the parallel form ({s : entry[s]
+    <= c}, `store_entry_chunks`), and none of it is in the window or the eidetic memory (no duplicates)."""
+    model = tiny_model("bmojo", num_hidden_layers=1, num_retrieved_tokens=3, store_write=write, num_eidetic_tokens=2)
+    mixer = model.model.layers[0].mixer
+    w, n = 8, 70
+    ids = torch.randint(0, VOCAB, (1, n))
+    with torch.no_grad():
+        u = model.model.layers[0].input_norm(model.model.embed_tokens(ids))
+        y, _ = mixer.ssm(u)
+        entry = store_entry_chunks(eidetic_positions(innovation_score(y, mixer.innovation_weights), w, 2), n, w, write)
+        cache = model.new_cache(1)
+        sizes = []
+        for t in range(n):
+            model(ids[:, t : t + 1], cache=cache)
+            state = cache.states[0]
+            stored = sorted(p for block in state.store.blocks for p in block.pos[0].tolist() if p != EMPTY)
+            assert stored == [s for s in range(n) if entry[0, s] <= t // w], t
+            assert not set(stored) & set(state.window.pos[0].tolist() + state.eidetic.pos[0].tolist())
+            sizes.append(len(stored))
+    assert sizes[-1] > 0  # the rule was exercised

@@ -30,13 +30,25 @@ def test_knob_cache_size_is_constant_in_context_length(knob, tiny_model):
 
 
 def assert_cache_size_is_constant(model):
+    """The working memory is constant in the context length; a storage tier grows by exactly the tokens it stores."""
     cache = model.new_cache(1)
     sizes = {}
     with torch.no_grad():
         for _ in range(40):  # 20 000 tokens, fed 500 at a time through the recurrent path
             model(torch.randint(0, VOCAB, (1, 500)), cache=cache, logits_to_keep=1)
-            sizes[cache.seen_tokens] = cache.nbytes
-    assert sizes[2000] == sizes[20000] > 0
+            sizes[cache.seen_tokens] = cache.working_nbytes, cache.stored_nbytes
+    assert sizes[2000][0] == sizes[20000][0] > 0
+    config = model.config
+    if not config.stores_tokens:
+        assert sizes[20000][1] == 0 and cache.nbytes == cache.working_nbytes
+        return
+    assert sizes[20000][1] >= sizes[2000][1] > 0 and cache.nbytes == sum(sizes[20000])
+    if config.store_write == "window":  # H_c = {p <= c w - w} less the m_e eidetic tokens, c the chunk entered last
+        w = config.window_size
+        c = (cache.seen_tokens - 1) // w
+        for state in cache.states:
+            assert sum(block.pos.shape[1] for block in state.store.blocks) == c * w - w + 1 - config.num_eidetic_tokens
+            assert len(state.store.blocks) <= (c * w).bit_length()  # the binary counter keeps few blocks
 
 
 @pytest.mark.parametrize("preset", ["hybrid", "bmojo"])

@@ -46,6 +46,17 @@ def test_edge_eidetic_position_needs_rope():
         bmojo.BMojoConfig.from_preset("bmojo", eidetic_position="last")
 
 
+def test_storage_tier_settings_are_checked():
+    with pytest.raises(ValueError, match=r"num_retrieved_tokens=4 is invalid: needs num_eidetic_tokens >= 1"):
+        bmojo.BMojoConfig.from_preset("bmojo", num_eidetic_tokens=0, num_retrieved_tokens=4)
+    with pytest.raises(ValueError, match=r"store_write='all' is invalid: must be one of \('window', 'evicted'\)"):
+        bmojo.BMojoConfig.from_preset("bmojo", num_retrieved_tokens=4, store_write="all")
+    with pytest.raises(ValueError, match=r"num_retrieved_tokens=-1 is invalid: must be in \[0, 4096\]"):
+        bmojo.BMojoConfig.from_preset("bmojo", num_retrieved_tokens=-1)
+    assert bmojo.BMojoConfig.from_preset("bmojo", num_retrieved_tokens=4).stores_tokens
+    assert not bmojo.BMojoConfig.from_preset("bmojo_f", num_retrieved_tokens=4).stores_tokens
+
+
 def test_unknown_preset_lists_valid_ones():
     with pytest.raises(ValueError, match="transformer.*bmojo"):
         bmojo.BMojoConfig.from_preset("gpt5")
@@ -56,7 +67,7 @@ def test_unknown_preset_lists_valid_ones():
     [
         ("transformer", dict(num_fading_tokens=4, num_eidetic_tokens=3), ["num_fading_tokens", "num_eidetic_tokens"]),
         ("swa", dict(num_fading_tokens=4, fading_span=8), ["num_fading_tokens", "fading_span"]),
-        ("bmojo_f", dict(num_eidetic_tokens=4), ["num_eidetic_tokens"]),
+        ("bmojo_f", dict(num_eidetic_tokens=4, num_retrieved_tokens=2), ["num_eidetic_tokens", "num_retrieved_tokens"]),
         ("bmojo", dict(num_fading_tokens=4, num_eidetic_tokens=3), []),
     ],
 )

@@ -133,3 +133,28 @@ def test_window_attention_band_with_documents_equals_each_document_alone():
             part = [t[row : row + 1, :, a : e + 1] for t in (q, k, v, band_k, band_v)]
             alone = window_attention_reference(*part[:3], 5, band=(*part[3:], 4))
             torch.testing.assert_close(out[row : row + 1, :, a : e + 1], alone, rtol=0, atol=FP32_TOL)
+
+
+@pytest.mark.parametrize("L,w,M", [(45, 8, 0), (45, 8, 5), (7, 16, 2)])
+def test_window_attention_extra_keys_match_dense_reference(L, w, M):
+    """Each query's own extra keys (B'MOJO's retrieved tokens: logits and values per query) join the same softmax;
+    values and gradients equal the dense twin's; extra keys that are all -inf change nothing."""
+    b, hq, hk, d, r = 2, 4, 2, 8, 3
+    q, k, v = (torch.randn(b, h, L, d, requires_grad=True) for h in (hq, hk, hk))
+    logits = torch.randn(b, hq, L, r).masked_fill(torch.rand(b, hq, L, r) > 0.7, float("-inf")).requires_grad_()
+    values = torch.randn(b, hq, L, r, d, requires_grad=True)
+    nc = -(-L // w)
+    mem = {}
+    if M:
+        mem = dict(mem_k=torch.randn(b, hk, nc, M, d), mem_v=torch.randn(b, hk, nc, M, d),
+                   mem_valid=torch.rand(b, nc, M) > 0.3)
+    out = window_attention(q, k, v, w, **mem, extra=(logits, values))
+    ref = window_attention_reference(q, k, v, w, **mem, extra=(logits, values))
+    torch.testing.assert_close(out, ref, atol=FP32_TOL, rtol=FP32_TOL)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v, logits, values))
+    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v, logits, values))
+    for g, rg in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, rg, atol=1e-4, rtol=1e-4)
+    none = (torch.full_like(logits, float("-inf")), values)
+    torch.testing.assert_close(window_attention(q, k, v, w, **mem, extra=none), window_attention(q, k, v, w, **mem),
+                               atol=FP32_TOL, rtol=FP32_TOL)

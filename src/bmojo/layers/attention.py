@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops.attention import causal_attention, masked_attention, window_attention
+from ..ops.attention import attention_with_extra, causal_attention, masked_attention, window_attention
 from ..ops.memory import KVSlots
 from .common import RotaryEmbedding
 from .documents import Documents
@@ -54,13 +54,18 @@ class Attention(nn.Module):
         x = x.unflatten(-1, (-1, self.head_dim)).transpose(1, 2)
         return self.rope(x, positions) if self.rope is not None and positions is not None else x
 
-    def qkv(self, x: torch.Tensor, positions: torch.Tensor):
-        """Queries (b, h, T, hd) and keys/values (b, hk, T, hd) of x at absolute `positions` (T,)."""
+    def qkv(self, x: torch.Tensor, positions: torch.Tensor | None):
+        """Queries (b, h, T, hd) and keys/values (b, hk, T, hd) of x at absolute `positions` (T,) or (b, T) (None: not
+        rotated, the content queries and keys)."""
         return (
             self.split_heads(self.q_proj(x), positions),
             self.split_heads(self.k_proj(x), positions),
             self.split_heads(self.v_proj(x), None),
         )
+
+    def rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Content queries or keys (b, H, T, hd) rotated by `positions` (RoPE; unchanged without it)."""
+        return x if self.rope is None else self.rope(x, positions)
 
     def merge(self, o: torch.Tensor) -> torch.Tensor:
         """(b, h, T, hd) -> o_proj -> (b, T, d)."""
@@ -72,14 +77,16 @@ class Attention(nn.Module):
         return KVSlots.empty(batch_size, self.num_kv_heads, size, self.head_dim, device, dtype, scored)
 
     def attend_window(self, q: torch.Tensor, window: KVSlots, new: KVSlots, memory: KVSlots | None = None,
-                      band: KVSlots | None = None, band_span: int = 0):
+                      band: KVSlots | None = None, band_span: int = 0,
+                      extra: tuple[torch.Tensor, torch.Tensor] | None = None):
         """One decoding step of a sliding window, for n new tokens that do not cross a chunk boundary.
 
         q (b, h, n, hd) are the new tokens' queries, `new` their keys/values (positions new.pos); each attends,
         under one softmax, to the window's and the new tokens' raw keys in its window, to every valid slot of
         `memory` (B'MOJO's memory prefix) and to the slots of `band` at t - w - band_span < f <= t - w (B'MOJO's
-        per-query fading span). Returns (o (b, h, n, hd), the window after the step (its last w slots), the n slots
-        that left it, oldest first)."""
+        per-query fading span), and to `extra` = (logits (b, h, n, r), values (b, h, n, r, hd)), keys of each query's
+        own (B'MOJO's retrieved tokens). Returns (o (b, h, n, hd), the window after the step (its last w slots), the n
+        slots that left it, oldest first)."""
         n = new.pos.shape[1]
         slots = window.cat(new)
         mask = window_mask(new.pos, slots.pos, self.window)
@@ -90,7 +97,8 @@ class Attention(nn.Module):
         if band is not None:
             mask = torch.cat([mask, window_mask(new.pos - self.window, band.pos, band_span)], dim=2)
             k, v = torch.cat([k, band.k], 2), torch.cat([v, band.v], 2)
-        o = masked_attention(q, k, v, mask[:, None])
+        mask = mask[:, None]
+        o = masked_attention(q, k, v, mask) if extra is None else attention_with_extra(q, k, v, mask, extra)
         return o, slots.slots(n), slots.slots(0, n)
 
     def static_step(self, x: torch.Tensor, state: KVSlots, pos: torch.Tensor, count: torch.Tensor) -> torch.Tensor:

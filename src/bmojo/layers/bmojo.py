@@ -26,7 +26,10 @@ from ..ops.memory import (
     history_end,
     innovation_score,
     keep_top,
+    split_top,
+    store_entry_chunks,
 )
+from ..ops.store import TokenStore, gather_heads, retrieved_logits, top_r
 from .attention import Attention, chunk_segments
 from .documents import Documents, align_documents, copy_into, select_rows
 from .mamba2 import Mamba2Mixer, SSMState
@@ -47,6 +50,9 @@ class BMojoState:
     fading_ring (R_y slots): in the fixed-address layout only (bmojo.models.static, when m_f > 0 or s > 0), the
         fading keys/values of the outputs in the y ring, projected as each output arrives; None in the reference
         layout.
+    store: the storage tier (when r = `num_retrieved_tokens` > 0): the tokens the working memory dropped, content
+        keys (before RoPE), values, positions; it grows with the context (the one field that does). pending then
+        keeps all w tokens that left the window since the last boundary, so that those the merge drops are stored.
     """
 
     ssm: SSMState
@@ -56,6 +62,7 @@ class BMojoState:
     eidetic: KVSlots
     pending: KVSlots
     fading_ring: KVSlots | None = None
+    store: TokenStore | None = None
 
     @property
     def memory(self) -> KVSlots:
@@ -98,6 +105,8 @@ class BMojoMixer(nn.Module):
         self.fading_span = config.fading_span
         self.eidetic_position = config.eidetic_position
         self.num_eidetic = num_eidetic
+        self.num_retrieved = config.num_retrieved_tokens if num_eidetic else 0  # r; the store needs m_e > 0
+        self.store_write = config.store_write
         self.fading_residual = config.fading_residual
         self.ssm = Mamba2Mixer(config)
         self.attn = Attention(config, window=self.window)
@@ -130,12 +139,12 @@ class BMojoMixer(nn.Module):
         L = u.shape[1]
         positions = torch.arange(L, device=u.device) if docs is None else docs.positions
         y, _ = self.ssm(u, docs=docs)
-        q, k, v = self.attn.qkv(u, positions)
+        q, k, v, content = self._qkv(u, positions)
         eps = None
         if self.num_eidetic:
             eps = innovation_score(y, self.innovation_weights, seq_idx=None if docs is None else docs.seq_idx)
         if docs is None:
-            return self.output(self._read_memory(q, k, v, y, eps, positions), y), None
+            return self.output(self._read_memory(q, k, v, y, eps, positions, content=content), y), None
         # the memory reads run with every document starting at a multiple of w (its chunk grid counts from its own
         # start); the SSM and the projections above ran on the tokens as they are
         index, seq_idx, aligned_positions = align_documents(docs.seq_idx, self.window)
@@ -150,13 +159,22 @@ class BMojoMixer(nn.Module):
             return out
 
         o = self._read_memory(aligned(q, 2), aligned(k, 2), aligned(v, 2), aligned(y, 1),
-                              None if eps is None else aligned(eps, 1, float("-inf")), aligned_positions, seq_idx)
+                              None if eps is None else aligned(eps, 1, float("-inf")), aligned_positions, seq_idx,
+                              None if content is None else tuple(aligned(t, 2) for t in content))
         return self.output(o.movedim(2, 1)[rows, index].movedim(1, 2), y), None
 
-    def _read_memory(self, q, k, v, y, eps, positions, seq_idx=None) -> torch.Tensor:
+    def _qkv(self, u: torch.Tensor, positions: torch.Tensor):
+        """q, k (rotated at `positions`), v, and with a store the content (unrotated) queries and keys, else None."""
+        if not self.num_retrieved:
+            return (*self.attn.qkv(u, positions), None)
+        q0, k0, v = self.attn.qkv(u, None)
+        return self.attn.rotate(q0, positions), self.attn.rotate(k0, positions), v, (q0, k0)
+
+    def _read_memory(self, q, k, v, y, eps, positions, seq_idx=None, content=None) -> torch.Tensor:
         """Blocked attention of every query over its window and its chunk's memory: q (b, h, L, hd), k, v
         (b, hk, L, hd), SSM outputs y (b, L, d), innovation scores eps (b, L) (None without eidetic tokens),
-        positions (L,) or (b, L); seq_idx (b, L) for documents laid out on the chunk grid. Returns (b, h, L, hd)."""
+        positions (L,) or (b, L); seq_idx (b, L) for documents laid out on the chunk grid; content: the unrotated
+        (q, k) when the layer retrieves from its store. Returns (b, h, L, hd)."""
         b, L = y.shape[:2]
         w = self.window
         nc = -(-L // w)
@@ -187,10 +205,30 @@ class BMojoMixer(nn.Module):
             mem_valid.append(epos >= 0)
         memory = (torch.cat(mem_k, 3), torch.cat(mem_v, 3), torch.cat(mem_valid, 2)) if mem_k else ()
         band = (*self.fading_kv(y, positions), self.fading_span) if self.fading_span else None
+        extra = self._retrieve_parallel(*content, v, epos, seq_idx) if self.num_retrieved else None
         if self.recorder is not None:
+            if extra is not None:
+                raise ValueError("inspection does not cover the storage tier yet (num_retrieved_tokens > 0)")
             weights = window_attention_weights(q, k, v, w, *memory, seq_idx=seq_idx, band=band)
             self.recorder(MemoryRecord(score=eps, fading=fpos, eidetic=epos, weights=weights))
-        return window_attention(q, k, v, w, *memory, seq_idx=seq_idx, band=band)
+        return window_attention(q, k, v, w, *memory, seq_idx=seq_idx, band=band, extra=extra)
+
+    def _retrieve_parallel(self, q0, k0, v, epos, seq_idx):
+        """Parallel form of the storage tier: query t of chunk c reads the r stored tokens with the highest content
+        score among chunk c's store, {s : entry[s] <= c} (`store_entry_chunks`; of its own document). Content queries
+        and keys q0 (b, h, L, hd), k0 (b, hk, L, hd); eidetic memories epos (b, nc, m_e). Returns the `extra` of
+        `window_attention`: logits (b, h, L, r) and values (b, h, L, r, hd)."""
+        L = q0.shape[2]
+        entry = store_entry_chunks(epos, L, self.window, self.store_write)
+        chunk = torch.arange(L, device=q0.device) // self.window
+
+        def allowed(a: int, e: int) -> torch.Tensor:  # (b, 1, L, e - a)
+            ok = entry[:, None, None, a:e] <= chunk[None, None, :, None]
+            return ok if seq_idx is None else ok & (seq_idx[:, None, None, a:e] == seq_idx[:, None, :, None])
+
+        scores, index = top_r(q0, k0, self.num_retrieved, allowed)
+        pos = index.masked_fill(scores == float("-inf"), EMPTY)
+        return retrieved_logits(q0, gather_heads(k0, index), pos), gather_heads(v, index)
 
     def init_state(self, batch_size: int, device, dtype) -> BMojoState:
         hk, hd = self.attn.num_kv_heads, self.attn.head_dim
@@ -204,7 +242,8 @@ class BMojoMixer(nn.Module):
             y=torch.zeros(batch_size, y_size, self.attn.o_proj.out_features, device=device, dtype=dtype),
             fading=slots(m_f, False),
             eidetic=slots(m_e, True),
-            pending=slots(min(self.window, m_e), True),
+            pending=slots(self.window if self.num_retrieved else min(self.window, m_e), True),
+            store=TokenStore([]) if self.num_retrieved else None,
         )
 
     def _enter_chunk(self, s: BMojoState, chunk, rows) -> BMojoState:
@@ -224,18 +263,29 @@ class BMojoMixer(nn.Module):
             y = s.y.gather(1, index[..., None].expand(-1, -1, s.y.shape[2]))
             k, v = self.fading_kv(y, pos.clamp(min=0))
             entered.fading = KVSlots(k, v, pos)
+        dropped = None
         if self.num_eidetic:
-            entered.eidetic = keep_top(s.eidetic, entered.pending)
+            if self.num_retrieved:
+                entered.eidetic, dropped, from_memory = split_top(s.eidetic, entered.pending)
+                if self.store_write == "evicted":
+                    dropped = dataclasses.replace(dropped, pos=dropped.pos.masked_fill(~from_memory, EMPTY))
+            else:
+                entered.eidetic = keep_top(s.eidetic, entered.pending)
             entered.pending = dataclasses.replace(entered.pending, pos=torch.full_like(s.pending.pos, EMPTY),
                                                   score=torch.full_like(s.pending.score, float("-inf")))
-        return entered if rows is True else select_rows(rows, entered, s)
+        entered = entered if rows is True else select_rows(rows, entered, s)
+        if dropped is not None:  # the tokens the merge dropped go to the store, as content keys
+            pos = dropped.pos if rows is True else dropped.pos.masked_fill(~rows[:, None], EMPTY)
+            k0 = dropped.k if self.attn.rope is None else self.attn.rope.rotate(dropped.k, -dropped.pos[:, None])
+            entered.store = s.store.append(KVSlots(k0, dropped.v, pos))
+        return entered
 
     def _recurrent(self, u: torch.Tensor, state: BMojoState, start: int, docs: Documents | None):
         b, T, _ = u.shape
         w, m_e = self.window, self.num_eidetic
         positions = torch.arange(start, start + T, device=u.device).expand(b, -1) if docs is None else docs.positions
         y, ssm_state = self.ssm(u, state.ssm, start, docs)
-        q, k, v = self.attn.qkv(u, positions)
+        q, k, v, content = self._qkv(u, positions)
         eps = None
         if m_e:
             k_hist = self.innovation_weights.shape[0]
@@ -255,8 +305,12 @@ class BMojoMixer(nn.Module):
                 s = self._enter_chunk(s, chunk, boundary)
             band = self._fading_span(s.y, positions[:, a:e]) if self.fading_span else None
             memory = self._memory(s, positions[:, a])
+            extra = None
+            if self.num_retrieved:  # the r stored tokens with the highest content score, for each query
+                found = s.store.search(content[0][:, :, a:e], self.num_retrieved)
+                extra = retrieved_logits(content[0][:, :, a:e], found.k, found.pos), found.v
             o, s.window, left = self.attn.attend_window(q[:, :, a:e], s.window, new.slots(a, e), memory, band,
-                                                        self.fading_span)
+                                                        self.fading_span, extra)
             outs.append(o)
             if m_e:  # the other tokens that left the window are candidates for the next chunk
                 s.pending = keep_top(s.pending, _without_first(left, boundary))

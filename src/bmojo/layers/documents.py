@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..ops.memory import EMPTY, KVSlots
+from ..ops.store import TokenStore
 
 
 @dataclass
@@ -68,8 +69,8 @@ def align_documents(seq_idx: torch.Tensor, window: int) -> tuple[torch.Tensor, t
 def select_rows(rows: torch.Tensor, new, old):
     """Per batch row, `new` where rows (b,) is True else `old`, for states: tensors, dataclasses of them, None.
     Both must have the same shapes."""
-    if old is None:
-        return None
+    if old is None or new is old:
+        return old
     if dataclasses.is_dataclass(old):
         return type(old)(**{f.name: select_rows(rows, getattr(new, f.name), getattr(old, f.name))
                             for f in dataclasses.fields(old)})
@@ -91,7 +92,13 @@ def copy_into(dst, src) -> None:
 
 def restart_rows(rows: torch.Tensor, state, fresh):
     """`state` with the rows where `rows` (b,) holds set back to `fresh` (the mixer's `init_state`): a new document
-    begins there. The growing KV of full attention keeps its slots and forgets them (EMPTY positions)."""
+    begins there. The growing KV of full attention and the storage tier keep their slots and forget them (EMPTY
+    positions)."""
+    if isinstance(state, TokenStore):
+        return TokenStore([restart_rows(rows, block, block.slots(0, 0)) for block in state.blocks])
     if isinstance(state, KVSlots) and state.pos.shape != fresh.pos.shape:
         return dataclasses.replace(state, pos=state.pos.masked_fill(rows[:, None], EMPTY))
+    if dataclasses.is_dataclass(state) and not isinstance(state, KVSlots):
+        return type(state)(**{f.name: restart_rows(rows, getattr(state, f.name), getattr(fresh, f.name))
+                              for f in dataclasses.fields(state)})
     return select_rows(rows, fresh, state)

@@ -19,6 +19,9 @@ def state_tensors(obj):
     """Every tensor of a state (a tensor, or a dataclass of them, nested)."""
     if isinstance(obj, torch.Tensor):
         yield obj
+    elif isinstance(obj, list):
+        for item in obj:
+            yield from state_tensors(item)
     elif dataclasses.is_dataclass(obj):
         for f in dataclasses.fields(obj):
             yield from state_tensors(getattr(obj, f.name))
@@ -46,6 +49,9 @@ class BMojoCache:
         if decoding not in DECODINGS:
             raise ValueError(f"decoding must be one of {', '.join(DECODINGS)}; got {decoding!r}")
         self._states = states
+        if decoding != "reference" and any(getattr(s, "store", None) is not None for s in states):
+            raise ValueError(f"decoding={decoding!r}: static decoding does not hold the storage tier "
+                             "(num_retrieved_tokens > 0), whose store grows with the context; use 'reference'")
         if decoding == "cuda_graph" and torch.device(device or "cpu").type != "cuda":
             raise ValueError("decoding='cuda_graph' needs a model on a CUDA device; on the CPU use 'compiled'")
         self.static: StaticState | None = None  # the fixed-address layout, current while _static_current
@@ -129,9 +135,21 @@ class BMojoCache:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of all tensors held (SSM states, windows, memories, and the growing KV of 'attn' layers)."""
+        """Bytes of all tensors held: `working_nbytes` + `stored_nbytes`."""
         layers = self.static.layers if self._static_current else self._states
         return sum(t.numel() * t.element_size() for s in layers for t in state_tensors(s))
+
+    @property
+    def stored_nbytes(self) -> int:
+        """Bytes of the storage tier (B'MOJO layers with num_retrieved_tokens > 0): linear in the context length."""
+        stores = [s.store for s in self._states if getattr(s, "store", None) is not None]
+        return sum(t.numel() * t.element_size() for t in state_tensors(stores))
+
+    @property
+    def working_nbytes(self) -> int:
+        """Bytes of the working memory: SSM states, windows, fading and eidetic memories (constant in the context
+        length), and the growing KV of 'attn' layers."""
+        return self.nbytes - self.stored_nbytes
 
     # The small part of HF's Cache interface that `generate()` consults.
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -151,6 +169,8 @@ class BMojoCache:
 def _index_batch(obj, idx):
     if obj is None:
         return None
+    if isinstance(obj, list):
+        return [_index_batch(item, idx) for item in obj]
     if dataclasses.is_dataclass(obj):
         return type(obj)(**{f.name: _index_batch(getattr(obj, f.name), idx) for f in dataclasses.fields(obj)})
     return obj.index_select(0, idx.to(obj.device))  # every state tensor is batch-first

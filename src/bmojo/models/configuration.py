@@ -15,13 +15,14 @@ from transformers import PreTrainedConfig
 MIXER_KINDS = ("attn", "swa", "ssm", "bmojo_f", "bmojo")
 POS_ENCODINGS = ("none", "rope")
 EIDETIC_POSITIONS = ("original", "edge")  # where RoPE puts the eidetic tokens a chunk reads (see the field)
+STORE_WRITES = ("window", "evicted")  # what the storage tier keeps (see the field store_write)
 ATTENTION_KINDS = frozenset({"attn", "swa", "bmojo_f", "bmojo"})  # kinds with q/k/v heads
 WINDOW_KINDS = frozenset({"swa", "bmojo_f", "bmojo"})  # kinds that read window_size
 SSM_KINDS = frozenset({"ssm", "bmojo_f", "bmojo"})  # kinds with a Mamba-2 mixer inside
 BMOJO_KINDS = frozenset({"bmojo_f", "bmojo"})  # kinds with fading tokens and an innovation test
 # memory-size fields -> the kinds that use them; a pattern without such a kind leaves the field inert
 MEMORY_FIELDS = {"num_fading_tokens": BMOJO_KINDS, "num_eidetic_tokens": frozenset({"bmojo"}),
-                 "fading_span": BMOJO_KINDS}
+                 "fading_span": BMOJO_KINDS, "num_retrieved_tokens": frozenset({"bmojo"})}
 # Cap on the memory sizes m_f and m_e [tokens]: their slots are allocated whether or not a sequence fills them
 # (m_e = 100000 took 3.6 s and 1.6 GB on 40 tokens). 4096 slots hold as much as a 4096-token KV cache, 16 x the
 # largest knob `bmojo compare` tries (256 eidetic tokens).
@@ -121,6 +122,9 @@ class BMojoConfig(PreTrainedConfig):
     fading_span: int = 0  # s in [0, w]: query t also reads fading keys/values of outputs t-w-s+1..t-w; 0 = off [tokens]
     tie_fading_projections: bool = True  # fading keys/values use the attention's k/v projections (else their own)
     fading_residual: bool = False  # also add the SSM output to the mixer output (the paper: off)
+    # -- B'MOJO storage tier (bmojo; docs/design.md 4.10): past tokens the working memory dropped, searched per query
+    num_retrieved_tokens: int = 0  # r <= MAX_MEMORY_TOKENS: stored tokens each query reads by content score; 0 = off
+    store_write: str = "window"  # "window": every past token the eidetic memory lacks; "evicted": only its evictions
     # -- selective SSM, Mamba-2 (ssm, bmojo_f, bmojo)
     ssm_state_size: int = 64  # n: state size per head and group
     ssm_expand: int = 2  # inner width = ssm_expand * hidden_size
@@ -180,7 +184,7 @@ class BMojoConfig(PreTrainedConfig):
         if kinds & WINDOW_KINDS:
             _need(self.window_size >= 1, "window_size", "must be >= 1 (sliding-window and B'MOJO layers)",
                   self.window_size)
-        for name in ("num_fading_tokens", "num_eidetic_tokens"):
+        for name in ("num_fading_tokens", "num_eidetic_tokens", "num_retrieved_tokens"):
             value = getattr(self, name)
             _need(0 <= value <= MAX_MEMORY_TOKENS, name, f"must be in [0, {MAX_MEMORY_TOKENS}] (MAX_MEMORY_TOKENS)",
                   value)
@@ -201,16 +205,25 @@ class BMojoConfig(PreTrainedConfig):
                   f"must be in [0, window_size={self.window_size}] (a query's span of fading tokens just beyond its "
                   "window; the decoding state keeps w + s - 1 SSM outputs)", self.fading_span)
             _need(self.innovation_span >= 1, "innovation_span", "must be >= 1", self.innovation_span)
+            _need(self.store_write in STORE_WRITES, "store_write", f"must be one of {STORE_WRITES}", self.store_write)
             _need(len(self.innovation_weights) == self.innovation_span, "innovation_weights",
                   f"must have innovation_span={self.innovation_span} entries", self.innovation_weights)
             _need(all(math.isfinite(a) for a in self.innovation_weights), "innovation_weights",
                   "must be finite numbers", self.innovation_weights)
+        if "bmojo" in kinds and self.num_retrieved_tokens:
+            _need(self.num_eidetic_tokens >= 1, "num_retrieved_tokens", "needs num_eidetic_tokens >= 1 (the store "
+                  "receives what the eidetic memory's merge drops)", self.num_retrieved_tokens)
 
     @property
     def inert_fields(self) -> list[str]:
         """Memory-size fields set (> 0) that no layer of `layer_pattern` reads: accepted and ignored."""
         kinds = set(self.layer_pattern)
         return [name for name, users in MEMORY_FIELDS.items() if getattr(self, name) > 0 and not kinds & users]
+
+    @property
+    def stores_tokens(self) -> bool:
+        """Whether some layer keeps a storage tier (a 'bmojo' layer with num_retrieved_tokens > 0)."""
+        return self.num_retrieved_tokens > 0 and "bmojo" in self.layer_pattern
 
     def eidetic_tokens(self, layer_idx: int) -> int:
         """m_e used by layer `layer_idx` (0 unless its kind is 'bmojo')."""

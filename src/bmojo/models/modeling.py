@@ -215,7 +215,7 @@ class BMojoForCausalLM(BMojoPreTrainedModel, GenerationMixin):
         prompt = ids.shape[-1] if ids is not None else 1
         beams = kwargs.get("num_beams", config.num_beams) or 1
         if decoding == "auto":
-            decoding = auto_decoding(max_new, next(self.parameters()).device, beams)
+            decoding = auto_decoding(max_new, next(self.parameters()).device, beams, self.config.stores_tokens)
         if decoding not in DECODINGS:
             raise ValueError(f"decoding must be one of auto, {', '.join(DECODINGS)}; got {decoding!r}")
         logger.info("generate: %s decoding (%d new tokens, %d beams)", decoding, max_new, beams)

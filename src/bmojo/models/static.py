@@ -156,11 +156,12 @@ COMPILE_MIN_NEW_TOKENS = 8192
 CUDA_GRAPH_MIN_NEW_TOKENS = 16
 
 
-def auto_decoding(max_new_tokens: int, device: torch.device, num_beams: int = 1) -> str:
+def auto_decoding(max_new_tokens: int, device: torch.device, num_beams: int = 1, stores_tokens: bool = False) -> str:
     """The decoding `generate(decoding="auto")` uses for `max_new_tokens` on `device`: "cuda_graph" on CUDA and
     "compiled" on other devices when the generation is long enough to repay the set-up, else "reference". Beam
-    search (which reorders the cache every step) always takes "reference"."""
-    if num_beams != 1:
+    search (which reorders the cache every step) and a model with a storage tier (`stores_tokens`: a state that
+    grows, which the static layout does not hold) always take "reference"."""
+    if num_beams != 1 or stores_tokens:
         return "reference"
     if device.type == "cuda":
         return "cuda_graph" if max_new_tokens >= CUDA_GRAPH_MIN_NEW_TOKENS else "reference"

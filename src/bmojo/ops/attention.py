@@ -38,6 +38,21 @@ def explicit_attention(
     return torch.matmul(probs.view(b, hk, rep * T, S), v.to(dtype)).view(b, hq, T, d)
 
 
+def attention_with_extra(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                         extra: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """`masked_attention` where each query also reads r keys of its own, given as `extra` = (logits (b, hq, T, r),
+    already scaled, -inf = none; values (b, hq, T, r, d)): one softmax over both (B'MOJO's retrieved tokens, whose
+    logits come from the store search). Scores and probabilities in fp32. mask: (b, 1, T, S). Returns (b, hq, T, d)."""
+    b, hq, T, d = q.shape
+    hk, S = k.shape[1], k.shape[2]
+    rep = hq // hk  # query heads i * rep .. i * rep + rep - 1 read kv head i: fold them into the rows
+    scores = torch.matmul(q.reshape(b, hk, rep * T, d), k.transpose(-1, -2)).view(b, hq, T, S).float() * d**-0.5
+    extra_logits, extra_v = extra
+    probs = torch.cat([scores.masked_fill(~mask, float("-inf")), extra_logits.float()], -1).softmax(-1)
+    out = torch.matmul(probs[..., :S].to(v.dtype).reshape(b, hk, rep * T, S), v).view(b, hq, T, d)
+    return (out + torch.einsum("bhtr,bhtrd->bhtd", probs[..., S:].to(extra_v.dtype), extra_v)).to(q.dtype)
+
+
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_idx: torch.Tensor | None = None
                      ) -> torch.Tensor:
     """Full causal attention where the T queries are the last T of the S keys. seq_idx (b, S) (optional,
@@ -125,8 +140,10 @@ def window_attention(
     mem_valid: torch.Tensor | None = None,
     seq_idx: torch.Tensor | None = None,
     band: tuple[torch.Tensor, torch.Tensor, int] | None = None,
+    extra: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Blocked causal sliding-window attention with optional memory tokens per chunk, and an optional band.
+    """Blocked causal sliding-window attention with optional memory tokens per chunk, an optional band, and optional
+    keys of each query's own (`extra`).
 
     Positions are cut into chunks of length `window` (w). Query t (chunk c = t // w) attends, under one
     softmax, to raw keys s with t - w < s <= t, to the M memory slots of its chunk and, with `band` = (band_k,
@@ -134,11 +151,18 @@ def window_attention(
     q: (b, hq, L, d); k, v, band_k, band_v: (b, hk, L, d); mem_k, mem_v: (b, hk, nc, M, d); mem_valid: (b, nc, M),
     nc = ceil(L / w); seq_idx (b, L) (optional, packed documents): raw and band keys of another document are
     masked. Cost O(L (2w + M)) (+ 2w with a band): each chunk's queries see [memory; chunk c-1; chunk c (; band
-    chunks c-2, c-1)]. Returns (b, hq, L, d).
+    chunks c-2, c-1)]. `extra` = (logits (b, hq, L, r), values (b, hq, L, r, d)): r more keys per query, given by
+    their scaled logits (-inf = none), under the same softmax (`attention_with_extra`). Returns (b, hq, L, d).
     """
     q_blocks, keys, values, mask = _window_blocks(q, k, v, window, mem_k, mem_v, mem_valid, seq_idx, band)
     dtype = compute_dtype(q.device.type, q.dtype)
-    if q.device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
+    if extra is not None:
+        b, hq, L, _ = q.shape
+        pad = -(-L // window) * window - L
+        blocked = tuple(F.pad(t.movedim(2, -1), (0, pad)).movedim(-1, 2).unflatten(2, (-1, window)).transpose(1, 2)
+                        .flatten(0, 1) for t in extra)  # (b * nc, hq, w, r (, d))
+        out = attention_with_extra(q_blocks, keys.to(q_blocks.dtype), values.to(q_blocks.dtype), mask, blocked)
+    elif q.device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
         out = explicit_attention(q_blocks, keys, values, mask, dtype)
     else:
         out = masked_attention(q_blocks, keys, values, mask)
@@ -177,6 +201,7 @@ def window_attention_reference(
     mem_v: torch.Tensor | None = None,
     mem_valid: torch.Tensor | None = None,
     band: tuple[torch.Tensor, torch.Tensor, int] | None = None,
+    extra: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Dense twin of `window_attention` (without documents): one (L, nc*M + L (+ L)) mask over all memory slots of
     all chunks, all raw keys (and all band keys), explicit softmax in fp32. O(L^2) memory; for tests and benchmarks."""
@@ -201,4 +226,10 @@ def window_attention_reference(
         mask = torch.cat([mem_mask, mask], dim=2)
     scores = torch.einsum("bhtd,bhsd->bhts", q.float(), k) / d**0.5
     scores = scores.masked_fill(~mask[:, None], float("-inf"))
-    return torch.einsum("bhts,bhsd->bhtd", scores.softmax(-1), v).to(q.dtype)
+    if extra is None:
+        return torch.einsum("bhts,bhsd->bhtd", scores.softmax(-1), v).to(q.dtype)
+    probs = torch.cat([scores, extra[0].float()], -1).softmax(-1)
+    S = scores.shape[-1]
+    out = torch.einsum("bhts,bhsd->bhtd", probs[..., :S], v) + torch.einsum("bhtr,bhtrd->bhtd", probs[..., S:],
+                                                                           extra[1].float())
+    return out.to(q.dtype)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 EMPTY = -1
+NEVER = torch.iinfo(torch.long).max  # a chunk index no sequence reaches
 
 
 @dataclass
@@ -155,6 +156,35 @@ def keep_top(kept: KVSlots, new: KVSlots) -> KVSlots:
     """`eidetic_merge` on scored slots: the kept.pos.shape[1] best of kept ∪ new, with their keys and values."""
     _, _, index = eidetic_merge(kept.score, kept.pos, new.score, new.pos)
     return kept.cat(new).take(index)
+
+
+def split_top(kept: KVSlots, new: KVSlots) -> tuple[KVSlots, KVSlots, torch.Tensor]:
+    """`keep_top` and what it drops: (the m = kept.pos.shape[1] best of kept ∪ new, the other new.pos.shape[1] slots,
+    (b, n) True where a dropped slot came from `kept`). The dropped slots are in no particular order."""
+    m, n = kept.pos.shape[1], new.pos.shape[1]
+    union = kept.cat(new)
+    _, _, order = eidetic_merge(kept.score, kept.pos, new.score, new.pos)
+    dropped = torch.ones_like(union.pos, dtype=torch.bool).scatter_(1, order, False)
+    rest = dropped.nonzero()[:, 1].view(-1, n)  # every row drops exactly n slots
+    return union.take(order), union.take(rest), rest < m
+
+
+@torch.no_grad()
+def store_entry_chunks(eidetic: torch.Tensor, length: int, window: int, write: str) -> torch.Tensor:
+    """Parallel form of the storage tier's write rule: for every position s < `length`, the first chunk whose store
+    holds it (NEVER if none). Stored tokens never leave, so chunk c's store is {s : entry[s] <= c}. eidetic: each
+    chunk's eidetic memory (b, nc, m_e), from `eidetic_positions`.
+    write "window": every position of H_c that chunk c's eidetic memory does not hold (a token joins H_c at chunk
+    ceil(s / w) + 1 and, if admitted, is stored from the chunk after the last that holds it); "evicted": only tokens
+    that were in the eidetic memory and left it. Returns (b, length) long."""
+    b, nc, _ = eidetic.shape
+    s = torch.arange(length, device=eidetic.device)
+    joins = ((s + window - 1) // window + 1).expand(b, -1)
+    chunk = torch.arange(nc, device=s.device).view(1, nc, 1).expand_as(eidetic)
+    last = torch.full((b, length + 1), -1, dtype=torch.long, device=s.device)  # slot `length`: EMPTY entries
+    last.scatter_reduce_(1, eidetic.masked_fill(eidetic < 0, length).flatten(1), chunk.flatten(1), "amax")
+    last = last[:, :length]
+    return torch.where(last >= 0, last + 1, joins if write == "window" else torch.full_like(joins, NEVER))
 
 
 @torch.no_grad()

@@ -1,0 +1,122 @@
+"""The storage tier of B'MOJO's eidetic memory (docs/design.md, section 4.10): past raw tokens that the working memory
+(window, fading and eidetic slots) no longer holds, kept as (content key, value, position), and the exact search
+that brings each query the r stored tokens with the highest content score.
+
+Content keys and queries are the attention's projections *before* RoPE: a stored token is found, and attended, by
+what it is, not by where it stands (its distance from a query may be far beyond any distance seen in training).
+Shapes: queries q (b, hq, T, d); keys, values (b, hk, N, d), hk dividing hq (query head i reads kv head
+i // (hq // hk)); EMPTY positions (-1) mark free or forgotten slots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .memory import EMPTY, KVSlots
+
+# Score elements (b * hq * T * block) one search step may hold: 2^24 fp32 scores = 64 MiB.
+SEARCH_ELEMENTS = 1 << 24
+
+
+@dataclass
+class TokenStore:
+    """The stored tokens of one layer: `blocks`, each a KVSlots (content keys k, values v, positions pos). Appending
+    merges the newest blocks while the one before is not larger (a binary counter): a store of N tokens written w at
+    a time has at most log2(N / w) + 1 blocks, and each token is copied O(log N) times in all."""
+
+    blocks: list[KVSlots]
+
+    def append(self, new: KVSlots) -> TokenStore:
+        """The store with the slots of `new` added; slots EMPTY in every row are not stored."""
+        keep = new.valid.any(0)
+        if not keep.all():
+            new = new.take(keep.nonzero()[:, 0].expand(new.pos.shape[0], -1))
+        if new.pos.shape[1] == 0:
+            return self
+        blocks = [*self.blocks, new]
+        while len(blocks) > 1 and blocks[-2].pos.shape[1] <= blocks[-1].pos.shape[1]:
+            blocks[-2:] = [blocks[-2].cat(blocks[-1])]
+        return TokenStore(blocks)
+
+    @property
+    def size(self) -> int:
+        """Slots held (stored tokens, plus the slots of rows that stored fewer or forgot theirs)."""
+        return sum(block.pos.shape[1] for block in self.blocks)
+
+    def search(self, q: torch.Tensor, r: int) -> KVSlots:
+        """The r stored tokens with the highest content score q . k for every query (exact): keys and values
+        (b, hq, T, r, d), positions (b, hq, T, r), EMPTY where fewer than r are stored. q: (b, hq, T, d)."""
+        b, hq, T, d = q.shape
+        found = None
+        for block in self.blocks:
+            scores, index = top_r(q, block.k, r, lambda a, e, block=block: block.valid[:, None, None, a:e])
+            pos = gather_positions(block.pos, index).masked_fill(scores == float("-inf"), EMPTY)
+            hit = KVSlots(gather_heads(block.k, index), gather_heads(block.v, index), pos)
+            found = hit if found is None else _best(q, found, hit, r)
+        if found is None:
+            zeros = q.new_zeros(b, hq, T, r, d)
+            return KVSlots(zeros, zeros, torch.full((b, hq, T, r), EMPTY, dtype=torch.long, device=q.device))
+        return found
+
+
+def _best(q: torch.Tensor, a: KVSlots, b: KVSlots, r: int) -> KVSlots:
+    """The r best of two search results (per query) by content score."""
+    both = KVSlots(torch.cat([a.k, b.k], 3), torch.cat([a.v, b.v], 3), torch.cat([a.pos, b.pos], 3))
+    score = torch.einsum("bhtd,bhtrd->bhtr", q.float(), both.k.float()).masked_fill(both.pos < 0, float("-inf"))
+    index = score.topk(r, dim=-1).indices
+    pick = lambda t: t.gather(3, index[..., None].expand(*index.shape, t.shape[-1]))  # noqa: E731
+    return KVSlots(pick(both.k), pick(both.v), both.pos.gather(3, index))
+
+
+@torch.no_grad()
+def top_r(q: torch.Tensor, k: torch.Tensor, r: int, allowed: Callable[[int, int], torch.Tensor],
+          block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-r keys by content score q . k, in fp32, over key blocks (a blocked matmul and a running top-r):
+    q (b, hq, T, d), k (b, hk, N, d); allowed(a, e) -> bool broadcastable to (b, hq, T, e - a), True where query t may
+    read key s in a..e-1. Returns (scores, index), each (b, hq, T, r): scores -inf (and index 0) where fewer than r
+    keys are allowed. Ties in score keep the earlier key."""
+    b, hq, T, d = q.shape
+    hk, N = k.shape[1], k.shape[2]
+    rep = hq // hk
+    block = block or max(64, SEARCH_ELEMENTS // max(1, b * hq * T))
+    qf = q.float().reshape(b, hk, rep * T, d)
+    best = q.new_full((b, hq, T, 0), float("-inf"), dtype=torch.float32)
+    best_index = torch.zeros((b, hq, T, 0), dtype=torch.long, device=q.device)
+    for a in range(0, N, block):
+        e = min(N, a + block)
+        scores = torch.matmul(qf, k[:, :, a:e].float().transpose(-1, -2)).view(b, hq, T, e - a)
+        scores = scores.masked_fill(~allowed(a, e), float("-inf"))
+        index = torch.arange(a, e, device=q.device).expand(b, hq, T, -1)
+        scores, index = torch.cat([best, scores], -1), torch.cat([best_index, index], -1)
+        top = scores.topk(min(r, scores.shape[-1]), dim=-1, sorted=False).indices
+        best, best_index = scores.gather(-1, top), index.gather(-1, top)
+    if best.shape[-1] < r:  # fewer keys than r
+        pad = r - best.shape[-1]
+        best = torch.cat([best, best.new_full((b, hq, T, pad), float("-inf"))], -1)
+        best_index = torch.cat([best_index, best_index.new_zeros(b, hq, T, pad)], -1)
+    return best, best_index.masked_fill(best == float("-inf"), 0)
+
+
+def gather_heads(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """t (b, hk, N, d) at index (b, hq, T, r), per query head (head i reads kv head i // (hq // hk)) -> (b, hq, T,
+    r, d)."""
+    b, hk, N, d = t.shape
+    hq, T, r = index.shape[1:]
+    t = t.repeat_interleave(hq // hk, dim=1) if hq != hk else t
+    return t.gather(2, index.reshape(b, hq, T * r, 1).expand(-1, -1, -1, d)).view(b, hq, T, r, d)
+
+
+def gather_positions(pos: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """pos (b, N) at index (b, hq, T, r) -> (b, hq, T, r)."""
+    b = pos.shape[0]
+    return pos.gather(1, index.reshape(b, -1)).view_as(index)
+
+
+def retrieved_logits(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """The attention logits of retrieved tokens: the content score q . k / sqrt(d) (differentiable in q and k), -inf
+    where a slot is EMPTY. q (b, hq, T, d), k (b, hq, T, r, d), pos (b, hq, T, r) -> (b, hq, T, r)."""
+    logits = torch.einsum("bhtd,bhtrd->bhtr", q, k) * q.shape[-1] ** -0.5
+    return logits.masked_fill(pos < 0, float("-inf"))

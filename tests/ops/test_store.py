@@ -1,0 +1,121 @@
+"""bmojo.ops.store and the storage tier's rules in bmojo.ops.memory: the exact search against brute force, the store's
+blocks, which positions a chunk's store holds (against the rule's definition), and what the eidetic merge drops."""
+
+import pytest
+import torch
+
+from bmojo.ops.memory import (
+    EMPTY,
+    NEVER,
+    KVSlots,
+    eidetic_positions,
+    keep_top,
+    split_top,
+    store_entry_chunks,
+)
+from bmojo.ops.store import TokenStore, gather_heads, top_r
+
+
+def brute_top_r(q, k, r, allowed):
+    """Per (row, head, query): the r allowed keys with the highest q . k, as a set of indices."""
+    b, hq, T, _ = q.shape
+    rep = hq // k.shape[1]
+    out = {}
+    for i in range(b):
+        for h in range(hq):
+            for t in range(T):
+                scores = [(float(q[i, h, t] @ k[i, h // rep, s]), s) for s in range(k.shape[2]) if allowed[i, t, s]]
+                out[i, h, t] = {s for _, s in sorted(scores, reverse=True)[:r]}
+    return out
+
+
+@pytest.mark.parametrize("block", [3, 64])
+def test_top_r_matches_brute_force(block):
+    """Several key blocks (block 3) or one; grouped heads; queries allowed fewer keys than r get -inf slots."""
+    b, hq, hk, T, N, d, r = 2, 4, 2, 6, 20, 8, 5
+    q, k = torch.randn(b, hq, T, d), torch.randn(b, hk, N, d)
+    allowed = torch.rand(b, T, N) > 0.5
+    allowed[0, 0] = False
+    allowed[0, 0, 7] = allowed[0, 0, 11] = True  # two keys only
+    scores, index = top_r(q, k, r, lambda a, e: allowed[:, None, :, a:e], block=block)
+    expected = brute_top_r(q, k, r, allowed)
+    for (i, h, t), keys in expected.items():
+        got = {int(s) for s, v in zip(index[i, h, t], scores[i, h, t], strict=True) if v > float("-inf")}
+        assert got == keys, (i, h, t)
+        found = scores[i, h, t][scores[i, h, t] > float("-inf")]
+        torch.testing.assert_close(found.sort().values, (k[i, h // 2, sorted(keys)] @ q[i, h, t]).sort().values)
+    assert (scores[0, :, 0] == float("-inf")).sum(-1).tolist() == [r - 2] * hq
+
+
+def test_gather_heads_reads_each_query_heads_kv_head():
+    k = torch.arange(2 * 5 * 3, dtype=torch.float).view(1, 2, 5, 3)  # hk = 2
+    index = torch.tensor([[[[4, 0]], [[1, 1]], [[2, 3]], [[0, 4]]]])  # (1, hq=4, T=1, r=2)
+    out = gather_heads(k, index)
+    assert out[0, 0, 0].tolist() == [k[0, 0, 4].tolist(), k[0, 0, 0].tolist()]
+    assert out[0, 2, 0].tolist() == [k[0, 1, 2].tolist(), k[0, 1, 3].tolist()]  # head 2 reads kv head 1
+
+
+def slots(pos: list[list[int]], hk: int = 2, d: int = 4) -> KVSlots:
+    p = torch.tensor(pos)
+    return KVSlots(torch.randn(p.shape[0], hk, p.shape[1], d), torch.randn(p.shape[0], hk, p.shape[1], d), p)
+
+
+def test_store_blocks_count_in_binary_and_drop_slots_empty_in_every_row():
+    store = TokenStore([])
+    for i in range(7):
+        store = store.append(slots([[3 * i, EMPTY, 3 * i + 1], [EMPTY, EMPTY, 3 * i + 2]]))  # slot 1 empty in both
+    assert [block.pos.shape[1] for block in store.blocks] == [8, 4, 2]  # 7 appends of 2: 4 + 2 + 1 appends
+    assert store.size == 14
+    assert sorted(store.blocks[0].pos[0].tolist() + store.blocks[1].pos[0].tolist() + store.blocks[2].pos[0].tolist()
+                  ) == sorted(p for i in range(7) for p in (3 * i, 3 * i + 1))
+
+
+def test_store_search_equals_one_search_over_all_stored_tokens():
+    torch.manual_seed(0)
+    store = TokenStore([])
+    for i in range(5):
+        pos = torch.arange(4 * i, 4 * i + 4).expand(2, -1).clone()
+        pos[1, :2] = EMPTY  # row 1 stores fewer
+        store = store.append(KVSlots(torch.randn(2, 2, 4, 8), torch.randn(2, 2, 4, 8), pos))
+    q = torch.randn(2, 4, 3, 8)
+    found = store.search(q, 6)
+    keys = torch.cat([block.k for block in store.blocks], 2)
+    values = torch.cat([block.v for block in store.blocks], 2)
+    pos = torch.cat([block.pos for block in store.blocks], 1)
+    scores, index = top_r(q, keys, 6, lambda a, e: pos[:, None, None, a:e] >= 0)
+    expected = pos.gather(1, index.flatten(1)).view_as(index)
+    assert (found.pos.sort(-1).values == expected.sort(-1).values).all()
+    torch.testing.assert_close(found.v.sum(3), gather_heads(values, index).sum(3))
+    assert (store.search(q[:, :, :1], 12).pos[1] == EMPTY).sum().item() == 4 * 2  # row 1 holds 10 of 12
+    empty = TokenStore([]).search(q, 3)
+    assert (empty.pos == EMPTY).all() and empty.k.shape == (2, 4, 3, 3, 8)
+
+
+@pytest.mark.parametrize("write", ["window", "evicted"])
+@pytest.mark.parametrize("L,w,m_e", [(45, 8, 5), (50, 7, 2), (9, 4, 1)])
+def test_store_entry_chunks_follow_the_rule(L, w, m_e, write):
+    """Chunk c's store {s : entry[s] <= c}, by definition: window = H_c less chunk c's eidetic memory; evicted = the
+    tokens some earlier chunk's eidetic memory held that chunk c's does not. Never a token of the memory."""
+    eps = torch.randint(0, 6, (3, L)).float()
+    epos = eidetic_positions(eps, w, m_e)
+    entry = store_entry_chunks(epos, L, w, write)
+    for b in range(3):
+        for c in range(epos.shape[1]):
+            memory = {int(p) for p in epos[b, c] if p != EMPTY}
+            if write == "window":
+                expected = {s for s in range(L) if s <= c * w - w} - memory
+            else:
+                expected = {int(p) for cc in range(c) for p in epos[b, cc] if p != EMPTY} - memory
+            assert {s for s in range(L) if entry[b, s] <= c} == expected, (b, c)
+    assert (entry >= 1).all() and (entry <= NEVER).all()
+
+
+def test_split_top_keeps_the_merge_and_names_what_it_drops():
+    kept = slots([[3, 7, EMPTY]])
+    kept.score = torch.tensor([[5.0, 1.0, float("-inf")]])
+    new = slots([[9, 10, 11]])
+    new.score = torch.tensor([[1.0, 5.0, 0.5]])
+    top, dropped, from_kept = split_top(kept, new)
+    assert top.pos.tolist() == keep_top(kept, new).pos.tolist() == [[10, 3, 9]]
+    dropped_from = sorted(zip(dropped.pos[0].tolist(), from_kept[0].tolist(), strict=True))
+    assert dropped_from == [(EMPTY, True), (7, True), (11, False)]

@@ -15,6 +15,7 @@ from bmojo.tasks import (
     fuzzy_recall,
     in_context_recall,
     induction_heads,
+    long_recall,
     make_task,
     mqar,
     noisy_recall,
@@ -31,6 +32,7 @@ SMALL = {
     "noisy_recall": dict(seq_len=64, frac_noise=0.4),
     "selective_copying": dict(seq_len=64, num_tokens_to_copy=8),
     "induction_heads": dict(vocab_size=16, seq_len=32),
+    "long_recall": dict(vocab_size=64, seq_len=64, num_kv_pairs=4),
 }
 
 
@@ -295,6 +297,8 @@ def test_induction_heads_layout():
         (selective_copying, dict(vocab_size=2), "vocab_size must be >= 3"),
         (induction_heads, dict(vocab_size=2, seq_len=16), "vocab_size must be >= 3"),
         (induction_heads, dict(vocab_size=16, seq_len=2), "seq_len must be >= 3"),
+        (long_recall, dict(vocab_size=16, num_kv_pairs=5), "need num_kv_pairs <= vocab_size//4"),
+        (long_recall, dict(seq_len=30, num_kv_pairs=8), "seq_len=30 too short: need >= 4 \\* num_kv_pairs = 32"),
     ],
 )
 def test_task_constraints(generator, kwargs, message):
@@ -380,3 +384,22 @@ def test_sample_distinct_is_uniform_and_distinct():
         assert (ordered[:, 1:] != ordered[:, :-1]).all()
         counts = np.unique(draws[:, :2], axis=0, return_counts=True)[1]
         assert len(counts) == n * (n - 1) and counts.min() > 0.85 * counts.mean()
+
+
+def test_long_recall_layout_and_labels():
+    """Pairs first, filler from the top half of the vocabulary, every key queried once at the end, the target its value;
+    a longer sequence only adds filler."""
+    n, V = 6, 64
+    x, y = np_pair(long_recall(V, 100, n, 50, seed=3))
+    for row_x, row_y in zip(x, y, strict=True):
+        keys, values = row_x[0 : 2 * n : 2], row_x[1 : 2 * n : 2]
+        assert len(set(keys)) == n and keys.min() >= 1 and keys.max() <= V // 4
+        assert values.min() > V // 4 and values.max() <= V // 2
+        assert (row_x[2 * n : 100 - 2 * n] >= V // 2).all()  # filler
+        queries, answers = row_x[100 - 2 * n :: 2], row_x[100 - 2 * n + 1 :: 2]
+        assert sorted(queries) == sorted(keys)
+        assert all(dict(zip(keys, values, strict=True))[q] == a for q, a in zip(queries, answers, strict=True))
+        scored = np.flatnonzero(row_y != IGNORE_INDEX)
+        assert list(scored) == list(range(100 - 2 * n, 100, 2)) and (row_y[scored] == answers).all()
+    long_x, _ = np_pair(long_recall(V, 400, n, 50, seed=3))
+    assert (long_x[:, : 2 * n] == x[:, : 2 * n]).all()  # the same pairs, further from their queries

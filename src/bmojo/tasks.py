@@ -380,6 +380,41 @@ def induction_heads(vocab_size: int = 64, seq_len: int = 256, num_examples: int 
     return _to_torch(inputs, targets)
 
 
+def long_recall(vocab_size: int = 256, seq_len: int = 256, num_kv_pairs: int = 8, num_examples: int = 1000,
+                seed: int = 0) -> Batch:
+    """Long-context multi-key recall (the storage tier's benchmark, docs/recall.md): ``num_kv_pairs`` key-value
+    pairs at the start, filler, then every key again (shuffled), each followed by its value.
+
+    Layout, ``n = num_kv_pairs``, ``V = vocab_size``: ``inputs[:, :2n] = k_1 v_1 ... k_n v_n`` with keys distinct in
+    ``[1, V//4]`` and values (drawn with replacement) in ``[V//4 + 1, V//2]``; then uniform filler from ``[V//2, V)``
+    (as unpredictable as the pairs, so an innovation test cannot single the pairs out); the last ``2n`` positions
+    hold the keys in a random order, each followed by its value. The target at each of those ``n`` queries is its
+    value; all other targets are -100. Growing ``seq_len`` only adds filler: the pairs sit ``seq_len - 4n`` to
+    ``seq_len - 2n`` tokens before their queries.
+    """
+    quarter = vocab_size // 4
+    _require(quarter >= 1 and num_kv_pairs <= quarter,
+             f"vocab_size={vocab_size} too small for num_kv_pairs={num_kv_pairs}: need num_kv_pairs <= vocab_size//4 "
+             "distinct keys")
+    _require(num_kv_pairs >= 1, f"num_kv_pairs must be >= 1, got {num_kv_pairs}")
+    _require(seq_len >= 4 * num_kv_pairs, f"seq_len={seq_len} too short: need >= 4 * num_kv_pairs = "
+             f"{4 * num_kv_pairs} (the pairs, then one query and its value per key)")
+    _check_count(num_examples)
+    rng = np.random.default_rng(seed)
+    n = num_kv_pairs
+    keys = 1 + _sample_distinct(rng, num_examples, quarter, n)
+    values = 1 + quarter + rng.integers(0, quarter, size=(num_examples, n))
+    inputs = rng.integers(2 * quarter, vocab_size, size=(num_examples, seq_len))
+    inputs[:, 0 : 2 * n : 2], inputs[:, 1 : 2 * n : 2] = keys, values
+    order = rng.permuted(np.broadcast_to(np.arange(n), (num_examples, n)), axis=1)
+    start = seq_len - 2 * n
+    inputs[:, start::2] = np.take_along_axis(keys, order, axis=1)
+    inputs[:, start + 1 :: 2] = np.take_along_axis(values, order, axis=1)
+    targets = np.full((num_examples, seq_len), IGNORE_INDEX, dtype=np.int64)
+    targets[:, start::2] = inputs[:, start + 1 :: 2]
+    return _to_torch(inputs, targets)
+
+
 TASKS: dict[str, Callable[..., Batch]] = {
     "mqar": mqar,
     "in_context_recall": in_context_recall,
@@ -387,6 +422,7 @@ TASKS: dict[str, Callable[..., Batch]] = {
     "noisy_recall": noisy_recall,
     "selective_copying": selective_copying,
     "induction_heads": induction_heads,
+    "long_recall": long_recall,
 }
 
 

@@ -22,6 +22,7 @@ from ..layers.documents import Documents, documents_from_starts, restart_rows
 from ..layers.mamba2 import Mamba2Mixer
 from ..ops.loss import next_token_cross_entropy, token_cross_entropy
 from .cache import DECODINGS, BMojoCache
+from .cache_file import load_cache, save_cache
 from .configuration import MIXER_KINDS, BMojoConfig
 from .remote import AUTO_MAP, write_remote_code_shim
 from .static import auto_decoding
@@ -232,6 +233,15 @@ class BMojoForCausalLM(BMojoPreTrainedModel, GenerationMixin):
         p = next(self.parameters())
         states = [layer.mixer.init_state(batch_size, p.device, p.dtype) for layer in self.model.layers]
         return BMojoCache(states, self.config.layer_pattern, batch_size, p.device, p.dtype, decoding, capacity)
+
+    def save_cache(self, cache: BMojoCache, path: str | Path) -> None:
+        """Write a decoding cache this model built (every state, the storage tier included) to one safetensors file."""
+        save_cache(cache, self, path)
+
+    def load_cache(self, path: str | Path) -> BMojoCache:
+        """A cache `save_cache` wrote with this model (same config and weights; anything else raises ValueError):
+        decoding continues from it exactly."""
+        return load_cache(self, path)
 
     def forward(
         self,

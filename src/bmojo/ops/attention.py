@@ -50,7 +50,7 @@ def attention_with_extra(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask
     extra_logits, extra_v = extra
     probs = torch.cat([scores.masked_fill(~mask, float("-inf")), extra_logits.float()], -1).softmax(-1)
     out = torch.matmul(probs[..., :S].to(v.dtype).reshape(b, hk, rep * T, S), v).view(b, hq, T, d)
-    return (out + torch.einsum("bhtr,bhtrd->bhtd", probs[..., S:].to(extra_v.dtype), extra_v)).to(q.dtype)
+    return (out + (probs[..., S:, None].to(extra_v.dtype) * extra_v).sum(-2)).to(q.dtype)
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_idx: torch.Tensor | None = None

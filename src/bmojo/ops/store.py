@@ -65,7 +65,7 @@ class TokenStore:
 def _best(q: torch.Tensor, a: KVSlots, b: KVSlots, r: int) -> KVSlots:
     """The r best of two search results (per query) by content score."""
     both = KVSlots(torch.cat([a.k, b.k], 3), torch.cat([a.v, b.v], 3), torch.cat([a.pos, b.pos], 3))
-    score = torch.einsum("bhtd,bhtrd->bhtr", q.float(), both.k.float()).masked_fill(both.pos < 0, float("-inf"))
+    score = (q.float()[..., None, :] * both.k.float()).sum(-1).masked_fill(both.pos < 0, float("-inf"))
     index = score.topk(r, dim=-1).indices
     pick = lambda t: t.gather(3, index[..., None].expand(*index.shape, t.shape[-1]))  # noqa: E731
     return KVSlots(pick(both.k), pick(both.v), both.pos.gather(3, index))
@@ -118,5 +118,5 @@ def gather_positions(pos: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def retrieved_logits(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """The attention logits of retrieved tokens: the content score q . k / sqrt(d) (differentiable in q and k), -inf
     where a slot is EMPTY. q (b, hq, T, d), k (b, hq, T, r, d), pos (b, hq, T, r) -> (b, hq, T, r)."""
-    logits = torch.einsum("bhtd,bhtrd->bhtr", q, k) * q.shape[-1] ** -0.5
+    logits = (q[..., None, :] * k).sum(-1) * q.shape[-1] ** -0.5  # a batched matmul of 1 x d by d x r is slower
     return logits.masked_fill(pos < 0, float("-inf"))

@@ -1,6 +1,7 @@
 """bmojo.compare: budget fitting, `bmojo compare` end to end on a tiny spec, its argument checks, and an
 interrupted compare resumed."""
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -351,3 +352,41 @@ def test_a_jobs_worker_budget_shares_what_is_left_of_the_time(monkeypatch):
     assert started.value == 4
     monkeypatch.setattr(bmojo.compare, "_WORKER", (started, None, 4, 2))
     assert bmojo.compare._worker_time_budget(spec) is None  # no --time-budget
+
+
+def test_variants_and_accuracy_by_length(tmp_path, png_signature):
+    """A variant is a preset with config overrides, run as a row of its own; eval_lengths measures the trained model
+    on the task made longer (the test split's seed), tabled and plotted."""
+    spec = CompareSpec(
+        tasks=[dict(task="long_recall", vocab_size=64, seq_len=32, num_kv_pairs=2)],
+        presets=["bmojo", "bmojo_store"],
+        variants={"bmojo_store": {"preset": "bmojo", "num_retrieved_tokens": 3}},
+        budgets=[], seeds=[0],
+        model=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, window_size=8, ssm_state_size=8,
+                   ssm_head_dim=16, ssm_chunk_size=8, num_fading_tokens=2, num_eidetic_tokens=2),
+        train=dict(max_steps=2, batch_size=8), num_train=64, num_test=8, eval_lengths=[32, 96],
+    )
+    records = run_compare(spec, tmp_path, progress=False, save_models=True)
+    by_row = {r["preset"]: r for r in records}
+    assert set(by_row) == {"bmojo", "bmojo_store"}
+    store = BMojoForCausalLM.from_pretrained(by_row["bmojo_store"]["model_dir"])
+    assert store.config.num_retrieved_tokens == 3 and store.config.layer_pattern == ["bmojo"]
+    assert BMojoForCausalLM.from_pretrained(by_row["bmojo"]["model_dir"]).config.num_retrieved_tokens == 0
+    for r in records:
+        assert set(r["accuracy_by_length"]) == {"32", "96"}
+        assert r["accuracy_by_length"]["32"] == r["accuracy"]  # the training length: the test split itself
+    table = (tmp_path / "results.md").read_text()
+    assert "## Test accuracy by context length" in table and "L = 96" in table and "| bmojo_store |" in table
+    png = tmp_path / "recall_vs_length_long_recall__seq_len_32__num_kv_pairs_2.png"
+    assert png.read_bytes()[:8] == png_signature
+
+
+@pytest.mark.parametrize("variants, message", [
+    ({"big": {"hidden_size": 64}}, "variant 'big' needs a 'preset'"),
+    ({"swa": {"preset": "swa"}}, "variant 'swa' has a preset's name"),
+    ({"x": {"preset": "bmojo", "num_retrived_tokens": 2}}, "variant 'x': unknown BMojoConfig field 'num_retrived_"),
+])
+def test_bad_variants_are_refused(variants, message):
+    spec = dataclasses.replace(SPECS["long"], variants=variants, presets=["swa"])
+    with pytest.raises(ValueError, match=message):
+        spec.check()

@@ -68,6 +68,7 @@ VALUE_RULES: dict[str, tuple[Callable, str]] = {
     "time_budget_s": (lambda v: v is None or 0 < v < math.inf, "> 0 seconds"),
     "max_steps": (lambda v: v >= 1, ">= 1"),
     "batch_size": (lambda v: v >= 1, ">= 1"),
+    "eval_lengths": (lambda v: v >= 1, ">= 1 (tokens)"),
 }
 # TrainConfig fields compare sets for each run itself -> what sets them (so a spec's `train` may not)
 SET_PER_RUN = {"lr": "lrs", "weight_decay": "weight_decays", "seed": "seeds", "time_budget_s": "time_budget_s",
@@ -95,6 +96,9 @@ class CompareSpec:
     num_test: int = 256
     num_val: int = 256  # the validation split: lr / weight-decay choice and early stopping (never the test split)
     time_budget_s: float | None = None  # whole command; split evenly over the remaining runs
+    # more rows for `presets`: name -> {"preset": a preset, config field: value, ...} (e.g. bmojo with a store)
+    variants: dict = field(default_factory=dict)
+    eval_lengths: list[int] = field(default_factory=list)  # test accuracy also at these seq_len (the task made longer)
 
     def to_dict(self) -> dict:
         """The spec as plain JSON-able data; `from_dict` reads it back."""
@@ -128,7 +132,14 @@ class CompareSpec:
         if not all("task" in t for t in self.tasks):
             raise ValueError(f"{where}every entry of 'tasks' needs a 'task' name, e.g. {{\"task\": \"mqar\"}}")
         _check_names("task", [t["task"] for t in self.tasks], task_lib.TASKS, where)
-        _check_names("preset", self.presets, PRESETS, where)
+        for name, variant in self.variants.items():
+            if not isinstance(variant, dict) or variant.get("preset") not in PRESETS:
+                raise ValueError(f"{where}variant {name!r} needs a 'preset' among {', '.join(PRESETS)}; got "
+                                 f"{variant!r}")
+            if name in PRESETS:
+                raise ValueError(f"{where}variant {name!r} has a preset's name; choose another")
+            BMojoConfig.check_field_names([k for k in variant if k != "preset"], f"{where}variant {name!r}: ")
+        _check_names("preset", self.presets, [*PRESETS, *self.variants], where)
         for task in self.tasks:
             params = inspect.signature(task_lib.TASKS[task["task"]]).parameters
             settable = [name for name in params if name not in ("num_examples", "seed")]
@@ -207,6 +218,24 @@ SPECS: dict[str, CompareSpec] = {
         num_test=256,
         time_budget_s=540,  # a safety net on slow machines; on a free 2-core CPU the step count binds
     ),
+    # The storage tier's benchmark on a CPU: long_recall (4 key-value pairs at the start, random filler, the queries at
+    # the end), trained at L = 128, tested up to 64x longer. Every bounded working memory is far smaller than the
+    # distance; `bmojo_store` is the bmojo preset with a store read by each query (docs/recall.md, "Long recall").
+    "long": CompareSpec(
+        tasks=[dict(task="long_recall", vocab_size=256, seq_len=128, num_kv_pairs=4)],
+        presets=[*ALL_PRESETS, "bmojo_store"],
+        variants={"bmojo_store": {"preset": "bmojo", "num_retrieved_tokens": 8}},
+        budgets=[],
+        seeds=[0],
+        model=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, window_size=16, ssm_state_size=16,
+                   ssm_head_dim=32, ssm_chunk_size=32, num_fading_tokens=4, num_eidetic_tokens=4),
+        train=dict(max_steps=1500, batch_size=32, warmup_ratio=0.05, eval_every=100, target_accuracy=0.99),
+        lrs=[2e-3],
+        weight_decays=[0.0],
+        num_train=20000,
+        num_test=64,
+        eval_lengths=[128, 512, 2048, 8192],
+    ),
     # The paper's MQAR setting (2 layers, L = 256, window 32, several kv counts, a sweep of memory
     # budgets) and the MAD suite, with the Zoology lr sweep. Meant for a GPU.
     "paper": CompareSpec(
@@ -248,6 +277,12 @@ class _TaskDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return {"input_ids": self.inputs[i], "targets": self.targets[i]}
+
+
+def preset_of(name: str, spec: CompareSpec) -> tuple[str, dict]:
+    """A row name of `spec.presets` -> (its preset, its config overrides): a preset's own name, or a variant."""
+    variant = dict(spec.variants.get(name, {"preset": name}))
+    return variant.pop("preset"), variant
 
 
 def memory_of(config: BMojoConfig, seq_len: int) -> tuple[int, float]:
@@ -299,13 +334,14 @@ def _plan(spec: CompareSpec) -> list[tuple[dict, int, BMojoConfig | None]]:
         vocab = task_lib.task_vocab_size(task["task"], **settings)
         for budget in spec.budgets or [None]:
             for preset in spec.presets:
-                base = {**spec.model, "vocab_size": vocab}
-                config = fit_to_budget(preset, base, seq_len, budget)
+                kind, overrides = preset_of(preset, spec)
+                base = {**spec.model, **overrides, "vocab_size": vocab}
+                config = fit_to_budget(kind, base, seq_len, budget)
                 for seed in spec.seeds:
                     record = {"task": task["task"], "task_settings": settings, "preset": preset,
                               "budget_tokens": budget, "seed": seed}
                     if config is None:
-                        needs = min(memory_of(c, seq_len)[1] for c in budget_candidates(preset, base))
+                        needs = min(memory_of(c, seq_len)[1] for c in budget_candidates(kind, base))
                         record["skipped"] = (f"its smallest setting needs {needs:.1f} token-equivalents, more than "
                                              f"the budget {budget:g}")
                     plan.append((record, seq_len, config))
@@ -549,6 +585,13 @@ def _train_and_measure(record: dict, config: BMojoConfig, seq_len: int, data: tu
                 best_model = model
     best = max(sweep, key=lambda r: r["val_accuracy"])
     num_bytes, tokens = memory_of(config, seq_len)
+    by_length = {}
+    for length in spec.eval_lengths:  # the test split's seed, the task made longer (for long_recall: more filler)
+        longer = {**record["task_settings"], "seq_len": length}
+        _, (inputs, targets) = task_lib.train_test_split(record["task"], 1, spec.num_test, record["seed"], **longer)
+        by_length[str(length)] = evaluate_accuracy(best_model, inputs, targets,
+                                                   batch_size=max(1, 128 * seq_len // length))
+    lengths = {"accuracy_by_length": by_length} if by_length else {}
     saved = {}
     if models_dir is not None:
         folder = models_dir / model_folder_name(record)
@@ -562,10 +605,10 @@ def _train_and_measure(record: dict, config: BMojoConfig, seq_len: int, data: tu
         "test_sequences_seen_in_training": leaked, "lr": best["lr"],
         "weight_decay": best["weight_decay"],
         "memory_bytes": num_bytes, "memory_tokens": tokens,
-        "knob": {name: getattr(config, name) for name in MEMORY_KNOBS[record["preset"]]},
+        "knob": {name: getattr(config, name) for name in MEMORY_KNOBS[preset_of(record["preset"], spec)[0]]},
         "parameters": parameter_count(config),
         "train_seconds": sum(r["train_seconds"] for r in sweep), "steps": best["steps"], "stopped": best["stopped"],
-        "sweep": sweep, **saved,
+        "sweep": sweep, **lengths, **saved,
     }
 
 
@@ -580,6 +623,7 @@ def write_outputs(records: list[dict], out_dir: Path, spec: CompareSpec) -> None
     """results.json, results.md (`write_tables`) and the recall-vs-memory PNGs."""
     write_tables(records, out_dir, spec)
     plot_recall_vs_memory(records, out_dir)
+    plot_recall_vs_length(records, out_dir)
 
 
 def write_tables(records: list[dict], out_dir: Path, spec: CompareSpec) -> None:
@@ -610,7 +654,43 @@ def results_markdown(records: list[dict]) -> str:
             steps += f" ({row['time_stopped']} stopped by the time budget)"
         lines.append(f"{head} {knob} | {row['memory_tokens']:.1f} | {r['parameters']:,} | {len(row['seeds'])} | "
                      f"{row['mean']:.3f} [{row['min']:.3f}, {row['max']:.3f}] | {steps} |")
-    return "\n".join([*lines, "", "## Verdict", "", *verdict_markdown(records)]) + "\n"
+    return "\n".join([*lines, *length_markdown(records), "", "## Verdict", "", *verdict_markdown(records)]) + "\n"
+
+
+def length_summary(records: list[dict]) -> list[dict]:
+    """Per (task label, budget, preset): test accuracy at each evaluated length over seeds, {length: (mean, min,
+    max)}, for the runs that measured `accuracy_by_length`."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        if r.get("accuracy_by_length"):
+            groups.setdefault((task_label(r), r["budget_tokens"], r["preset"]), []).append(r)
+    rows = []
+    for (label, budget, preset), runs in groups.items():
+        lengths = sorted({int(k) for r in runs for k in r["accuracy_by_length"]})
+        stats = {}
+        for n in lengths:
+            values = [r["accuracy_by_length"][str(n)] for r in runs if str(n) in r["accuracy_by_length"]]
+            stats[n] = (sum(values) / len(values), min(values), max(values))
+        rows.append({"task_label": label, "budget_tokens": budget, "preset": preset, "seeds": len(runs),
+                     "by_length": stats})
+    return rows
+
+
+def length_markdown(records: list[dict]) -> list[str]:
+    """The accuracy-by-context-length table (mean [min, max] over seeds), or nothing if no run measured it."""
+    rows = length_summary(records)
+    if not rows:
+        return []
+    lengths = sorted({n for row in rows for n in row["by_length"]})
+    lines = ["", "## Test accuracy by context length", "",
+             "| task | budget (tok) | preset | seeds | " + " | ".join(f"L = {n:,}" for n in lengths) + " |",
+             "|---|---|---|---|" + "---|" * len(lengths)]
+    for row in rows:
+        budget = "-" if row["budget_tokens"] is None else f"{row['budget_tokens']:g}"
+        cells = ["{:.3f} [{:.3f}, {:.3f}]".format(*row["by_length"][n]) if n in row["by_length"] else "-"
+                 for n in lengths]
+        lines.append(f"| {row['task_label']} | {budget} | {row['preset']} | {row['seeds']} | {' | '.join(cells)} |")
+    return lines
 
 
 def plot_recall_vs_memory(records: list[dict], out_dir: Path) -> list[Path]:
@@ -644,6 +724,40 @@ def plot_recall_vs_memory(records: list[dict], out_dir: Path) -> list[Path]:
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = out_dir / ("recall_vs_memory_" + "".join(c if c.isalnum() else "_" for c in label).strip("_") + ".png")
+        _write_atomically(path, functools.partial(fig.savefig, dpi=110, format="png"))
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def plot_recall_vs_length(records: list[dict], out_dir: Path) -> list[Path]:
+    """One PNG per task (and budget) whose runs measured `accuracy_by_length`: accuracy vs context length (log), a
+    line per preset through the means over seeds, error bars from the min to the max seed."""
+    rows = length_summary(records)
+    if not rows:
+        return []
+    plt = pyplot()
+    paths = []
+    for label, budget in dict.fromkeys((row["task_label"], row["budget_tokens"]) for row in rows):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for row in rows:
+            if (row["task_label"], row["budget_tokens"]) != (label, budget):
+                continue
+            xs = sorted(row["by_length"])
+            means, lows, highs = zip(*(row["by_length"][n] for n in xs), strict=True)
+            ax.errorbar(xs, means, yerr=[[m - lo for m, lo in zip(means, lows, strict=True)],
+                                         [hi - m for m, hi in zip(means, highs, strict=True)]],
+                        marker="o", capsize=3, label=row["preset"])
+        ax.set_xscale("log")
+        ax.set_xlabel("context length (tokens, log)")
+        ax.set_ylabel("test accuracy")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(label if budget is None else f"{label}, budget {budget:g}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        name = label if budget is None else f"{label}_budget{budget:g}"
+        path = out_dir / ("recall_vs_length_" + "".join(c if c.isalnum() else "_" for c in name).strip("_") + ".png")
         _write_atomically(path, functools.partial(fig.savefig, dpi=110, format="png"))
         plt.close(fig)
         paths.append(path)
@@ -686,7 +800,7 @@ def spec_from_args(args: argparse.Namespace) -> CompareSpec:
         chosen += [dict(task=t) for t in args.tasks if t not in {c["task"] for c in chosen}]
         spec.tasks = chosen
     if args.presets:
-        _check_names("preset", args.presets, PRESETS)
+        _check_names("preset", args.presets, [*PRESETS, *spec.variants])
         spec.presets = args.presets
     if args.memory_budgets is not None:
         check_value("--memory-budgets", args.memory_budgets, "budgets")

@@ -77,7 +77,7 @@ def top_r(q: torch.Tensor, k: torch.Tensor, r: int, allowed: Callable[[int, int]
     """Exact top-r keys by content score q . k, in fp32, over key blocks (a blocked matmul and a running top-r):
     q (b, hq, T, d), k (b, hk, N, d); allowed(a, e) -> bool broadcastable to (b, hq, T, e - a), True where query t may
     read key s in a..e-1. Returns (scores, index), each (b, hq, T, r): scores -inf (and index 0) where fewer than r
-    keys are allowed. Ties in score keep the earlier key."""
+    keys are allowed. Between tied scores either key may be kept."""
     b, hq, T, d = q.shape
     hk, N = k.shape[1], k.shape[2]
     rep = hq // hk

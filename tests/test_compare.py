@@ -106,6 +106,16 @@ def test_paper_layer_experiment_is_the_quick_bmojo_run_without_the_residual():
     assert CompareSpec.from_file(path) == expected
 
 
+def test_long_recall_experiment_is_the_long_preset_trained_twice_as_long():
+    """experiments/long_recall_3000.toml (docs/recall.md) is the long preset's transformer and bmojo_store rows with
+    3000 training steps instead of 1500."""
+    path = Path(__file__).resolve().parents[1] / "experiments" / "long_recall_3000.toml"
+    long = SPECS["long"]
+    expected = dataclasses.replace(long, presets=["transformer", "bmojo_store"],
+                                   train={**long.train, "max_steps": 3000})
+    assert CompareSpec.from_file(path) == expected
+
+
 def test_spec_reads_toml(tmp_path):
     path = tmp_path / "spec.toml"
     path.write_text('presets = ["swa"]\nbudgets = []\nseeds = [0]\nnum_train = 16\nnum_test = 8\n'

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-SUITES = ("kernels", "layers", "models", "packing", "small", "decode")
+SUITES = ("kernels", "layers", "models", "packing", "small", "decode", "store")
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +84,10 @@ def test_bench_reports_every_target_figure(quick_run):
         small = by_name[f"small/train_step/{preset}"]
         assert small["settings"]["batch"] == 32 and small["settings"]["L"] == 64  # the quick recall size
         assert preset == "transformer" or small["peer"] == "small/train_step/transformer"
+    small_store, large_store = by_name["store/latency/stored256"], by_name["store/latency/stored1024"]
+    assert large_store["peer"] == "store/latency/stored256" and large_store["ratio"] > 0
+    assert small_store["settings"]["working_bytes"] == large_store["settings"]["working_bytes"]
+    assert small_store["settings"]["stored_bytes"] < large_store["settings"]["stored_bytes"]
     assert len(doc["targets"]) == 15 and all(t["measured"] is not None for t in doc["targets"])
 
 

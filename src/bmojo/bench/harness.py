@@ -23,7 +23,7 @@ from ..allocator import tune_cpu_allocator
 from ..plotting import pyplot
 
 # what `bmojo bench --suite` chooses from, in run order
-SUITES = ("kernels", "layers", "models", "packing", "small", "decode")
+SUITES = ("kernels", "layers", "models", "packing", "small", "decode", "store")
 FIGURE_SUITES = ("ceiling", *SUITES)  # the suite of every figure: the ceiling is measured before any suite
 
 

@@ -1,5 +1,5 @@
 """The benchmark suites: kernels, layers, models (training throughput, bf16, MFU, loss curve), packing, small
-(the recall experiments' tiny models), decode.
+(the recall experiments' tiny models), decode, store (decoding with a storage tier of growing size).
 
 Each suite takes a `Bench` and appends figures to it. Sizes come from `SIZES[quick]`; the full sizes are
 the ones the targets in docs/benchmarks.md are stated at.
@@ -22,7 +22,7 @@ from ..layers.mamba2 import Mamba2Mixer
 from ..models.configuration import BMojoConfig
 from ..models.modeling import BMojoForCausalLM
 from ..ops.attention import masked_attention, window_attention
-from ..ops.memory import EMPTY, eidetic_positions
+from ..ops.memory import EMPTY, KVSlots, eidetic_positions
 from ..ops.ssd import ssd_chunked, ssd_sequential
 from ..plotting import pyplot
 from .harness import Bench, measure, stats, sync
@@ -44,6 +44,7 @@ SIZES = {
         decode_ctx=(1024, 4096, 16384, 32768, 131072), prefill_block=2048, decode_steps=16,
         decode_attn_max=32768,  # full attention's prefill is quadratic: its curve stops there
         generate_tokens=64, generate_repeats=3,
+        store_sizes=(1024, 16384, 131072, 1048576),
     ),
     True: dict(  # --quick: tiny sizes, same code paths
         kernel_L=256, eidetic_L=(256,),
@@ -55,6 +56,7 @@ SIZES = {
         curve=dict(L=64, batch=2, steps=4, lr=1e-3),
         decode_ctx=(32, 128), prefill_block=32, decode_steps=4, decode_attn_max=128,
         generate_tokens=4, generate_repeats=1,
+        store_sizes=(256, 1024),
     ),
 }
 
@@ -652,3 +654,43 @@ def _decode_bandwidth(bench: Bench, bandwidth: float) -> None:
                     ms_per_token=_median_ms(xs), bandwidth_GBps=bandwidth / 1e9)
     bench.add("decode", "bandwidth/bmojo_100m", rate / 1e9, "GB/s (weights + state read per token)", settings,
               better="higher", spread=stats([read / x / 1e9 for x in xs]), fraction_of_bandwidth=rate / bandwidth)
+
+
+def store(bench: Bench) -> None:
+    """Decode latency per token of the `bmojo` model (matched width) with a storage tier (r = 16, exact search) holding
+    N stored tokens per layer, N in `store_sizes`, timed interleaved; the ratio is against the smallest N. After a
+    prefill of the smallest N tokens the store is topped up with random keys and values (the search's cost depends
+    on N, not on what the entries hold). Working and stored bytes are recorded for each N."""
+    size = SIZES[bench.quick]
+    dev = bench.device
+    cfg = copy.deepcopy(model_configs(bench.quick)["bmojo"])
+    cfg.num_retrieved_tokens = 16
+    model = _model(cfg, dev).eval()
+    gen = torch.Generator().manual_seed(0)
+    caches = {}
+    with torch.no_grad():
+        base = model.new_cache(1)
+        prefill = min(size["store_sizes"])  # the store then holds about that many tokens: topped up to each N below
+        model(torch.randint(0, 256, (1, prefill), generator=gen).to(dev), cache=base, logits_to_keep=1)
+        for n in size["store_sizes"]:
+            cache = copy.deepcopy(base)
+            for state in cache.states:
+                have = state.store.size
+                if n > have:
+                    k = state.store.blocks[0].k if state.store.blocks else state.window.k
+                    shape = (1, k.shape[1], n - have, k.shape[3])
+                    state.store = state.store.append(KVSlots(torch.randn(shape, generator=gen).to(dev, k.dtype),
+                                                             torch.randn(shape, generator=gen).to(dev, k.dtype),
+                                                             torch.arange(n - have, device=dev)[None]))
+            caches[n] = cache
+        token = torch.randint(0, 256, (1, 1), generator=gen).to(dev)
+        fns = {n: (lambda c=c: model(token, cache=c, logits_to_keep=1)) for n, c in caches.items()}
+        s = measure(fns, dev, warmup=2, repeats=size["decode_steps"])
+    smallest = min(s)
+    for n, xs in s.items():
+        settings = dict(stored_tokens_per_layer=n, batch=1, retrieved=16, backend="exact", layers=cfg.num_hidden_layers,
+                        hidden_size=cfg.hidden_size, working_bytes=caches[n].working_nbytes,
+                        stored_bytes=caches[n].stored_nbytes)
+        peer = {} if n == smallest else dict(peer=f"store/latency/stored{smallest}",
+                                             ratio=statistics.median(s[smallest]) / statistics.median(xs))
+        bench.add("store", f"latency/stored{n}", _median_ms(xs), "ms/token", settings, spread=stats(xs, 1e3), **peer)

@@ -263,10 +263,15 @@ def test_bad_inputs_raise_clear_errors(tiny_model):
 # ---------------------------------------------------------------- fast paths: bf16 autocast, CUDA
 
 
+# every preset, and bmojo with a storage tier (its retrieved logits join the softmax in fp32)
+BF16_CASES = [pytest.param(p, {}, id=p) for p in PRESETS] + [
+    pytest.param("bmojo", dict(num_retrieved_tokens=4), id="bmojo+store")]
+
+
 @pytest.mark.usefixtures("one_thread")
-@pytest.mark.parametrize("preset", PRESETS)
-def test_bf16_autocast_forward_and_decoding_track_fp32(preset, tiny_model, rel):
-    model = tiny_model(preset)
+@pytest.mark.parametrize("preset, overrides", BF16_CASES)
+def test_bf16_autocast_forward_and_decoding_track_fp32(preset, overrides, tiny_model, rel):
+    model = tiny_model(preset, **overrides)
     ids = torch.randint(0, VOCAB, (2, L))
     with torch.no_grad():
         ref = model(ids).logits
@@ -280,10 +285,10 @@ def test_bf16_autocast_forward_and_decoding_track_fp32(preset, tiny_model, rel):
 
 
 @pytest.mark.usefixtures("one_thread")
-@pytest.mark.parametrize("preset", PRESETS)
-def test_bf16_autocast_training_step_tracks_fp32(preset, tiny_model, rel):
+@pytest.mark.parametrize("preset, overrides", BF16_CASES)
+def test_bf16_autocast_training_step_tracks_fp32(preset, overrides, tiny_model, rel):
     """Loss and gradients under autocast; the master weights (and so the gradients) stay fp32."""
-    model = tiny_model(preset).train()
+    model = tiny_model(preset, **overrides).train()
     ids = torch.randint(0, VOCAB, (2, L))
     params = [p for p in model.parameters() if p.requires_grad]
     loss = model(ids, labels=ids).loss

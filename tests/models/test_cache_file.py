@@ -26,13 +26,17 @@ def test_saved_cache_continues_decoding_exactly(preset, overrides, tiny_model, t
     assert loaded.seen_tokens == 70 and (cache.stored_nbytes > 0) == model.config.stores_tokens
 
 
-def test_cache_from_another_config_or_weights_is_refused(tiny_model, tmp_path):
-    path = tmp_path / "cache.safetensors"
-    model = tiny_model("bmojo", **STORE)
+def saved_cache(model, path):
+    """`model`'s cache after 30 tokens, saved at `path`."""
     cache = model.new_cache(1)
     with torch.no_grad():
         model(torch.randint(0, VOCAB, (1, 30)), cache=cache)
     model.save_cache(cache, path)
+    return path
+
+
+def test_cache_from_another_config_or_weights_is_refused(tiny_model, tmp_path):
+    path = saved_cache(tiny_model("bmojo", **STORE), tmp_path / "cache.safetensors")
     with pytest.raises(ValueError, match=r"another config: num_retrieved_tokens=3 \(this model: 5\)"):
         tiny_model("bmojo", num_retrieved_tokens=5).load_cache(path)
     with pytest.raises(ValueError, match="same config but other weights"):
@@ -40,12 +44,8 @@ def test_cache_from_another_config_or_weights_is_refused(tiny_model, tmp_path):
 
 
 def test_truncated_cache_file_is_refused(tiny_model, tmp_path):
-    path = tmp_path / "cache.safetensors"
     model = tiny_model("bmojo", **STORE)
-    cache = model.new_cache(1)
-    with torch.no_grad():
-        model(torch.randint(0, VOCAB, (1, 30)), cache=cache)
-    model.save_cache(cache, path)
+    path = saved_cache(model, tmp_path / "cache.safetensors")
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(ValueError, match="not a complete bmojo cache file"):
         model.load_cache(path)

@@ -1,7 +1,8 @@
 """The B'MOJO mixer (docs/design.md, "The B'MOJO layer"): sliding-window attention over the raw window,
 m_f fading tokens (SSM outputs from just beyond the window, the same for every query of a chunk), optionally each
-query's own span of s fading tokens (the SSM outputs at t-w-s+1..t-w, `fading_span`), and m_e eidetic tokens (the
-most surprising past raw tokens, by the innovation test). `m_e = 0` is the 'bmojo_f' kind.
+query's own span of s fading tokens (the SSM outputs at t-w-s+1..t-w, `fading_span`), m_e eidetic tokens (the
+most surprising past raw tokens, by the innovation test), and optionally each query's r best-matching tokens of a
+store of what the working memory dropped (the storage tier, `num_retrieved_tokens`). `m_e = 0` is the 'bmojo_f' kind.
 
 Both forms take every memory rule (positions, merge, eviction) from `bmojo.ops.memory`: the parallel form
 computes each chunk's memory positions for the whole sequence at once, the recurrent form updates one
@@ -250,7 +251,7 @@ class BMojoMixer(nn.Module):
         """The state once chunk `chunk` (an int, or (b,) per row) is entered (its first token is next), for the
         rows where `rows` (True, or (b,) bool) holds: the window's oldest token (at history_end(chunk)) joins the
         pending candidates; fading tokens from the y history at `fading_positions`; eidetic = top m_e of the
-        previous eidetic memory and the candidates."""
+        previous eidetic memory and the candidates; with a store, what that merge drops is stored (`store_write`)."""
         b, m_f, w = s.y.shape[0], self.num_fading, self.window
         entered = dataclasses.replace(s)
         if self.num_eidetic:

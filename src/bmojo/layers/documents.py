@@ -94,10 +94,11 @@ def restart_rows(rows: torch.Tensor, state, fresh):
     """`state` with the rows where `rows` (b,) holds set back to `fresh` (the mixer's `init_state`): a new document
     begins there. The growing KV of full attention and the storage tier keep their slots and forget them (EMPTY
     positions)."""
+    forget = lambda slots: dataclasses.replace(slots, pos=slots.pos.masked_fill(rows[:, None], EMPTY))  # noqa: E731
     if isinstance(state, TokenStore):
-        return TokenStore([restart_rows(rows, block, block.slots(0, 0)) for block in state.blocks])
+        return TokenStore([forget(block) for block in state.blocks])
     if isinstance(state, KVSlots) and state.pos.shape != fresh.pos.shape:
-        return dataclasses.replace(state, pos=state.pos.masked_fill(rows[:, None], EMPTY))
+        return forget(state)
     if dataclasses.is_dataclass(state) and not isinstance(state, KVSlots):
         return type(state)(**{f.name: restart_rows(rows, getattr(state, f.name), getattr(fresh, f.name))
                               for f in dataclasses.fields(state)})

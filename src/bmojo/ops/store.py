@@ -48,27 +48,29 @@ class TokenStore:
 
     def search(self, q: torch.Tensor, r: int) -> KVSlots:
         """The r stored tokens with the highest content score q . k for every query (exact): keys and values
-        (b, hq, T, r, d), positions (b, hq, T, r), EMPTY where fewer than r are stored. q: (b, hq, T, d)."""
+        (b, hq, T, r, d), positions (b, hq, T, r), EMPTY where fewer than r are stored, and their scores (fp32,
+        -inf where EMPTY). q: (b, hq, T, d)."""
         b, hq, T, d = q.shape
         found = None
         for block in self.blocks:
             scores, index = top_r(q, block.k, r, lambda a, e, block=block: block.valid[:, None, None, a:e])
             pos = gather_positions(block.pos, index).masked_fill(scores == float("-inf"), EMPTY)
-            hit = KVSlots(gather_heads(block.k, index), gather_heads(block.v, index), pos)
-            found = hit if found is None else _best(q, found, hit, r)
+            hit = KVSlots(gather_heads(block.k, index), gather_heads(block.v, index), pos, scores)
+            found = hit if found is None else _best(found, hit, r)
         if found is None:
             zeros = q.new_zeros(b, hq, T, r, d)
-            return KVSlots(zeros, zeros, torch.full((b, hq, T, r), EMPTY, dtype=torch.long, device=q.device))
+            return KVSlots(zeros, zeros, torch.full((b, hq, T, r), EMPTY, dtype=torch.long, device=q.device),
+                           torch.full((b, hq, T, r), float("-inf"), device=q.device))
         return found
 
 
-def _best(q: torch.Tensor, a: KVSlots, b: KVSlots, r: int) -> KVSlots:
-    """The r best of two search results (per query) by content score."""
-    both = KVSlots(torch.cat([a.k, b.k], 3), torch.cat([a.v, b.v], 3), torch.cat([a.pos, b.pos], 3))
-    score = (q.float()[..., None, :] * both.k.float()).sum(-1).masked_fill(both.pos < 0, float("-inf"))
+def _best(a: KVSlots, b: KVSlots, r: int) -> KVSlots:
+    """The r best of two search results (per query) by their content scores."""
+    score = torch.cat([a.score, b.score], 3)
     index = score.topk(r, dim=-1).indices
     pick = lambda t: t.gather(3, index[..., None].expand(*index.shape, t.shape[-1]))  # noqa: E731
-    return KVSlots(pick(both.k), pick(both.v), both.pos.gather(3, index))
+    return KVSlots(pick(torch.cat([a.k, b.k], 3)), pick(torch.cat([a.v, b.v], 3)),
+                   torch.cat([a.pos, b.pos], 3).gather(3, index), score.gather(3, index))
 
 
 @torch.no_grad()

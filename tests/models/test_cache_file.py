@@ -26,6 +26,19 @@ def test_saved_cache_continues_decoding_exactly(preset, overrides, tiny_model, t
     assert loaded.seen_tokens == 70 and (cache.stored_nbytes > 0) == model.config.stores_tokens
 
 
+def test_saved_cache_with_faiss_indexes_continues_exactly(tiny_model, tmp_path, monkeypatch):
+    """The approximate backend's indexes are rebuilt from the stored keys after a load, identically (fixed seed):
+    decoding after the reload gives the same logits as decoding on."""
+    pytest.importorskip("faiss")
+    import bmojo.ops.store as store
+
+    monkeypatch.setattr(store, "ANN_MIN_BLOCK", 16)
+    calls = []
+    monkeypatch.setattr(store, "ann_top_r", lambda *a, top=store.ann_top_r: calls.append(1) or top(*a))
+    test_saved_cache_continues_decoding_exactly("bmojo", dict(STORE, store_backend="faiss"), tiny_model, tmp_path)
+    assert calls  # the indexes were searched
+
+
 def saved_cache(model, path):
     """`model`'s cache after 30 tokens, saved at `path`."""
     cache = model.new_cache(1)

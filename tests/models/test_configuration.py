@@ -2,6 +2,7 @@
 the closest valid one, one kind per layer, capped memory sizes), presets, and the same checks through `bmojo train`'s
 --set and --config."""
 
+import importlib.util
 import inspect
 import json
 import re
@@ -53,6 +54,9 @@ def test_storage_tier_settings_are_checked():
         bmojo.BMojoConfig.from_preset("bmojo", num_retrieved_tokens=4, store_write="all")
     with pytest.raises(ValueError, match=r"num_retrieved_tokens=-1 is invalid: must be in \[0, 4096\]"):
         bmojo.BMojoConfig.from_preset("bmojo", num_retrieved_tokens=-1)
+    with pytest.raises(ValueError, match=r"store_backend='hnsw' is invalid: must be one of \('exact', 'faiss'\) "
+                       r"\(\"faiss\" needs pip install 'bmojo\[ann\]'"):
+        bmojo.BMojoConfig.from_preset("bmojo", num_retrieved_tokens=4, store_backend="hnsw")
     assert bmojo.BMojoConfig.from_preset("bmojo", num_retrieved_tokens=4).stores_tokens
     assert not bmojo.BMojoConfig.from_preset("bmojo_f", num_retrieved_tokens=4).stores_tokens
 
@@ -213,3 +217,11 @@ def test_train_config_file_is_strict(corpus, tmp_path, capsys, cli, tiny_run_arg
     (tmp_path / "config.json").write_text(json.dumps(config))
     assert cli("train", *argv, "--max-steps", "1", "--save-every", "0", "--corpus", corpus, "--out",
                tmp_path / "run") == 0
+
+
+def test_faiss_backend_without_faiss_says_how_to_install(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "faiss" else real(name, *a))
+    with pytest.raises(ValueError, match=r"store_backend='faiss' is invalid: 'faiss' needs the faiss package, which "
+                       r"is not installed: pip install 'bmojo\[ann\]'"):
+        bmojo.BMojoConfig.from_preset("bmojo", num_retrieved_tokens=4, store_backend="faiss")

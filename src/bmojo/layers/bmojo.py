@@ -108,6 +108,7 @@ class BMojoMixer(nn.Module):
         self.num_eidetic = num_eidetic
         self.num_retrieved = config.num_retrieved_tokens if num_eidetic else 0  # r; the store needs m_e > 0
         self.store_write = config.store_write
+        self.store_backend = config.store_backend  # decoding's search of the store; the parallel form is exact
         self.fading_residual = config.fading_residual
         self.ssm = Mamba2Mixer(config)
         self.attn = Attention(config, window=self.window)
@@ -308,7 +309,7 @@ class BMojoMixer(nn.Module):
             memory = self._memory(s, positions[:, a])
             extra = None
             if self.num_retrieved:  # the r stored tokens with the highest content score, for each query
-                found = s.store.search(content[0][:, :, a:e], self.num_retrieved)
+                found = s.store.search(content[0][:, :, a:e], self.num_retrieved, self.store_backend)
                 extra = retrieved_logits(content[0][:, :, a:e], found.k, found.pos), found.v
             o, s.window, left = self.attn.attend_window(q[:, :, a:e], s.window, new.slots(a, e), memory, band,
                                                         self.fading_span, extra)

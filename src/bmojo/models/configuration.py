@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import inspect
 import math
 import types
@@ -12,10 +13,13 @@ from collections.abc import Iterable
 
 from transformers import PreTrainedConfig
 
+from ..ops.ann import INSTALL_HINT
+
 MIXER_KINDS = ("attn", "swa", "ssm", "bmojo_f", "bmojo")
 POS_ENCODINGS = ("none", "rope")
 EIDETIC_POSITIONS = ("original", "edge")  # where RoPE puts the eidetic tokens a chunk reads (see the field)
 STORE_WRITES = ("window", "evicted")  # what the storage tier keeps (see the field store_write)
+STORE_BACKENDS = ("exact", "faiss")  # how decoding searches the storage tier (see the field store_backend)
 ATTENTION_KINDS = frozenset({"attn", "swa", "bmojo_f", "bmojo"})  # kinds with q/k/v heads
 WINDOW_KINDS = frozenset({"swa", "bmojo_f", "bmojo"})  # kinds that read window_size
 SSM_KINDS = frozenset({"ssm", "bmojo_f", "bmojo"})  # kinds with a Mamba-2 mixer inside
@@ -125,6 +129,7 @@ class BMojoConfig(PreTrainedConfig):
     # -- B'MOJO storage tier (bmojo; docs/design.md 4.10): past tokens the working memory dropped, searched per query
     num_retrieved_tokens: int = 0  # r <= MAX_MEMORY_TOKENS: stored tokens each query reads by content score; 0 = off
     store_write: str = "window"  # "window": every past token the eidetic memory lacks; "evicted": only its evictions
+    store_backend: str = "exact"  # decoding's search of the store: "exact" or "faiss" (approximate; the extra "ann")
     # -- selective SSM, Mamba-2 (ssm, bmojo_f, bmojo)
     ssm_state_size: int = 64  # n: state size per head and group
     ssm_expand: int = 2  # inner width = ssm_expand * hidden_size
@@ -206,6 +211,10 @@ class BMojoConfig(PreTrainedConfig):
                   "window; the decoding state keeps w + s - 1 SSM outputs)", self.fading_span)
             _need(self.innovation_span >= 1, "innovation_span", "must be >= 1", self.innovation_span)
             _need(self.store_write in STORE_WRITES, "store_write", f"must be one of {STORE_WRITES}", self.store_write)
+            _need(self.store_backend in STORE_BACKENDS, "store_backend", f"must be one of {STORE_BACKENDS} (\"faiss\" "
+                  f"needs {INSTALL_HINT})", self.store_backend)
+            _need(self.store_backend != "faiss" or importlib.util.find_spec("faiss") is not None, "store_backend",
+                  f"'faiss' needs the faiss package, which is not installed: {INSTALL_HINT}", self.store_backend)
             _need(len(self.innovation_weights) == self.innovation_span, "innovation_weights",
                   f"must have innovation_span={self.innovation_span} entries", self.innovation_weights)
             _need(all(math.isfinite(a) for a in self.innovation_weights), "innovation_weights",

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .ann import ANN_MIN_BLOCK, ann_top_r
 from .memory import EMPTY, KVSlots
 
 # Score elements (b * hq * T * block) one search step may hold: 2^24 fp32 scores = 64 MiB.
@@ -46,15 +47,20 @@ class TokenStore:
         """Slots held (stored tokens, plus the slots of rows that stored fewer or forgot theirs)."""
         return sum(block.pos.shape[1] for block in self.blocks)
 
-    def search(self, q: torch.Tensor, r: int) -> KVSlots:
-        """The r stored tokens with the highest content score q . k for every query (exact): keys and values
-        (b, hq, T, r, d), positions (b, hq, T, r), EMPTY where fewer than r are stored, and their scores (fp32,
-        -inf where EMPTY). q: (b, hq, T, d)."""
+    def search(self, q: torch.Tensor, r: int, backend: str = "exact") -> KVSlots:
+        """The r stored tokens with the highest content score q . k for every query: keys and values (b, hq, T, r,
+        d), positions (b, hq, T, r), EMPTY where fewer than r are stored, and their scores (fp32, -inf where EMPTY).
+        q: (b, hq, T, d). backend "exact" scans every block (top_r); "faiss" searches the blocks of >= ANN_MIN_BLOCK
+        slots through their approximate index (ops.ann) and the smaller ones exactly."""
         b, hq, T, d = q.shape
         found = None
         for block in self.blocks:
-            scores, index = top_r(q, block.k, r, lambda a, e, block=block: block.valid[:, None, None, a:e])
+            if backend == "faiss" and block.pos.shape[1] >= ANN_MIN_BLOCK:
+                scores, index = ann_top_r(q, block, r)
+            else:
+                scores, index = top_r(q, block.k, r, lambda a, e, block=block: block.valid[:, None, None, a:e])
             pos = gather_positions(block.pos, index).masked_fill(scores == float("-inf"), EMPTY)
+            scores = scores.masked_fill(pos < 0, float("-inf"))  # slots forgotten after their index was built
             hit = KVSlots(gather_heads(block.k, index), gather_heads(block.v, index), pos, scores)
             found = hit if found is None else _best(found, hit, r)
         if found is None:

@@ -88,7 +88,9 @@ def test_bench_reports_every_target_figure(quick_run):
     assert large_store["peer"] == "store/latency/stored256" and large_store["ratio"] > 0
     assert small_store["settings"]["working_bytes"] == large_store["settings"]["working_bytes"]
     assert small_store["settings"]["stored_bytes"] < large_store["settings"]["stored_bytes"]
-    assert len(doc["targets"]) == 15 and all(t["measured"] is not None for t in doc["targets"])
+    faiss_store = by_name["store/latency_faiss/stored1024"]  # timed in the same run, against its own smallest N
+    assert faiss_store["peer"] == "store/latency_faiss/stored256" and faiss_store["settings"]["backend"] == "faiss"
+    assert len(doc["targets"]) == 16 and all(t["measured"] is not None for t in doc["targets"])
 
 
 def test_bench_markdown_and_plots(quick_run, png_signature):

@@ -8,6 +8,7 @@ the ones the targets in docs/benchmarks.md are stated at.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import statistics
 import time
 
@@ -657,21 +658,26 @@ def _decode_bandwidth(bench: Bench, bandwidth: float) -> None:
 
 
 def store(bench: Bench) -> None:
-    """Decode latency per token of the `bmojo` model (matched width) with a storage tier (r = 16, exact search) holding
-    N stored tokens per layer, N in `store_sizes`, timed interleaved; the ratio is against the smallest N. After a
-    prefill of the smallest N tokens the store is topped up with random keys and values (the search's cost depends
-    on N, not on what the entries hold). Working and stored bytes are recorded for each N."""
+    """Decode latency per token of the `bmojo` model (matched width) with a storage tier (r = 16) holding N stored
+    tokens per layer, N in `store_sizes`, for each search backend ("exact"; "faiss" when installed), all timed
+    interleaved; each ratio is against the same backend at the smallest N. After a prefill of the smallest N tokens
+    the store is topped up with random keys and values (what the search costs depends on N, not on what the entries
+    hold; the faiss indexes are built in the untimed warm-up). Working and stored bytes are recorded for each N."""
     size = SIZES[bench.quick]
     dev = bench.device
     cfg = copy.deepcopy(model_configs(bench.quick)["bmojo"])
     cfg.num_retrieved_tokens = 16
-    model = _model(cfg, dev).eval()
+    backends = ["exact"] + (["faiss"] if importlib.util.find_spec("faiss") else [])
+    models = {}
+    for backend in backends:  # the same weights (seed 0), each searching its store its own way
+        cfg.store_backend = backend
+        models[backend] = _model(copy.deepcopy(cfg), dev).eval()
     gen = torch.Generator().manual_seed(0)
     caches = {}
     with torch.no_grad():
-        base = model.new_cache(1)
+        base = models["exact"].new_cache(1)
         prefill = min(size["store_sizes"])  # the store then holds about that many tokens: topped up to each N below
-        model(torch.randint(0, 256, (1, prefill), generator=gen).to(dev), cache=base, logits_to_keep=1)
+        models["exact"](torch.randint(0, 256, (1, prefill), generator=gen).to(dev), cache=base, logits_to_keep=1)
         for n in size["store_sizes"]:
             cache = copy.deepcopy(base)
             for state in cache.states:
@@ -682,15 +688,22 @@ def store(bench: Bench) -> None:
                     state.store = state.store.append(KVSlots(torch.randn(shape, generator=gen).to(dev, k.dtype),
                                                              torch.randn(shape, generator=gen).to(dev, k.dtype),
                                                              torch.arange(n - have, device=dev)[None]))
-            caches[n] = cache
+            stored = {id(t): t for state in cache.states for block in state.store.blocks for t in (block.k, block.v,
+                                                                                                 block.pos)}
+            for backend in backends:  # each backend decodes from its own copy; they share the stored tensors, which
+                # decoding never writes (appending makes new blocks)
+                caches[backend, n] = cache if backend == backends[-1] else copy.deepcopy(cache, dict(stored))
         token = torch.randint(0, 256, (1, 1), generator=gen).to(dev)
-        fns = {n: (lambda c=c: model(token, cache=c, logits_to_keep=1)) for n, c in caches.items()}
+        fns = {f"{backend}/{n}": (lambda m=models[backend], c=c: m(token, cache=c, logits_to_keep=1))
+               for (backend, n), c in caches.items()}
         s = measure(fns, dev, warmup=2, repeats=size["decode_steps"])
-    smallest = min(s)
-    for n, xs in s.items():
-        settings = dict(stored_tokens_per_layer=n, batch=1, retrieved=16, backend="exact", layers=cfg.num_hidden_layers,
-                        hidden_size=cfg.hidden_size, working_bytes=caches[n].working_nbytes,
-                        stored_bytes=caches[n].stored_nbytes)
-        peer = {} if n == smallest else dict(peer=f"store/latency/stored{smallest}",
-                                             ratio=statistics.median(s[smallest]) / statistics.median(xs))
-        bench.add("store", f"latency/stored{n}", _median_ms(xs), "ms/token", settings, spread=stats(xs, 1e3), **peer)
+    smallest = min(size["store_sizes"])
+    for (backend, n), cache in caches.items():
+        xs = s[f"{backend}/{n}"]
+        settings = dict(stored_tokens_per_layer=n, batch=1, retrieved=16, backend=backend,
+                        layers=cfg.num_hidden_layers, hidden_size=cfg.hidden_size, working_bytes=cache.working_nbytes,
+                        stored_bytes=cache.stored_nbytes)
+        name = "latency" if backend == "exact" else f"latency_{backend}"
+        ratio = statistics.median(s[f"{backend}/{smallest}"]) / statistics.median(xs)
+        peer = {} if n == smallest else dict(peer=f"store/{name}/stored{smallest}", ratio=ratio)
+        bench.add("store", f"{name}/stored{n}", _median_ms(xs), "ms/token", settings, spread=stats(xs, 1e3), **peer)

@@ -116,6 +116,18 @@ def test_long_recall_experiment_is_the_long_preset_trained_twice_as_long():
     assert CompareSpec.from_file(path) == expected
 
 
+def test_lean_long_recall_experiment_changes_only_the_working_memory():
+    """experiments/long_recall_lean.toml (docs/recall.md) is the long preset's bmojo_store row trained 3000 steps, and
+    a second row that differs only by 1 fading and 1 eidetic token."""
+    path = Path(__file__).resolve().parents[1] / "experiments" / "long_recall_lean.toml"
+    long = SPECS["long"]
+    lean = {**long.variants["bmojo_store"], "num_fading_tokens": 1, "num_eidetic_tokens": 1}
+    expected = dataclasses.replace(long, presets=["bmojo_store", "bmojo_store_lean"],
+                                   variants={**long.variants, "bmojo_store_lean": lean},
+                                   train={**long.train, "max_steps": 3000})
+    assert CompareSpec.from_file(path) == expected
+
+
 def test_spec_reads_toml(tmp_path):
     path = tmp_path / "spec.toml"
     path.write_text('presets = ["swa"]\nbudgets = []\nseeds = [0]\nnum_train = 16\nnum_test = 8\n'
@@ -168,7 +180,7 @@ def test_saved_models_are_the_best_of_the_sweep_and_load_with_their_task(tmp_pat
     assert run["model_dir"] == str(folder)
     saved = json.loads((folder / "task.json").read_text())
     assert saved == {"task": "mqar", "settings": dict(vocab_size=64, seq_len=32, num_kv_pairs=4), "seed": 0,
-                     "lr": run["lr"]}
+                     "lr": run["lr"], "preset": "bmojo"}
     _, (test_inputs, test_targets) = tasks.train_test_split("mqar", 16, 32, 0, **saved["settings"])
     model = BMojoForCausalLM.from_pretrained(folder).eval()
     assert evaluate_accuracy(model, test_inputs, test_targets) == run["accuracy"]

@@ -22,6 +22,8 @@ COMMANDS = {
     "train": ("bmojo.lm.train", "train a language model on a corpus (single process, torchrun or accelerate launch)"),
     "eval": ("bmojo.lm.evaluate", "perplexity and the length-generalization sweep of a trained run"),
     "generate": ("bmojo.lm.generate", "sample text from a trained run"),
+    "longrecall": ("bmojo.longrecall", "recall of saved recall models far beyond their training length, through the "
+                                       "decoding cache (store backends side by side)"),
     "inspect": ("bmojo.inspection", "what a model's B'MOJO layers keep: innovation scores, memory, attention"),
     "bench": ("bmojo.bench", "speed and memory benchmarks against peers and the machine's ceiling"),
 }

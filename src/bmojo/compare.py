@@ -598,7 +598,8 @@ def _train_and_measure(record: dict, config: BMojoConfig, seq_len: int, data: tu
         with quiet_hf_progress():
             best_model.save_pretrained(folder)
         (folder / "task.json").write_text(json.dumps({"task": record["task"], "settings": record["task_settings"],
-                                                      "seed": record["seed"], "lr": best["lr"]}, indent=1))
+                                                      "seed": record["seed"], "lr": best["lr"],
+                                                      "preset": record["preset"]}, indent=1))
         saved = {"model_dir": str(folder)}
     return {
         **record, "accuracy": best["accuracy"], "val_accuracy": best["val_accuracy"],

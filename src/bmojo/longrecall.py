@@ -1,0 +1,166 @@
+"""Recall far beyond the training length, through the recurrent form (docs/recall.md, "Long recall").
+
+`bmojo longrecall MODEL_DIR... --lengths 8192,32768 --out DIR` reads each model saved by `bmojo compare
+--save-models` (its task.json names the task, its settings and the seed), regenerates that task's test examples
+at each length (the test split's seed, as `bmojo compare`'s `eval_lengths`), and reads them through the model's
+decoding cache in pieces (chunked prefill: equal to the parallel forward, in memory bounded by the cache), so
+bounded models reach lengths whose parallel forward would not fit. A model with a storage tier is evaluated with
+each search backend of `--backends`; for "faiss" the recall of its searches against the exact search is measured
+on the keys the model stores. Writes results.json, results.md and recall_vs_length.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import tasks as task_lib
+from .cli import check_writable
+from .models import BMojoForCausalLM
+from .models.configuration import STORE_BACKENDS
+from .ops.ann import measuring_recall
+from .plotting import pyplot
+
+
+@torch.no_grad()
+def accuracy_through_cache(model, inputs: torch.Tensor, targets: torch.Tensor, piece: int) -> tuple[float, object]:
+    """Accuracy of greedy predictions on the scored positions of (inputs, targets) (n, L), the inputs read through
+    one cache in pieces of `piece` tokens; returns (accuracy, the cache after the last token)."""
+    device = next(model.parameters()).device
+    cache = model.new_cache(inputs.shape[0])
+    preds = torch.full_like(targets, -1)
+    for a in range(0, inputs.shape[1], piece):
+        e = min(inputs.shape[1], a + piece)
+        logits = model(inputs[:, a:e].to(device), cache=cache).logits
+        preds[:, a:e] = logits.argmax(-1).cpu()
+    return task_lib.accuracy(preds, targets), cache
+
+
+def load_recall_model(model_dir: Path, backend: str | None) -> tuple[BMojoForCausalLM, dict]:
+    """The model saved in `model_dir` (store_backend set to `backend` when it has a store) and its task.json."""
+    settings_file = model_dir / "task.json"
+    if not settings_file.is_file():
+        raise FileNotFoundError(f"{model_dir} has no task.json: pass a model folder written by `bmojo compare "
+                                "--save-models`")
+    overrides = {"store_backend": backend} if backend else {}
+    model = BMojoForCausalLM.from_pretrained(model_dir, **overrides).eval()
+    return model, json.loads(settings_file.read_text())
+
+
+def evaluate(model_dirs: list[Path], lengths: list[int], backends: list[str], examples: int, piece: int,
+             progress: bool = True) -> list[dict]:
+    """One record per (model, backend, length): accuracy, cache bytes (working, stored), seconds, and for "faiss"
+    the recall of its searches against the exact search (None when no search went through an index)."""
+    records = []
+    plan = []
+    for model_dir in model_dirs:
+        model, saved = load_recall_model(model_dir, None)
+        for backend in backends if model.config.stores_tokens else [None]:
+            plan += [(model_dir, saved, backend, n) for n in lengths]
+    bar = tqdm(plan, desc="longrecall", disable=not progress)
+    for model_dir, saved, backend, n in bar:
+        bar.set_postfix_str(f"{model_dir.name[-40:]} {backend or ''} L={n}")
+        model, _ = load_recall_model(model_dir, backend)
+        _, (inputs, targets) = task_lib.train_test_split(saved["task"], 1, examples, saved["seed"],
+                                                         **{**saved["settings"], "seq_len": n})
+        start = time.perf_counter()
+        with measuring_recall() as meter:
+            accuracy, cache = accuracy_through_cache(model, inputs, targets, piece)
+        records.append(dict(model=saved.get("preset", model_dir.name), model_dir=str(model_dir), task=saved["task"],
+                            settings=saved["settings"], backend=backend, length=n, examples=examples,
+                            accuracy=accuracy, working_bytes=cache.working_nbytes, stored_bytes=cache.stored_nbytes,
+                            seconds=time.perf_counter() - start,
+                            search_recall=meter.recall if backend == "faiss" else None))
+    return records
+
+
+def row_label(record: dict) -> str:
+    return record["model"] + (f" ({record['backend']})" if record["backend"] else "")
+
+
+def results_markdown(records: list[dict]) -> str:
+    """A table: a row per model (and backend), accuracy per length; then bytes, seconds and search recall."""
+    lengths = sorted({r["length"] for r in records})
+    rows = list(dict.fromkeys(row_label(r) for r in records))
+    by = {(row_label(r), r["length"]): r for r in records}
+    first = records[0]
+    lines = [f"# Long recall: {first['task']} {first['settings']}, {first['examples']} test examples per length", "",
+             "Test accuracy on the scored positions, read through the decoding cache.", "",
+             "| model | " + " | ".join(f"L {n:,}" for n in lengths) + " |",
+             "|---|" + "---:|" * len(lengths)]
+    lines += [f"| {row} | " + " | ".join(f"{by[row, n]['accuracy']:.3f}" if (row, n) in by else "-" for n in lengths)
+              + " |" for row in rows]
+    lines += ["", "| model | L | working MB | stored MB | seconds | faiss search recall vs exact |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for r in records:
+        recall = "-" if r["search_recall"] is None else f"{r['search_recall']:.3f}"
+        lines.append(f"| {row_label(r)} | {r['length']:,} | {r['working_bytes'] / 1e6:.2f} | "
+                     f"{r['stored_bytes'] / 1e6:.2f} | {r['seconds']:.1f} | {recall} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(records: list[dict], path: Path) -> None:
+    """Accuracy vs context length (log axis), a line per model (and backend)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row in dict.fromkeys(row_label(r) for r in records):
+        points = sorted((r["length"], r["accuracy"]) for r in records if row_label(r) == row)
+        ax.plot(*zip(*points, strict=True), marker="o", label=row)
+    ax.set_xscale("log")
+    ax.set_xlabel("context length (tokens, log)")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write comma-separated integers, e.g. 8192,32768") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every length must be >= 1")
+    return values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `bmojo longrecall`."""
+    parser.add_argument("model_dirs", type=Path, nargs="+", metavar="MODEL_DIR",
+                        help="model folders written by `bmojo compare --save-models` (with their task.json)")
+    parser.add_argument("--lengths", type=_int_list, required=True, help="context lengths, e.g. 8192,32768")
+    parser.add_argument("--backends", default="exact",
+                        help=f"search backends for models with a store, comma-separated, of {','.join(STORE_BACKENDS)} "
+                             "(default exact)")
+    parser.add_argument("--examples", type=int, default=20, help="test examples per length, in one batch (default 20)")
+    parser.add_argument("--piece", type=int, default=2048, help="tokens per call while reading (default 2048)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for results.json, results.md and the plot")
+
+
+def run(args: argparse.Namespace) -> int:
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in backends if b not in STORE_BACKENDS]
+    if unknown or not backends:
+        raise ValueError(f"--backends {args.backends!r}: choose from {', '.join(STORE_BACKENDS)} (faiss needs "
+                         "pip install 'bmojo[ann]')")
+    if args.examples < 1 or args.piece < 1:
+        raise ValueError(f"--examples and --piece must be >= 1, got {args.examples} and {args.piece}")
+    for model_dir in args.model_dirs:
+        if not model_dir.is_dir():
+            raise FileNotFoundError(f"model folder {str(model_dir)!r} does not exist")
+    check_writable(args.out)
+    records = evaluate(args.model_dirs, args.lengths, backends, args.examples, args.piece)
+    (args.out / "results.json").write_text(json.dumps(records, indent=1))
+    table = results_markdown(records)
+    (args.out / "results.md").write_text(table)
+    plot(records, args.out / "recall_vs_length.png")
+    print(table)
+    return 0

@@ -1,0 +1,78 @@
+"""bmojo.longrecall (`bmojo longrecall`): reading task examples through the decoding cache in pieces gives the
+parallel forward's accuracy; the command writes a row per model and store backend (the faiss backend probing every
+list agrees with the exact one, search recall 1); bad input is refused with a message."""
+
+import json
+
+import pytest
+import torch
+
+import bmojo
+from bmojo import tasks
+from bmojo.compare import evaluate_accuracy
+from bmojo.longrecall import accuracy_through_cache
+
+SETTINGS = dict(vocab_size=32, seq_len=24, num_kv_pairs=3)
+TINY = dict(vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            window_size=8, ssm_state_size=8, ssm_head_dim=16, intermediate_size=48)
+
+
+def save_model(folder, preset, **overrides):
+    torch.manual_seed(0)
+    config = bmojo.BMojoConfig.from_preset(preset, **TINY, **overrides)
+    bmojo.BMojoForCausalLM(config).save_pretrained(folder)
+    (folder / "task.json").write_text(json.dumps({"task": "long_recall", "settings": SETTINGS, "seed": 0,
+                                                  "preset": f"{preset}{'_store' if config.stores_tokens else ''}"}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    root = tmp_path_factory.mktemp("longrecall")
+    return (save_model(root / "store", "bmojo", num_fading_tokens=2, num_eidetic_tokens=2, num_retrieved_tokens=4),
+            save_model(root / "swa", "swa"))
+
+
+def test_reading_through_the_cache_equals_the_parallel_forward(saved):
+    model = bmojo.BMojoForCausalLM.from_pretrained(saved[0]).eval()
+    _, (inputs, targets) = tasks.train_test_split("long_recall", 1, 16, 0, **{**SETTINGS, "seq_len": 100})
+    by_pieces, cache = accuracy_through_cache(model, inputs, targets, piece=13)  # pieces across chunk boundaries
+    with torch.no_grad():
+        assert by_pieces == evaluate_accuracy(model, inputs, targets)
+    assert cache.seen_tokens == 100 and cache.stored_nbytes > 0
+
+
+def test_command_rows_per_model_and_backend(saved, cli, tmp_path, monkeypatch, png_signature):
+    """With every inverted list probed the faiss rows equal the exact rows, and their searches find every exact
+    top-r slot (recall 1); a model without a store gets one row."""
+    pytest.importorskip("faiss")
+    monkeypatch.setattr("bmojo.ops.store.ANN_MIN_BLOCK", 16)
+    monkeypatch.setattr("bmojo.ops.ann.ANN_NPROBE", 10**6)
+    out = tmp_path / "out"
+    assert cli("longrecall", *saved, "--lengths", "40,96", "--backends", "exact,faiss", "--examples", "3",
+               "--piece", "16", "--threads", "1", "--out", out) == 0
+    records = json.loads((out / "results.json").read_text())
+    rows = {(r["model"], r["backend"], r["length"]): r for r in records}
+    assert set(rows) == {(m, b, n) for m, b in [("bmojo_store", "exact"), ("bmojo_store", "faiss"), ("swa", None)]
+                         for n in (40, 96)}
+    for n in (40, 96):
+        assert rows["bmojo_store", "faiss", n]["accuracy"] == rows["bmojo_store", "exact", n]["accuracy"]
+        assert rows["bmojo_store", "exact", n]["search_recall"] is None
+    assert rows["bmojo_store", "faiss", 96]["search_recall"] == 1.0  # the store held >= 16 slots: indexes searched
+    assert rows["swa", None, 96]["stored_bytes"] == 0
+    working = {n: rows["bmojo_store", "exact", n]["working_bytes"] for n in (40, 96)}
+    assert working[40] == working[96]  # the working memory does not grow; the store does
+    assert rows["bmojo_store", "exact", 96]["stored_bytes"] > rows["bmojo_store", "exact", 40]["stored_bytes"]
+    table = (out / "results.md").read_text()
+    assert "| bmojo_store (faiss) | " in table and "| swa | " in table
+    assert (out / "recall_vs_length.png").read_bytes().startswith(png_signature)
+
+
+def test_bad_input_is_refused(saved, cli_exit, tmp_path, capsys):
+    assert cli_exit("longrecall", saved[0], "--lengths", "64", "--backends", "hnsw", "--out", tmp_path) == 2
+    assert "--backends 'hnsw': choose from exact, faiss" in capsys.readouterr().err
+    (tmp_path / "bare").mkdir()
+    assert cli_exit("longrecall", tmp_path / "bare", "--lengths", "64", "--out", tmp_path / "o") == 2
+    assert "has no task.json: pass a model folder written by `bmojo compare --save-models`" in capsys.readouterr().err
+    assert cli_exit("longrecall", saved[0], "--lengths", "0", "--out", tmp_path) == 2
+    assert "every length must be >= 1" in capsys.readouterr().err

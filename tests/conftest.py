@@ -60,6 +60,8 @@ KNOBS = {
     "store,r=4": ("bmojo", dict(num_retrieved_tokens=4)),
     "store,r=2,evicted,odd_w": ("bmojo", dict(num_retrieved_tokens=2, store_write="evicted", window_size=7)),
     "store,r=3,no_rope,kv_heads=4": ("bmojo", dict(num_retrieved_tokens=3, pos_encoding="none", num_key_value_heads=4)),
+    "store,r=4,retrieved_original": ("bmojo", dict(num_retrieved_tokens=4, retrieved_position="original")),
+    "store,r=2,retrieved_edge,odd_w": ("bmojo", dict(num_retrieved_tokens=2, retrieved_position="edge", window_size=7)),
 }
 
 

@@ -85,3 +85,22 @@ def test_decoded_store_holds_the_parallel_rule_at_every_chunk(write, tiny_model)
             assert not set(stored) & set(state.window.pos[0].tolist() + state.eidetic.pos[0].tolist())
             sizes.append(len(stored))
     assert sizes[-1] > 0  # the rule was exercised
+
+
+@pytest.mark.parametrize("policy", ["none", "original", "edge"])
+def test_retrieved_logit_places_the_token_by_policy(policy, tiny_model):
+    """retrieved_position: "none" is the content score q0 . k0 / sqrt(d); "original" the RoPE logit of the token at
+    its own position; "edge" at the query's chunk edge (c w - w - m_f); EMPTY slots are masked."""
+    mixer = tiny_model("bmojo", num_retrieved_tokens=3, retrieved_position=policy).model.layers[0].mixer
+    h, T, r, d = 4, 5, 3, mixer.attn.head_dim
+    q0, k0 = torch.randn(1, h, T, d), torch.randn(1, h, T, r, d)
+    qpos = torch.tensor([[40, 41, 47, 48, 60]])
+    pos = torch.randint(0, 30, (1, h, T, r))
+    pos[0, 0, 0, 0] = EMPTY
+    rope = mixer.attn.rope.rotate
+    at = {"none": None, "original": pos, "edge": ((qpos // 8) * 8 - 8 - mixer.num_fading)[:, None, :, None]}[policy]
+    q, k = (q0, k0) if at is None else (rope(q0, qpos[:, None, :]), rope(k0, at.expand(pos.shape)))
+    expected = (q[..., None, :] * k).sum(-1) / d**0.5
+    got = mixer._retrieved_logits(q0, k0, pos, qpos)
+    assert got[0, 0, 0, 0] == float("-inf")
+    torch.testing.assert_close(got.masked_fill(pos < 0, 0), expected.masked_fill(pos < 0, 0), rtol=1e-4, atol=1e-4)

@@ -57,6 +57,12 @@ def test_storage_tier_settings_are_checked():
     with pytest.raises(ValueError, match=r"store_backend='hnsw' is invalid: must be one of \('exact', 'faiss'\) "
                        r"\(\"faiss\" needs pip install 'bmojo\[ann\]'"):
         bmojo.BMojoConfig.from_preset("bmojo", num_retrieved_tokens=4, store_backend="hnsw")
+    with pytest.raises(ValueError, match=r"retrieved_position='edge' is invalid: 'edge' places retrieved tokens by "
+                       r"RoPE: it needs pos_encoding='rope' \(got 'none'\)"):
+        bmojo.BMojoConfig.from_preset("bmojo", num_retrieved_tokens=4, retrieved_position="edge", pos_encoding="none")
+    with pytest.raises(ValueError, match=r"retrieved_position='clipped' is invalid: must be one of "
+                       r"\('none', 'original', 'edge'\)"):
+        bmojo.BMojoConfig.from_preset("bmojo", num_retrieved_tokens=4, retrieved_position="clipped")
     assert bmojo.BMojoConfig.from_preset("bmojo", num_retrieved_tokens=4).stores_tokens
     assert not bmojo.BMojoConfig.from_preset("bmojo_f", num_retrieved_tokens=4).stores_tokens
 

@@ -109,6 +109,7 @@ class BMojoMixer(nn.Module):
         self.num_retrieved = config.num_retrieved_tokens if num_eidetic else 0  # r; the store needs m_e > 0
         self.store_write = config.store_write
         self.store_backend = config.store_backend  # decoding's search of the store; the parallel form is exact
+        self.retrieved_position = config.retrieved_position
         self.fading_residual = config.fading_residual
         self.ssm = Mamba2Mixer(config)
         self.attn = Attention(config, window=self.window)
@@ -207,7 +208,7 @@ class BMojoMixer(nn.Module):
             mem_valid.append(epos >= 0)
         memory = (torch.cat(mem_k, 3), torch.cat(mem_v, 3), torch.cat(mem_valid, 2)) if mem_k else ()
         band = (*self.fading_kv(y, positions), self.fading_span) if self.fading_span else None
-        extra = self._retrieve_parallel(*content, v, epos, seq_idx) if self.num_retrieved else None
+        extra = self._retrieve_parallel(*content, v, epos, positions, seq_idx) if self.num_retrieved else None
         if self.recorder is not None:
             if extra is not None:
                 raise ValueError("inspection does not cover the storage tier yet (num_retrieved_tokens > 0)")
@@ -215,10 +216,11 @@ class BMojoMixer(nn.Module):
             self.recorder(MemoryRecord(score=eps, fading=fpos, eidetic=epos, weights=weights))
         return window_attention(q, k, v, w, *memory, seq_idx=seq_idx, band=band, extra=extra)
 
-    def _retrieve_parallel(self, q0, k0, v, epos, seq_idx):
+    def _retrieve_parallel(self, q0, k0, v, epos, positions, seq_idx):
         """Parallel form of the storage tier: query t of chunk c reads the r stored tokens with the highest content
         score among chunk c's store, {s : entry[s] <= c} (`store_entry_chunks`; of its own document). Content queries
-        and keys q0 (b, h, L, hd), k0 (b, hk, L, hd); eidetic memories epos (b, nc, m_e). Returns the `extra` of
+        and keys q0 (b, h, L, hd), k0 (b, hk, L, hd); eidetic memories epos (b, nc, m_e); positions (L,) or (b, L)
+        (in-document). Returns the `extra` of
         `window_attention`: logits (b, h, L, r) and values (b, h, L, r, hd)."""
         L = q0.shape[2]
         entry = store_entry_chunks(epos, L, self.window, self.store_write)
@@ -229,8 +231,19 @@ class BMojoMixer(nn.Module):
             return ok if seq_idx is None else ok & (seq_idx[:, None, None, a:e] == seq_idx[:, None, :, None])
 
         scores, index = top_r(q0, k0, self.num_retrieved, allowed)
-        pos = index.masked_fill(scores == float("-inf"), EMPTY)
-        return retrieved_logits(q0, gather_heads(k0, index), pos), gather_heads(v, index)
+        rows = positions.expand(q0.shape[0], -1) if positions.dim() == 1 else positions  # (b, L) in-document
+        pos = rows.gather(1, index.flatten(1)).view_as(index).masked_fill(scores == float("-inf"), EMPTY)
+        return self._retrieved_logits(q0, gather_heads(k0, index), pos, rows), gather_heads(v, index)
+
+    def _retrieved_logits(self, q0, k0, pos, qpos) -> torch.Tensor:
+        """Logits (b, h, T, r) of the retrieved tokens: content queries q0 (b, h, T, hd) and keys k0 (b, h, T, r, hd),
+        their positions pos (b, h, T, r) (EMPTY: masked), the queries' positions qpos (b, T). `retrieved_position`:
+        "none", the content score; "original", the RoPE logit at the token's own position; "edge", at the chunk's
+        edge (as eidetic_position="edge": a distance seen in training)."""
+        if self.retrieved_position != "none":
+            at = pos if self.retrieved_position == "original" else self._edge(qpos)[:, None, :, None]
+            k0 = self.attn.rope.rotate(k0, at - qpos[:, None, :, None])  # q0 . R(s - t) k0 = rot(q0, t) . rot(k0, s)
+        return retrieved_logits(q0, k0, pos)
 
     def init_state(self, batch_size: int, device, dtype) -> BMojoState:
         hk, hd = self.attn.num_kv_heads, self.attn.head_dim
@@ -310,7 +323,8 @@ class BMojoMixer(nn.Module):
             extra = None
             if self.num_retrieved:  # the r stored tokens with the highest content score, for each query
                 found = s.store.search(content[0][:, :, a:e], self.num_retrieved, self.store_backend)
-                extra = retrieved_logits(content[0][:, :, a:e], found.k, found.pos), found.v
+                logits = self._retrieved_logits(content[0][:, :, a:e], found.k, found.pos, positions[:, a:e])
+                extra = logits, found.v
             o, s.window, left = self.attn.attend_window(q[:, :, a:e], s.window, new.slots(a, e), memory, band,
                                                         self.fading_span, extra)
             outs.append(o)

@@ -19,6 +19,7 @@ MIXER_KINDS = ("attn", "swa", "ssm", "bmojo_f", "bmojo")
 POS_ENCODINGS = ("none", "rope")
 EIDETIC_POSITIONS = ("original", "edge")  # where RoPE puts the eidetic tokens a chunk reads (see the field)
 STORE_WRITES = ("window", "evicted")  # what the storage tier keeps (see the field store_write)
+RETRIEVED_POSITIONS = ("none", "original", "edge")  # where RoPE puts retrieved tokens (see retrieved_position)
 STORE_BACKENDS = ("exact", "faiss")  # how decoding searches the storage tier (see the field store_backend)
 ATTENTION_KINDS = frozenset({"attn", "swa", "bmojo_f", "bmojo"})  # kinds with q/k/v heads
 WINDOW_KINDS = frozenset({"swa", "bmojo_f", "bmojo"})  # kinds that read window_size
@@ -130,6 +131,7 @@ class BMojoConfig(PreTrainedConfig):
     num_retrieved_tokens: int = 0  # r <= MAX_MEMORY_TOKENS: stored tokens each query reads by content score; 0 = off
     store_write: str = "window"  # "window": every past token the eidetic memory lacks; "evicted": only its evictions
     store_backend: str = "exact"  # decoding's search of the store: "exact" or "faiss" (approximate; the extra "ann")
+    retrieved_position: str = "none"  # a retrieved token's RoPE position: "none" (content score), "original", "edge"
     # -- selective SSM, Mamba-2 (ssm, bmojo_f, bmojo)
     ssm_state_size: int = 64  # n: state size per head and group
     ssm_expand: int = 2  # inner width = ssm_expand * hidden_size
@@ -211,6 +213,11 @@ class BMojoConfig(PreTrainedConfig):
                   "window; the decoding state keeps w + s - 1 SSM outputs)", self.fading_span)
             _need(self.innovation_span >= 1, "innovation_span", "must be >= 1", self.innovation_span)
             _need(self.store_write in STORE_WRITES, "store_write", f"must be one of {STORE_WRITES}", self.store_write)
+            _need(self.retrieved_position in RETRIEVED_POSITIONS, "retrieved_position",
+                  f"must be one of {RETRIEVED_POSITIONS}", self.retrieved_position)
+            _need(self.retrieved_position == "none" or self.pos_encoding == "rope", "retrieved_position",
+                  f"{self.retrieved_position!r} places retrieved tokens by RoPE: it needs pos_encoding='rope' (got "
+                  f"{self.pos_encoding!r}); use 'none' without RoPE", self.retrieved_position)
             _need(self.store_backend in STORE_BACKENDS, "store_backend", f"must be one of {STORE_BACKENDS} (\"faiss\" "
                   f"needs {INSTALL_HINT})", self.store_backend)
             _need(self.store_backend != "faiss" or importlib.util.find_spec("faiss") is not None, "store_backend",

@@ -128,6 +128,19 @@ def test_lean_long_recall_experiment_changes_only_the_working_memory():
     assert CompareSpec.from_file(path) == expected
 
 
+def test_positions_long_recall_experiment_changes_only_the_retrieved_position():
+    """experiments/long_recall_positions.toml (docs/recall.md): the long preset's bmojo_store trained 3000 steps with
+    retrieved_position "original" and "edge"."""
+    path = Path(__file__).resolve().parents[1] / "experiments" / "long_recall_positions.toml"
+    long = SPECS["long"]
+    store = long.variants["bmojo_store"]
+    variants = {"bmojo_store_original": {**store, "retrieved_position": "original"},
+                "bmojo_store_edge": {**store, "retrieved_position": "edge"}}
+    expected = dataclasses.replace(long, presets=["bmojo_store_original", "bmojo_store_edge"], variants=variants,
+                                   train={**long.train, "max_steps": 3000})
+    assert CompareSpec.from_file(path) == expected
+
+
 def test_spec_reads_toml(tmp_path):
     path = tmp_path / "spec.toml"
     path.write_text('presets = ["swa"]\nbudgets = []\nseeds = [0]\nnum_train = 16\nnum_test = 8\n'

@@ -63,6 +63,10 @@ def test_command_rows_per_model_and_backend(saved, cli, tmp_path, monkeypatch, p
     working = {n: rows["bmojo_store", "exact", n]["working_bytes"] for n in (40, 96)}
     assert working[40] == working[96]  # the working memory does not grow; the store does
     assert rows["bmojo_store", "exact", 96]["stored_bytes"] > rows["bmojo_store", "exact", 40]["stored_bytes"]
+    assert cli("longrecall", saved[0], "--lengths", "96", "--backends", "faiss", "--examples", "3", "--piece", "16",
+               "--no-search-recall", "--threads", "1", "--out", tmp_path / "fast") == 0
+    (fast,) = json.loads((tmp_path / "fast" / "results.json").read_text())
+    assert fast["search_recall"] is None and fast["accuracy"] == rows["bmojo_store", "faiss", 96]["accuracy"]
     table = (out / "results.md").read_text()
     assert "| bmojo_store (faiss) | " in table and "| swa | " in table
     assert (out / "recall_vs_length.png").read_bytes().startswith(png_signature)

@@ -220,8 +220,7 @@ class BMojoMixer(nn.Module):
         """Parallel form of the storage tier: query t of chunk c reads the r stored tokens with the highest content
         score among chunk c's store, {s : entry[s] <= c} (`store_entry_chunks`; of its own document). Content queries
         and keys q0 (b, h, L, hd), k0 (b, hk, L, hd); eidetic memories epos (b, nc, m_e); positions (L,) or (b, L)
-        (in-document). Returns the `extra` of
-        `window_attention`: logits (b, h, L, r) and values (b, h, L, r, hd)."""
+        (in-document). Returns the `extra` of `window_attention`: logits (b, h, L, r) and values (b, h, L, r, hd)."""
         L = q0.shape[2]
         entry = store_entry_chunks(epos, L, self.window, self.store_write)
         chunk = torch.arange(L, device=q0.device) // self.window

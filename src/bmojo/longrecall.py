@@ -59,26 +59,28 @@ def evaluate(model_dirs: list[Path], lengths: list[int], backends: list[str], ex
     with `search_recall` the recall of its searches against the exact search, which then runs beside each of them
     (None when no search went through an index)."""
     records = []
-    plan = []
+    plan = []  # (model folder, task.json, backend): each model is loaded once per backend
     for model_dir in model_dirs:
         model, saved = load_recall_model(model_dir, None)
-        for backend in backends if model.config.stores_tokens else [None]:
-            plan += [(model_dir, saved, backend, n) for n in lengths]
-    bar = tqdm(plan, desc="longrecall", disable=not progress)
-    for model_dir, saved, backend, n in bar:
-        bar.set_postfix_str(f"{model_dir.name[-40:]} {backend or ''} L={n}")
+        plan += [(model_dir, saved, backend) for backend in (backends if model.config.stores_tokens else [None])]
+    bar = tqdm(total=len(plan) * len(lengths), desc="longrecall", disable=not progress)
+    for model_dir, saved, backend in plan:
         model, _ = load_recall_model(model_dir, backend)
-        _, (inputs, targets) = task_lib.train_test_split(saved["task"], 1, examples, saved["seed"],
-                                                         **{**saved["settings"], "seq_len": n})
-        start = time.perf_counter()
-        measure = search_recall and backend == "faiss"
-        with measuring_recall() if measure else contextlib.nullcontext() as meter:
-            accuracy, cache = accuracy_through_cache(model, inputs, targets, piece)
-        records.append(dict(model=saved.get("preset", model_dir.name), model_dir=str(model_dir), task=saved["task"],
-                            settings=saved["settings"], backend=backend, length=n, examples=examples,
-                            accuracy=accuracy, working_bytes=cache.working_nbytes, stored_bytes=cache.stored_nbytes,
-                            seconds=time.perf_counter() - start,
-                            search_recall=meter.recall if measure else None))
+        for n in lengths:
+            bar.set_postfix_str(f"{model_dir.name[-40:]} {backend or ''} L={n}")
+            _, (inputs, targets) = task_lib.train_test_split(saved["task"], 1, examples, saved["seed"],
+                                                             **{**saved["settings"], "seq_len": n})
+            start = time.perf_counter()
+            measure = search_recall and backend == "faiss"
+            with measuring_recall() if measure else contextlib.nullcontext() as meter:
+                accuracy, cache = accuracy_through_cache(model, inputs, targets, piece)
+            records.append(dict(model=saved.get("preset", model_dir.name), model_dir=str(model_dir),
+                                task=saved["task"], settings=saved["settings"], backend=backend, length=n,
+                                examples=examples, accuracy=accuracy, working_bytes=cache.working_nbytes,
+                                stored_bytes=cache.stored_nbytes, seconds=time.perf_counter() - start,
+                                search_recall=meter.recall if measure else None))
+            bar.update()
+    bar.close()
     return records
 
 

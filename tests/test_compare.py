@@ -83,27 +83,47 @@ def test_spec_round_trips_through_json(name, tmp_path):
     assert CompareSpec.from_dict(json.loads(path.read_text())).to_dict() == spec.to_dict()
 
 
-def test_constant_filler_experiment_is_the_quick_bmojo_run_with_constant_filler():
-    """experiments/mqar_constant_filler.toml (docs/inspect.md) differs from the quick preset's bmojo kv-4 run only
-    in the filler."""
-    import dataclasses
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "mqar_constant_filler.toml"
+
+def test_plateau_experiment_is_the_quick_preset_of_the_plateau_measurements():
+    """experiments/mqar_plateau.toml keeps the quick preset of docs/inspect.md and the plateau table of docs/recall.md:
+    V 128, L 64, kv 4 and 8, d 64, batch 32, lr 5e-3, 600 steps (the preset since: V 64, L 32, kv 4, d 128)."""
+    plateau = CompareSpec.from_file(EXPERIMENTS / "mqar_plateau.toml")
+    assert [(t["vocab_size"], t["seq_len"], t["num_kv_pairs"]) for t in plateau.tasks] == [(128, 64, 4), (128, 64, 8)]
+    assert (plateau.model["hidden_size"], plateau.model["window_size"], plateau.lrs) == (64, 16, [5e-3])
+    assert plateau.presets == SPECS["quick"].presets and plateau.num_train == SPECS["quick"].num_train
+
+
+def test_constant_filler_experiment_is_the_plateau_bmojo_run_with_constant_filler():
+    """experiments/mqar_constant_filler.toml (docs/inspect.md) differs from the plateau-era quick spec's bmojo kv-4 run
+    only in the filler."""
+    plateau = CompareSpec.from_file(EXPERIMENTS / "mqar_plateau.toml")
+    expected = dataclasses.replace(plateau, presets=["bmojo"],
+                                   tasks=[{**plateau.tasks[0], "random_non_queries": False}])
+    assert CompareSpec.from_file(EXPERIMENTS / "mqar_constant_filler.toml") == expected
+
+
+def test_paper_layer_experiment_is_the_plateau_bmojo_run_without_the_residual():
+    """experiments/quick_paper_layer.toml (docs/recall.md) is the plateau-era quick spec's bmojo, three seeds, with
+    only fading_residual switched off (the paper's layer)."""
+    plateau = CompareSpec.from_file(EXPERIMENTS / "mqar_plateau.toml")
+    expected = dataclasses.replace(plateau, presets=["bmojo"], seeds=[0, 1, 2],
+                                   model={**plateau.model, "fading_residual": False})
+    assert CompareSpec.from_file(EXPERIMENTS / "quick_paper_layer.toml") == expected
+
+
+def test_window_stall_experiment_is_the_quick_task_with_only_the_windows_and_residual_changed():
+    """experiments/mqar_window_stall.toml (docs/recall.md): the quick preset's task, model and training (1200 steps),
+    with swa at longer windows and bmojo with a window as long as the sequence, with and without the residual."""
     quick = SPECS["quick"]
-    expected = dataclasses.replace(quick, presets=["bmojo"], tasks=[{**quick.tasks[0], "random_non_queries": False}])
-    assert CompareSpec.from_file(path) == expected
-
-
-def test_paper_layer_experiment_is_the_quick_bmojo_run_without_the_residual():
-    """experiments/quick_paper_layer.toml (docs/recall.md) is the quick preset's bmojo, three seeds, with only
-    fading_residual switched off (the paper's layer)."""
-    import dataclasses
-
-    path = Path(__file__).resolve().parents[1] / "experiments" / "quick_paper_layer.toml"
-    quick = SPECS["quick"]
-    expected = dataclasses.replace(quick, presets=["bmojo"], seeds=[0, 1, 2],
-                                   model={**quick.model, "fading_residual": False})
-    assert CompareSpec.from_file(path) == expected
+    variants = {f"swa_w{w}": {"preset": "swa", "window_size": w} for w in (16, 24, 31)}
+    variants |= {"bmojo_w32": {"preset": "bmojo", "window_size": 32},
+                 "bmojo_w32_paper": {"preset": "bmojo", "window_size": 32, "fading_residual": False}}
+    model = {k: v for k, v in quick.model.items() if k != "fading_residual"}  # bmojo_w32 keeps the preset's residual
+    expected = dataclasses.replace(quick, presets=["transformer", "swa", *variants], variants=variants, model=model,
+                                   train={**quick.train, "max_steps": 1200}, time_budget_s=None)
+    assert CompareSpec.from_file(EXPERIMENTS / "mqar_window_stall.toml") == expected
 
 
 def test_long_recall_experiment_is_the_long_preset_trained_twice_as_long():

@@ -82,7 +82,7 @@ def test_bench_reports_every_target_figure(quick_run):
     assert by_name["packing/train_packed/bmojo/L128"]["peer"] == "packing/train_unpacked/bmojo/L128"
     for preset in presets:
         small = by_name[f"small/train_step/{preset}"]
-        assert small["settings"]["batch"] == 32 and small["settings"]["L"] == 64  # the quick recall size
+        assert small["settings"]["batch"] == 32 and small["settings"]["L"] == 32  # the quick recall size
         assert preset == "transformer" or small["peer"] == "small/train_step/transformer"
     small_store, large_store = by_name["store/latency/stored256"], by_name["store/latency/stored1024"]
     assert large_store["peer"] == "store/latency/stored256" and large_store["ratio"] > 0

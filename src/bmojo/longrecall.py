@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from . import tasks as task_lib
 from .cli import check_writable
-from .models import BMojoForCausalLM
+from .models import BMojoConfig, BMojoForCausalLM
 from .models.configuration import STORE_BACKENDS
 from .ops.ann import measuring_recall
 from .plotting import pyplot
@@ -42,15 +42,19 @@ def accuracy_through_cache(model, inputs: torch.Tensor, targets: torch.Tensor, p
     return task_lib.accuracy(preds, targets), cache
 
 
-def load_recall_model(model_dir: Path, backend: str | None) -> tuple[BMojoForCausalLM, dict]:
-    """The model saved in `model_dir` (store_backend set to `backend` when it has a store) and its task.json."""
+def read_task(model_dir: Path) -> dict:
+    """The task.json that `bmojo compare --save-models` writes beside a model: its task, settings, seed, preset."""
     settings_file = model_dir / "task.json"
     if not settings_file.is_file():
         raise FileNotFoundError(f"{model_dir} has no task.json: pass a model folder written by `bmojo compare "
                                 "--save-models`")
+    return json.loads(settings_file.read_text())
+
+
+def load_recall_model(model_dir: Path, backend: str | None) -> BMojoForCausalLM:
+    """The model saved in `model_dir`, with store_backend set to `backend` when it has a store."""
     overrides = {"store_backend": backend} if backend else {}
-    model = BMojoForCausalLM.from_pretrained(model_dir, **overrides).eval()
-    return model, json.loads(settings_file.read_text())
+    return BMojoForCausalLM.from_pretrained(model_dir, **overrides).eval()
 
 
 def evaluate(model_dirs: list[Path], lengths: list[int], backends: list[str], examples: int, piece: int,
@@ -59,19 +63,19 @@ def evaluate(model_dirs: list[Path], lengths: list[int], backends: list[str], ex
     with `search_recall` the recall of its searches against the exact search, which then runs beside each of them
     (None when no search went through an index)."""
     records = []
-    plan = []  # (model folder, task.json, backend): each model is loaded once per backend
+    plan = []  # (model folder, task.json, backend): every folder checked (config and task) before the first run
     for model_dir in model_dirs:
-        model, saved = load_recall_model(model_dir, None)
-        plan += [(model_dir, saved, backend) for backend in (backends if model.config.stores_tokens else [None])]
+        saved, stores = read_task(model_dir), BMojoConfig.from_pretrained(model_dir).stores_tokens
+        plan += [(model_dir, saved, backend) for backend in (backends if stores else [None])]
     bar = tqdm(total=len(plan) * len(lengths), desc="longrecall", disable=not progress)
     for model_dir, saved, backend in plan:
-        model, _ = load_recall_model(model_dir, backend)
+        model = load_recall_model(model_dir, backend)
+        measure = search_recall and backend == "faiss"
         for n in lengths:
             bar.set_postfix_str(f"{model_dir.name[-40:]} {backend or ''} L={n}")
             _, (inputs, targets) = task_lib.train_test_split(saved["task"], 1, examples, saved["seed"],
                                                              **{**saved["settings"], "seq_len": n})
             start = time.perf_counter()
-            measure = search_recall and backend == "faiss"
             with measuring_recall() if measure else contextlib.nullcontext() as meter:
                 accuracy, cache = accuracy_through_cache(model, inputs, targets, piece)
             records.append(dict(model=saved.get("preset", model_dir.name), model_dir=str(model_dir),

@@ -55,6 +55,28 @@ def test_eval_on_several_corpora(reference_run, corpus, tmp_path, capsys, cli):
     assert "several corpora are named stdlib_json" in capsys.readouterr().err
 
 
+def test_eval_with_the_storage_tier_replaced(reference_run, tiny_model, tmp_path, capsys, cli):
+    """--retrieved-tokens R evaluates the run's model with R stored tokens per query (its own eval file and row,
+    marked r=R): R = 0 on a run trained without a store is the plain eval; R = 4 reads the store, which changes the
+    numbers once tokens have left the working memory; a run without a 'bmojo' layer is refused before any
+    evaluation."""
+    common = ("--lengths", "1,4", "--split", "train", "--eval-tokens", EVAL_TOKENS, "--threads", "1", "--out", tmp_path)
+    losses = lambda name: [r["loss"] for r in json.loads((reference_run / name).read_text())["results"]]  # noqa: E731
+    assert cli("eval", reference_run, *common) == 0
+    assert cli("eval", reference_run, *common, "--retrieved-tokens", "0") == 0
+    assert cli("eval", reference_run, *common, "--retrieved-tokens", "4") == 0
+    plain, off, on = losses("eval.json"), losses("eval.r0.json"), losses("eval.r4.json")
+    assert off == plain and on != plain
+    report = json.loads((reference_run / "eval.r4.json").read_text())
+    assert (report["name"], report["num_retrieved_tokens"]) == ("run r=4", 4)
+    assert "| run r=4 |" in (tmp_path / "length_generalization.md").read_text()
+    mamba = tmp_path / "mamba_run"
+    tiny_model("mamba").save_pretrained(mamba)
+    capsys.readouterr()
+    assert cli("eval", reference_run, mamba, *common, "--retrieved-tokens", "4") == 2
+    assert "--retrieved-tokens: " + str(mamba) + " has no 'bmojo' layer" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("preset", ["transformer", "mamba", "hybrid", "bmojo"])
 def test_recurrent_sweep_equals_parallel(preset, tiny_model):
     """Lengths past --max-parallel-len go through the cache in blocks; the numbers must not change."""

@@ -141,9 +141,10 @@ def unigram_entropy(blocks: torch.Tensor, vocab_size: int) -> float:
 
 # ---------------------------------------------------------------- run folders
 
-def _try_load(folder: Path) -> tuple[torch.nn.Module | None, str | None]:
-    """(the model saved in `folder`, None), or (None, why it does not load, in one line) when its files are
-    damaged: truncated weights, a config.json that is not valid JSON or not a valid config."""
+def _try_load(folder: Path, **overrides) -> tuple[torch.nn.Module | None, str | None]:
+    """(the model saved in `folder`, its config fields replaced by `overrides`, None), or (None, why it does not
+    load, in one line) when its files are damaged: truncated weights, a config.json that is not valid JSON or not a
+    valid config."""
     from transformers import AutoModelForCausalLM
 
     import bmojo  # noqa: F401  (registers the model with the Auto classes)
@@ -152,14 +153,15 @@ def _try_load(folder: Path) -> tuple[torch.nn.Module | None, str | None]:
 
     try:
         with quiet_hf_progress():
-            return AutoModelForCausalLM.from_pretrained(str(folder)), None
+            return AutoModelForCausalLM.from_pretrained(str(folder), **overrides), None
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:
         return None, f"{type(err).__name__}: {' '.join(str(err).split())}"
 
 
-def load_model(run_dir: str | os.PathLike) -> torch.nn.Module:
+def load_model(run_dir: str | os.PathLike, **overrides) -> torch.nn.Module:
     """The model of a run folder: its final model if that matches its manifest and loads; else its newest valid
-    checkpoint, with a warning saying why (an interrupted run can still be evaluated or sampled).
+    checkpoint, with a warning saying why (an interrupted run can still be evaluated or sampled). `overrides`
+    replace config fields that hold no weights (e.g. num_retrieved_tokens=0: the storage tier off).
     FileNotFoundError if the folder holds no model; ValueError in one line if the only model is damaged."""
     from ..training import MANIFEST_FILE, latest_valid_checkpoint, verify_manifest
 
@@ -172,7 +174,7 @@ def load_model(run_dir: str | os.PathLike) -> torch.nn.Module:
     else:
         damage = verify_manifest(run_dir) if (run_dir / MANIFEST_FILE).is_file() else None
         if damage is None:
-            model, damage = _try_load(run_dir)
+            model, damage = _try_load(run_dir, **overrides)
             if model is not None:
                 return model
         problem = f"has a damaged final model ({damage})"
@@ -183,17 +185,17 @@ def load_model(run_dir: str | os.PathLike) -> torch.nn.Module:
                                     "valid checkpoint; point at a folder written by `bmojo train --out`")
         raise ValueError(f"{run_dir} {problem}, and no valid checkpoint to fall back to")
     warnings.warn(f"{run_dir} {problem}; using checkpoint {ckpt.name}", stacklevel=2)
-    model, damage = _try_load(ckpt)
+    model, damage = _try_load(ckpt, **overrides)
     if model is None:
         raise ValueError(f"{run_dir} {problem}, and checkpoint {ckpt.name} does not load either ({damage})")
     return model
 
 
-def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
-    """(model in eval mode, tokenizer, run info) of a run folder, the model as `load_model` finds it; ValueError
-    on a vocabulary mismatch or a damaged run (one line)."""
+def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", **overrides):
+    """(model in eval mode, tokenizer, run info) of a run folder, the model as `load_model(run_dir, **overrides)`
+    finds it; ValueError on a vocabulary mismatch or a damaged run (one line)."""
     run_dir = Path(run_dir)
-    model = load_model(run_dir).to(device).eval()
+    model = load_model(run_dir, **overrides).to(device).eval()
     tokenizer = run_tokenizer(run_dir, model.config.vocab_size)
     info = read_json(run_dir / RUN_FILE) if (run_dir / RUN_FILE).is_file() else {}
     return model, tokenizer, info

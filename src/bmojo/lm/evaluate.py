@@ -22,6 +22,7 @@ import torch
 from ..accounting import parameter_count
 from ..cli import check_device, check_writable
 from ..data import LMDataset
+from ..models import BMojoConfig
 from ..ops.loss import IGNORE_INDEX, next_token_cross_entropy, token_cross_entropy
 from ..plotting import pyplot
 from ..training import collate
@@ -70,6 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="score each document of a window alone (the model restarts at every separator; a "
                              "document's first token is not scored); parallel form only. Default: the packed stream "
                              "as it comes, context running across documents")
+    parser.add_argument("--retrieved-tokens", type=number(int, ge=0), metavar="R",
+                        help="stored tokens each query reads (the config's num_retrieved_tokens), replacing the run's "
+                             "own; 0 turns the storage tier off. B'MOJO runs with eidetic tokens only; rows and eval "
+                             "files are then marked r=R. Default: the run's setting")
     parser.add_argument("--out", type=Path,
                         help="where the combined table and PNG go (default: the run folder; with several runs, "
                              "their common parent folder)")
@@ -148,12 +153,20 @@ def length_sweep(model, stream_blocks: torch.Tensor, train_len: int, multiples: 
     return rows
 
 
-def eval_file(run_dir: Path, corpus: str | None, info: dict) -> Path:
+def eval_file(run_dir: Path, corpus: str | None, info: dict, retrieved: int | None = None) -> Path:
     """Where the evaluation of a run on `corpus` goes: eval.json for the run's training corpus (or None), else
-    eval.<corpus name>.json."""
-    if corpus is None or corpus == info.get("corpus", "builtin"):
-        return run_dir / EVAL_FILE
-    return run_dir / f"eval.{corpus_name(corpus)}.json"
+    eval.<corpus name>.json; eval[.<corpus name>].r<R>.json when --retrieved-tokens R replaced the run's setting."""
+    parts = [] if corpus is None or corpus == info.get("corpus", "builtin") else [corpus_name(corpus)]
+    parts += [] if retrieved is None else [f"r{retrieved}"]
+    return run_dir / ".".join(["eval", *parts, "json"]) if parts else run_dir / EVAL_FILE
+
+
+def check_retrieved(run_dir: Path, config) -> None:
+    """ValueError unless the run's model can read a storage tier (some 'bmojo' layer, which has eidetic tokens):
+    what --retrieved-tokens needs."""
+    if "bmojo" not in config.layer_pattern:
+        raise ValueError(f"--retrieved-tokens: {run_dir} has no 'bmojo' layer (layer_pattern "
+                         f"{list(config.layer_pattern)}); only B'MOJO layers with eidetic tokens read a storage tier")
 
 
 def corpus_name(corpus: str) -> str:
@@ -175,12 +188,16 @@ def check_corpora(corpora: list[str] | None) -> None:
 def evaluate_run(run_dir: Path, args: argparse.Namespace, corpus: str | None = None, log=print) -> dict:
     """Evaluate one run folder on `corpus` (default: its training corpus); writes and returns the content of its
     eval file (see `eval_file`)."""
-    model, tok, info = load_run(run_dir, args.device)
+    retrieved = args.retrieved_tokens
+    model, tok, info = load_run(run_dir, args.device,
+                                **({} if retrieved is None else {"num_retrieved_tokens": retrieved}))
+    if retrieved is not None:
+        check_retrieved(run_dir, model.config)
     train_len = args.seq_len or info.get("seq_len")
     if not train_len:
         raise ValueError(f"{run_dir} has no run.json with seq_len; pass --seq-len (the training length)")
     multiples = parse_lengths(args.lengths)
-    path = eval_file(run_dir, corpus, info)
+    path = eval_file(run_dir, corpus, info, retrieved)
     corpus = corpus or info.get("corpus", "builtin")
     text_column = args.text_column or info.get("text_column", "text")
     fractions = info.get("fractions", DEFAULT_FRACTIONS)
@@ -190,6 +207,7 @@ def evaluate_run(run_dir: Path, args: argparse.Namespace, corpus: str | None = N
     n_blocks = min(len(blocks), max(1, math.ceil(args.eval_tokens / longest)))
     bpt = bytes_per_token(docs, tok)
     name, n_params = run_dir.resolve().name, parameter_count(model.config)
+    name += "" if retrieved is None else f" r={retrieved}"
     log(f"{name}: {n_params:,} parameters, trained at L={train_len}; scoring {n_blocks * longest:,} "
         f"{args.split} tokens of {corpus} at {', '.join(f'{m:g}x' for m in multiples)}")
     rows = length_sweep(model, blocks[:n_blocks], train_len, multiples, bpt, args.batch_size,
@@ -198,7 +216,8 @@ def evaluate_run(run_dir: Path, args: argparse.Namespace, corpus: str | None = N
     result = {"run": str(run_dir), "name": name, "preset": info.get("preset"), "parameters": n_params,
               "corpus": corpus, "trained_on_corpus": corpus == info.get("corpus", "builtin"), "split": args.split,
               "doc_boundaries": args.doc_boundaries, "train_seq_len": train_len, "tokenizer": repr(tok),
-              "evaluated_tokens": n_blocks * longest, "bytes_per_token": bpt, "results": rows}
+              "evaluated_tokens": n_blocks * longest, "bytes_per_token": bpt,
+              "num_retrieved_tokens": model.config.num_retrieved_tokens, "results": rows}
     write_json(path, result)
     return result
 
@@ -274,6 +293,8 @@ def run(args: argparse.Namespace) -> int:
     for d in args.runs:
         if not d.is_dir():
             raise FileNotFoundError(f"run folder {str(d)!r} does not exist")
+        if args.retrieved_tokens is not None and (d / "config.json").is_file():  # every run checked before the first
+            check_retrieved(d, BMojoConfig.from_pretrained(d))
     out = args.out or (args.runs[0] if len(args.runs) == 1 else common_parent(args.runs))
     check_writable(out)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
@@ -281,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
     for d in args.runs:
         info = read_json(d / RUN_FILE) if (d / RUN_FILE).is_file() else {}
         for corpus in args.corpus or [None]:
-            path = eval_file(d, corpus, info)
+            path = eval_file(d, corpus, info, args.retrieved_tokens)
             if args.plot_only:
                 if not path.is_file():
                     raise FileNotFoundError(f"--plot-only: {path} does not exist; run `bmojo eval {d}` first")

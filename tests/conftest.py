@@ -62,6 +62,8 @@ KNOBS = {
     "store,r=3,no_rope,kv_heads=4": ("bmojo", dict(num_retrieved_tokens=3, pos_encoding="none", num_key_value_heads=4)),
     "store,r=4,retrieved_original": ("bmojo", dict(num_retrieved_tokens=4, retrieved_position="original")),
     "store,r=2,retrieved_edge,odd_w": ("bmojo", dict(num_retrieved_tokens=2, retrieved_position="edge", window_size=7)),
+    "fading_residual_gate": ("bmojo", dict(fading_residual_gate=True)),
+    "fading_residual_gate,bmojo_f,odd_w": ("bmojo_f", dict(fading_residual_gate=True, window_size=7)),
 }
 
 
@@ -115,11 +117,17 @@ def tiny_config():
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_config):
-    """`tiny_model(preset, seed=0, **overrides)`: a tiny model in eval mode, weights drawn after manual_seed(seed)."""
+    """`tiny_model(preset, seed=0, **overrides)`: a tiny model in eval mode, weights drawn after manual_seed(seed);
+    the residual gates (`fading_residual_gate`, zero at init) drawn too, so that the tests exercise their path."""
 
     def make(preset: str, seed: int = 0, **overrides) -> bmojo.BMojoForCausalLM:
         torch.manual_seed(seed)
-        return bmojo.BMojoForCausalLM(tiny_config(preset, **overrides)).eval()
+        model = bmojo.BMojoForCausalLM(tiny_config(preset, **overrides)).eval()
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith("residual_gate"):
+                    param.normal_()
+        return model
 
     return make
 

@@ -47,6 +47,13 @@ def test_edge_eidetic_position_needs_rope():
         bmojo.BMojoConfig.from_preset("bmojo", eidetic_position="last")
 
 
+def test_residual_gate_needs_the_residual():
+    with pytest.raises(ValueError, match="fading_residual_gate=True is invalid: scales the SSM output that "
+                                         "fading_residual=True adds"):
+        bmojo.BMojoConfig.from_preset("bmojo", fading_residual=False, fading_residual_gate=True)
+    assert bmojo.BMojoConfig.from_preset("mamba", fading_residual_gate=True).fading_residual_gate  # no B'MOJO layer
+
+
 def test_storage_tier_settings_are_checked():
     with pytest.raises(ValueError, match=r"num_retrieved_tokens=4 is invalid: needs num_eidetic_tokens >= 1"):
         bmojo.BMojoConfig.from_preset("bmojo", num_eidetic_tokens=0, num_retrieved_tokens=4)

@@ -144,6 +144,28 @@ def test_bmojo_with_window_covering_sequence_equals_attn(tiny_model):
     torch.testing.assert_close(logits(bm, ids), logits(attn, ids), atol=EQUIVALENT_TOL, rtol=EQUIVALENT_TOL)
 
 
+@pytest.mark.parametrize("preset", ["bmojo_f", "bmojo"])
+def test_residual_gate_starts_as_the_paper_layer_and_scales_the_ssm_output(preset, tiny_config):
+    """fading_residual_gate: out + g * y with g = 0 at init, so a fresh gated model is the paper's layer
+    (fading_residual=False) weight for weight; with g = 1 it is the ungated residual."""
+    torch.manual_seed(0)
+    gated = bmojo.BMojoForCausalLM(tiny_config(preset, fading_residual=True, fading_residual_gate=True)).eval()
+    paper = bmojo.BMojoForCausalLM(tiny_config(preset, fading_residual=False)).eval()
+    resid = bmojo.BMojoForCausalLM(tiny_config(preset, fading_residual=True)).eval()
+    gates = {k for k in gated.state_dict() if k.endswith("residual_gate")}
+    assert len(gates) == gated.config.num_hidden_layers and all(not gated.state_dict()[k].any() for k in gates)
+    weights = {k: v for k, v in gated.state_dict().items() if k not in gates}
+    paper.load_state_dict(weights)
+    resid.load_state_dict(weights)
+    ids = torch.randint(0, VOCAB, (2, L))
+    assert torch.equal(logits(gated, ids), logits(paper, ids))
+    with torch.no_grad():
+        for k in gates:
+            gated.get_parameter(k).fill_(1.0)
+    torch.testing.assert_close(logits(gated, ids), logits(resid, ids))
+    assert not torch.allclose(logits(gated, ids), logits(paper, ids))
+
+
 def test_bmojo_without_eidetic_equals_bmojo_f(tiny_model):
     f = tiny_model("bmojo_f")
     bm = tiny_model("bmojo", seed=1, pos_encoding="rope", num_eidetic_tokens=0)

@@ -111,6 +111,9 @@ class BMojoMixer(nn.Module):
         self.store_backend = config.store_backend  # decoding's search of the store; the parallel form is exact
         self.retrieved_position = config.retrieved_position
         self.fading_residual = config.fading_residual
+        # with the gate, out + g * y, g (d,) learned from 0: the layer starts as the paper's and opens the SSM's path
+        self.residual_gate = (nn.Parameter(torch.zeros(config.hidden_size))
+                              if config.fading_residual and config.fading_residual_gate else None)
         self.ssm = Mamba2Mixer(config)
         self.attn = Attention(config, window=self.window)
         self.tied = config.tie_fading_projections
@@ -130,7 +133,9 @@ class BMojoMixer(nn.Module):
 
     def output(self, o: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         out = self.attn.merge(o)
-        return out + y if self.fading_residual else out
+        if not self.fading_residual:
+            return out
+        return out + (y if self.residual_gate is None else self.residual_gate * y)
 
     def forward(self, u: torch.Tensor, state: BMojoState | None = None, start: int = 0,
                 docs: Documents | None = None):

@@ -127,6 +127,7 @@ class BMojoConfig(PreTrainedConfig):
     fading_span: int = 0  # s in [0, w]: query t also reads fading keys/values of outputs t-w-s+1..t-w; 0 = off [tokens]
     tie_fading_projections: bool = True  # fading keys/values use the attention's k/v projections (else their own)
     fading_residual: bool = False  # also add the SSM output to the mixer output (the paper: off)
+    fading_residual_gate: bool = False  # with fading_residual: the added SSM output scaled per channel, learned from 0
     # -- B'MOJO storage tier (bmojo; docs/design.md 4.10): past tokens the working memory dropped, searched per query
     num_retrieved_tokens: int = 0  # r <= MAX_MEMORY_TOKENS: stored tokens each query reads by content score; 0 = off
     store_write: str = "window"  # "window": every past token the eidetic memory lacks; "evicted": only its evictions
@@ -212,6 +213,9 @@ class BMojoConfig(PreTrainedConfig):
                   f"must be in [0, window_size={self.window_size}] (a query's span of fading tokens just beyond its "
                   "window; the decoding state keeps w + s - 1 SSM outputs)", self.fading_span)
             _need(self.innovation_span >= 1, "innovation_span", "must be >= 1", self.innovation_span)
+            _need(self.fading_residual or not self.fading_residual_gate, "fading_residual_gate",
+                  "scales the SSM output that fading_residual=True adds: set fading_residual=True, or leave the gate "
+                  "False", self.fading_residual_gate)
             _need(self.store_write in STORE_WRITES, "store_write", f"must be one of {STORE_WRITES}", self.store_write)
             _need(self.retrieved_position in RETRIEVED_POSITIONS, "retrieved_position",
                   f"must be one of {RETRIEVED_POSITIONS}", self.retrieved_position)

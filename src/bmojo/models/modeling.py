@@ -144,6 +144,8 @@ class BMojoPreTrainedModel(PreTrainedModel):
             init.copy_(module.inv_freq, rope_inverse_frequencies(module.inv_freq.shape[0] * 2, self.config.rope_theta))
         elif isinstance(module, BMojoMixer):
             init.copy_(module.innovation_weights, torch.tensor(self.config.innovation_weights))
+            if module.residual_gate is not None:
+                init.zeros_(module.residual_gate)
 
 
 class BMojoModel(BMojoPreTrainedModel):

@@ -126,6 +126,16 @@ def test_window_stall_experiment_is_the_quick_task_with_only_the_windows_and_res
     assert CompareSpec.from_file(EXPERIMENTS / "mqar_window_stall.toml") == expected
 
 
+def test_residual_gate_experiment_is_the_window_stall_spec_with_gated_bmojo_rows():
+    """experiments/mqar_residual_gate.toml (docs/recall.md): the window-stall spec (the quick task, model and
+    training at 1200 steps) with two bmojo rows, at window 32 and at the quick window 8, their residual gated."""
+    stall = CompareSpec.from_file(EXPERIMENTS / "mqar_window_stall.toml")
+    variants = {"bmojo_w32_gate": {"preset": "bmojo", "window_size": 32, "fading_residual_gate": True},
+                "bmojo_gate": {"preset": "bmojo", "fading_residual_gate": True}}
+    expected = dataclasses.replace(stall, presets=list(variants), variants=variants)
+    assert CompareSpec.from_file(EXPERIMENTS / "mqar_residual_gate.toml") == expected
+
+
 def test_long_recall_experiment_is_the_long_preset_trained_twice_as_long():
     """experiments/long_recall_3000.toml (docs/recall.md) is the long preset's transformer and bmojo_store rows with
     3000 training steps instead of 1500."""

@@ -42,7 +42,16 @@ def assert_cache_size_is_constant(model):
     if not config.stores_tokens:
         assert sizes[20000][1] == 0 and cache.nbytes == cache.working_nbytes
         return
-    assert sizes[20000][1] >= sizes[2000][1] > 0 and cache.nbytes == sum(sizes[20000])
+    assert cache.nbytes == sum(sizes[20000])
+    if config.store_horizon:  # the store holds the tokens of the last H positions, in at most twice their slots
+        for state in cache.states:
+            assert sum(block.pos.shape[1] for block in state.store.blocks) < 2 * config.store_horizon
+            oldest = min((int(block.pos[block.pos >= 0].min()) for block in state.store.blocks), default=10**9)
+            assert oldest >= cache.seen_tokens - config.window_size - config.store_horizon
+        return
+    if config.store_regime_threshold:  # a regime shift forgets the store: it may be empty at any point
+        return
+    assert sizes[20000][1] >= sizes[2000][1] > 0
     if config.store_write == "window":  # H_c = {p <= c w - w} less the m_e eidetic tokens, c the chunk entered last
         w = config.window_size
         c = (cache.seen_tokens - 1) // w

@@ -70,6 +70,14 @@ def test_storage_tier_settings_are_checked():
     with pytest.raises(ValueError, match=r"retrieved_position='clipped' is invalid: must be one of "
                        r"\('none', 'original', 'edge'\)"):
         bmojo.BMojoConfig.from_preset("bmojo", num_retrieved_tokens=4, retrieved_position="clipped")
+    with pytest.raises(ValueError, match=r"store_horizon=64 is invalid: must be 0 \(keep every stored token\) or > "
+                       r"window_size=64"):
+        bmojo.BMojoConfig.from_preset("bmojo", num_retrieved_tokens=4, store_horizon=64)
+    with pytest.raises(ValueError, match=r"store_regime_threshold=1.0 is invalid: must be 0 \(off\) or a finite "
+                       r"number > 1"):
+        bmojo.BMojoConfig.from_preset("bmojo", num_retrieved_tokens=4, store_regime_threshold=1.0)
+    with pytest.raises(ValueError, match=r"store_regime_chunks=0 is invalid: must be >= 1"):
+        bmojo.BMojoConfig.from_preset("bmojo", num_retrieved_tokens=4, store_regime_chunks=0)
     assert bmojo.BMojoConfig.from_preset("bmojo", num_retrieved_tokens=4).stores_tokens
     assert not bmojo.BMojoConfig.from_preset("bmojo_f", num_retrieved_tokens=4).stores_tokens
 

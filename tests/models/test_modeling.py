@@ -61,6 +61,18 @@ def test_fading_span_is_read_past_the_first_window(tiny_model):
     assert (with_span[:, 8:] - without[:, 8:]).abs().amax(-1).min() > 1e-4
 
 
+@pytest.mark.parametrize("retention, first", [(dict(store_horizon=20), 24),  # chunk 3 first forgets (3 w - 20 > 0)
+                                               (dict(store_regime_threshold=1.1, store_regime_chunks=2), 32)])
+def test_store_retention_changes_nothing_before_it_first_forgets(retention, first, tiny_model):
+    """Same weights, with and without a retention rule: equal up to the first chunk that may forget (the horizon:
+    c w > H; the regime test: R chunks after a document's first, then the chunk it tests), different after."""
+    ids = torch.randint(0, VOCAB, (2, L))
+    keep = logits(tiny_model("bmojo", num_retrieved_tokens=4), ids)
+    forget = logits(tiny_model("bmojo", num_retrieved_tokens=4, **retention), ids)
+    torch.testing.assert_close(forget[:, :first], keep[:, :first], rtol=0, atol=0)
+    assert (forget[:, first:] - keep[:, first:]).abs().max() > 1e-4
+
+
 VARIANTS = [
     {},
     dict(pos_encoding="none"),

@@ -10,8 +10,10 @@ from bmojo.ops.memory import (
     KVSlots,
     eidetic_positions,
     keep_top,
+    regime_shift,
     split_top,
     store_entry_chunks,
+    store_forget_lines,
 )
 from bmojo.ops.store import TokenStore, gather_heads, top_r
 
@@ -68,6 +70,45 @@ def test_store_blocks_count_in_binary_and_drop_slots_empty_in_every_row():
     assert store.size == 14
     assert sorted(store.blocks[0].pos[0].tolist() + store.blocks[1].pos[0].tolist() + store.blocks[2].pos[0].tolist()
                   ) == sorted(p for i in range(7) for p in (3 * i, 3 * i + 1))
+
+
+def test_store_forget_empties_old_slots_drops_empty_blocks_and_compacts_sparse_ones():
+    store = TokenStore([])
+    for i in range(4):
+        store = store.append(slots([[4 * i, 4 * i + 1, 4 * i + 2, 4 * i + 3], [4 * i] * 4]))
+    assert [block.pos.shape[1] for block in store.blocks] == [16]
+    forgot = store.forget(torch.tensor([6, 13]))  # row 0 keeps 6..15 (10 of 16 slots), row 1 keeps its 12s
+    assert [block.pos.shape[1] for block in forgot.blocks] == [16]  # more than half held: not compacted
+    assert (forgot.blocks[0].pos[0] >= 0).sum() == 10 and (forgot.blocks[0].pos[1] >= 0).sum() == 0
+    forgot = store.forget(torch.tensor([11, 13]))  # 5 slots held in row 0: compacted to them, in order
+    assert forgot.blocks[0].pos.tolist() == [[11, 12, 13, 14, 15], [EMPTY] * 5]
+    torch.testing.assert_close(forgot.blocks[0].k, store.blocks[0].k[:, :, 11:])
+    assert store.forget(torch.tensor([16, 16])).blocks == []
+
+
+def test_regime_shift_fires_when_the_last_mean_leaves_the_baseline_either_way():
+    nan = float("nan")
+    means = torch.tensor([[1.0, 1.0, 1.0, 2.1], [1.0, 1.0, 1.0, 0.4], [1.0, 3.0, 2.0, 2.1],  # up, down, within
+                          [nan, 1.0, 1.0, 9.0]])  # a baseline chunk unknown: no test
+    assert regime_shift(means, 2.0).tolist() == [True, True, False, False]
+
+
+def test_store_forget_lines_follow_the_horizon_and_the_latest_regime():
+    w, R = 4, 2
+    chunk_means = [5.0, 1.0, 1.0, 1.0, 3.0, 3.0, 3.0, 3.0, 0.5, 0.5]  # chunk 0 runs high (a zero history): ignored
+    eps = torch.tensor(chunk_means).repeat_interleave(w)[None, : 10 * w - 1]  # the last chunk one token short
+    # entering chunk c tests chunk c-1 against c-1-R..c-2: chunk 4 (3.0 vs 1.0) starts a regime, seen at chunk 5;
+    # chunks 5, 6 (3.0 vs 2.0, 3.0) do not at kappa 1.6; chunk 8 (0.5 vs 3.0) does, seen at chunk 9
+    lines = store_forget_lines(eps, w, 0, 1.6, R)
+    assert lines.tolist() == [[0, 0, 0, 0, 0, 16, 16, 16, 16, 32]]
+    assert store_forget_lines(eps, w, 10, 0.0, R).tolist() == [[0, 0, 0, 2, 6, 10, 14, 18, 22, 26]]
+    assert store_forget_lines(eps, w, 30, 1.6, R).tolist() == [[0, 0, 0, 0, 0, 16, 16, 16, 16, 32]]
+    assert store_forget_lines(eps, w, 20, 1.6, R).tolist() == [[0, 0, 0, 0, 0, 16, 16, 16, 16, 32]]
+    assert store_forget_lines(eps, w, 12, 1.6, R).tolist() == [[0, 0, 0, 0, 4, 16, 16, 16, 20, 32]]
+    # documents: the second starts at chunk 5 (aligned), so the jump at its first chunk is not a shift
+    seq_idx = torch.tensor([0] * 20 + [1] * 19)[None]
+    doc_eps = torch.tensor([5.0, 1.0, 1.0, 1.0, 1.0, 5.0, 3.0, 3.0, 3.0, 3.0]).repeat_interleave(w)[None, :39]
+    assert store_forget_lines(doc_eps, w, 0, 1.6, R, seq_idx).tolist() == [[0] * 10]
 
 
 def test_store_search_equals_one_search_over_all_stored_tokens():

@@ -27,8 +27,10 @@ from ..ops.memory import (
     history_end,
     innovation_score,
     keep_top,
+    regime_shift,
     split_top,
     store_entry_chunks,
+    store_forget_lines,
 )
 from ..ops.store import TokenStore, gather_heads, retrieved_logits, top_r
 from .attention import Attention, chunk_segments
@@ -54,6 +56,8 @@ class BMojoState:
     store: the storage tier (when r = `num_retrieved_tokens` > 0): the tokens the working memory dropped, content
         keys (before RoPE), values, positions; it grows with the context (the one field that does). pending then
         keeps all w tokens that left the window since the last boundary, so that those the merge drops are stored.
+    regime (b, R + 1), forget_before (b,): with `store_regime_threshold`, the mean innovation scores of the last
+        R + 1 chunks (NaN: unknown) and the first position of the current regime (older stored tokens are forgotten).
     """
 
     ssm: SSMState
@@ -64,6 +68,8 @@ class BMojoState:
     pending: KVSlots
     fading_ring: KVSlots | None = None
     store: TokenStore | None = None
+    regime: torch.Tensor | None = None
+    forget_before: torch.Tensor | None = None
 
     @property
     def memory(self) -> KVSlots:
@@ -110,6 +116,9 @@ class BMojoMixer(nn.Module):
         self.store_write = config.store_write
         self.store_backend = config.store_backend  # decoding's search of the store; the parallel form is exact
         self.retrieved_position = config.retrieved_position
+        self.store_horizon = config.store_horizon  # retention: forget stored tokens older than H, or
+        self.store_regime_threshold = config.store_regime_threshold  # what came before a regime shift
+        self.store_regime_chunks = config.store_regime_chunks
         self.fading_residual = config.fading_residual
         # with the gate, out + g * y, g (d,) learned from 0: the layer starts as the paper's and opens the SSM's path
         self.residual_gate = (nn.Parameter(torch.zeros(config.hidden_size))
@@ -213,7 +222,7 @@ class BMojoMixer(nn.Module):
             mem_valid.append(epos >= 0)
         memory = (torch.cat(mem_k, 3), torch.cat(mem_v, 3), torch.cat(mem_valid, 2)) if mem_k else ()
         band = (*self.fading_kv(y, positions), self.fading_span) if self.fading_span else None
-        extra = self._retrieve_parallel(*content, v, epos, positions, seq_idx) if self.num_retrieved else None
+        extra = self._retrieve_parallel(*content, v, eps, epos, positions, seq_idx) if self.num_retrieved else None
         if self.recorder is not None:
             if extra is not None:
                 raise ValueError("inspection does not cover the storage tier yet (num_retrieved_tokens > 0)")
@@ -221,17 +230,26 @@ class BMojoMixer(nn.Module):
             self.recorder(MemoryRecord(score=eps, fading=fpos, eidetic=epos, weights=weights))
         return window_attention(q, k, v, w, *memory, seq_idx=seq_idx, band=band, extra=extra)
 
-    def _retrieve_parallel(self, q0, k0, v, epos, positions, seq_idx):
+    def _retrieve_parallel(self, q0, k0, v, eps, epos, positions, seq_idx):
         """Parallel form of the storage tier: query t of chunk c reads the r stored tokens with the highest content
-        score among chunk c's store, {s : entry[s] <= c} (`store_entry_chunks`; of its own document). Content queries
-        and keys q0 (b, h, L, hd), k0 (b, hk, L, hd); eidetic memories epos (b, nc, m_e); positions (L,) or (b, L)
-        (in-document). Returns the `extra` of `window_attention`: logits (b, h, L, r) and values (b, h, L, r, hd)."""
+        score among chunk c's store, {s : entry[s] <= c, s >= line[c]} (`store_entry_chunks`, `store_forget_lines`;
+        of its own document). Content queries and keys q0 (b, h, L, hd), k0 (b, hk, L, hd); innovation scores eps
+        (b, L); eidetic memories epos (b, nc, m_e); positions (L,) or (b, L) (in-document). Returns the `extra` of
+        `window_attention`: logits (b, h, L, r) and values (b, h, L, r, hd)."""
         L = q0.shape[2]
         entry = store_entry_chunks(epos, L, self.window, self.store_write)
         chunk = torch.arange(L, device=q0.device) // self.window
+        line = None
+        if self.store_horizon or self.store_regime_threshold:
+            line = store_forget_lines(eps, self.window, self.store_horizon, self.store_regime_threshold,
+                                      self.store_regime_chunks, seq_idx)
+            line = line[:, chunk]  # (b, L): per query
+        slot = torch.arange(L, device=q0.device)
 
         def allowed(a: int, e: int) -> torch.Tensor:  # (b, 1, L, e - a)
             ok = entry[:, None, None, a:e] <= chunk[None, None, :, None]
+            if line is not None:
+                ok = ok & (slot[None, None, None, a:e] >= line[:, None, :, None])
             return ok if seq_idx is None else ok & (seq_idx[:, None, None, a:e] == seq_idx[:, None, :, None])
 
         scores, index = top_r(q0, k0, self.num_retrieved, allowed)
@@ -263,6 +281,10 @@ class BMojoMixer(nn.Module):
             eidetic=slots(m_e, True),
             pending=slots(self.window if self.num_retrieved else min(self.window, m_e), True),
             store=TokenStore([]) if self.num_retrieved else None,
+            regime=(torch.full((batch_size, self.store_regime_chunks + 1), float("nan"), device=device)
+                    if self.num_retrieved and self.store_regime_threshold else None),
+            forget_before=(torch.zeros(batch_size, dtype=torch.long, device=device)
+                           if self.num_retrieved and self.store_regime_threshold else None),
         )
 
     def _enter_chunk(self, s: BMojoState, chunk, rows) -> BMojoState:
@@ -297,6 +319,27 @@ class BMojoMixer(nn.Module):
             pos = dropped.pos if rows is True else dropped.pos.masked_fill(~rows[:, None], EMPTY)
             k0 = dropped.k if self.attn.rope is None else self.attn.rope.rotate(dropped.k, -dropped.pos[:, None])
             entered.store = s.store.append(KVSlots(k0, dropped.v, pos))
+            if self.store_horizon or self.store_regime_threshold:
+                entered = self._forget(s, entered, chunk, rows)
+        return entered
+
+    def _forget(self, s: BMojoState, entered: BMojoState, chunk, rows) -> BMojoState:
+        """The store's retention entering chunk c (the recurrent twin of `store_forget_lines`): it forgets the
+        tokens before c w - H (`store_horizon`) and, once the regime test fires on chunk c - 1 (whose innovation
+        scores the window holds now), every token before that chunk."""
+        b, w = s.y.shape[0], self.window
+        chunk = torch.as_tensor(chunk, device=s.y.device).expand(b)
+        line = torch.zeros_like(chunk)
+        if self.store_regime_threshold:
+            mean = s.window.score.mean(-1).masked_fill(chunk == 1, float("nan"))  # a document's first chunk: unknown
+            ring = torch.cat([s.regime[:, 1:], mean[:, None]], 1)
+            shift = regime_shift(ring, self.store_regime_threshold)
+            line = torch.maximum(s.forget_before, torch.where(shift, (chunk - 1) * w, 0))
+            entered.regime = ring if rows is True else select_rows(rows, ring, s.regime)
+            entered.forget_before = line if rows is True else select_rows(rows, line, s.forget_before)
+        if self.store_horizon:
+            line = torch.maximum(line, chunk * w - self.store_horizon)
+        entered.store = entered.store.forget(line if rows is True else line.masked_fill(~rows, 0))
         return entered
 
     def _recurrent(self, u: torch.Tensor, state: BMojoState, start: int, docs: Documents | None):

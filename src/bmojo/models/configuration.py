@@ -21,6 +21,9 @@ EIDETIC_POSITIONS = ("original", "edge")  # where RoPE puts the eidetic tokens a
 STORE_WRITES = ("window", "evicted")  # what the storage tier keeps (see the field store_write)
 RETRIEVED_POSITIONS = ("none", "original", "edge")  # where RoPE puts retrieved tokens (see retrieved_position)
 STORE_BACKENDS = ("exact", "faiss")  # how decoding searches the storage tier (see the field store_backend)
+# the storage tier's fields: none shapes a weight, so a trained model can be read with other values of them
+STORE_FIELDS = ("num_retrieved_tokens", "store_write", "store_backend", "retrieved_position", "store_horizon",
+                "store_regime_threshold", "store_regime_chunks")
 ATTENTION_KINDS = frozenset({"attn", "swa", "bmojo_f", "bmojo"})  # kinds with q/k/v heads
 WINDOW_KINDS = frozenset({"swa", "bmojo_f", "bmojo"})  # kinds that read window_size
 SSM_KINDS = frozenset({"ssm", "bmojo_f", "bmojo"})  # kinds with a Mamba-2 mixer inside
@@ -133,6 +136,10 @@ class BMojoConfig(PreTrainedConfig):
     store_write: str = "window"  # "window": every past token the eidetic memory lacks; "evicted": only its evictions
     store_backend: str = "exact"  # decoding's search of the store: "exact" or "faiss" (approximate; the extra "ann")
     retrieved_position: str = "none"  # a retrieved token's RoPE position: "none" (content score), "original", "edge"
+    store_horizon: int = 0  # H > w: chunk c's store forgets tokens older than c w - H (oldest first); 0 = keep [tokens]
+    store_regime_threshold: float = 0.0  # kappa > 1: a shift of the mean innovation by kappa (either way) starts a
+    #   regime and the store forgets what came before it (ops.memory.regime_shift); 0 = off
+    store_regime_chunks: int = 8  # R >= 1: chunks whose mean innovation is the regime test's baseline [chunks]
     # -- selective SSM, Mamba-2 (ssm, bmojo_f, bmojo)
     ssm_state_size: int = 64  # n: state size per head and group
     ssm_expand: int = 2  # inner width = ssm_expand * hidden_size
@@ -230,6 +237,15 @@ class BMojoConfig(PreTrainedConfig):
                   f"must have innovation_span={self.innovation_span} entries", self.innovation_weights)
             _need(all(math.isfinite(a) for a in self.innovation_weights), "innovation_weights",
                   "must be finite numbers", self.innovation_weights)
+        if "bmojo" in kinds:
+            _need(self.store_horizon == 0 or self.store_horizon > self.window_size, "store_horizon",
+                  f"must be 0 (keep every stored token) or > window_size={self.window_size} (stored tokens are at "
+                  "least w old when a chunk starts)", self.store_horizon)
+            kappa = self.store_regime_threshold
+            _need(kappa == 0 or (math.isfinite(kappa) and kappa > 1), "store_regime_threshold",
+                  "must be 0 (off) or a finite number > 1 (the factor by which a chunk's mean innovation must leave "
+                  "the baseline's)", kappa)
+            _need(self.store_regime_chunks >= 1, "store_regime_chunks", "must be >= 1", self.store_regime_chunks)
         if "bmojo" in kinds and self.num_retrieved_tokens:
             _need(self.num_eidetic_tokens >= 1, "num_retrieved_tokens", "needs num_eidetic_tokens >= 1 (the store "
                   "receives what the eidetic memory's merge drops)", self.num_retrieved_tokens)

@@ -187,6 +187,43 @@ def store_entry_chunks(eidetic: torch.Tensor, length: int, window: int, write: s
     return torch.where(last >= 0, last + 1, joins if write == "window" else torch.full_like(joins, NEVER))
 
 
+def regime_shift(means: torch.Tensor, kappa: float) -> torch.Tensor:
+    """The storage tier's regime test, entering a chunk c: means (..., R + 1) are the mean innovation scores of
+    chunks c-1-R .. c-1 (NaN where unknown: before the document's second chunk, whose first chunk's scores start
+    from a zero history and run high). A regime starts at chunk c-1 when its mean is above kappa times, or below
+    1/kappa times, the baseline (the mean of the R before it), all known. Returns (...) bool."""
+    base, last = means[..., :-1].mean(-1), means[..., -1]
+    return ~means.isnan().any(-1) & ((last > kappa * base) | (kappa * last < base))
+
+
+def store_forget_lines(eps: torch.Tensor, window: int, horizon: int, kappa: float, baseline_chunks: int,
+                       seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+    """Parallel form of the storage tier's retention: for every chunk c, the first position its store holds (what
+    is older is forgotten). horizon H > 0: c w - H; kappa > 0: (c' - 1) w for the latest chunk c' <= c where
+    `regime_shift` fires, R = `baseline_chunks` (everything before the new regime). eps (b, L) innovation scores
+    (-inf in slots of no token); seq_idx (b, L) as in `eidetic_positions` (documents start at multiples of w; the
+    test restarts at each). Returns (b, nc) long, 0 where nothing is forgotten."""
+    b, L = eps.shape
+    w, R = window, baseline_chunks
+    nc = -(-L // w)
+    chunk = torch.arange(nc, device=eps.device)
+    lines = torch.zeros(b, nc, dtype=torch.long, device=eps.device)
+    if kappa:
+        means = F.pad(eps.float(), (0, nc * w - L), value=float("-inf")).view(b, nc, w).mean(-1)
+        doc = (torch.zeros_like(eps, dtype=torch.long) if seq_idx is None else seq_idx)[:, ::w]  # (b, nc)
+        first = torch.ones_like(doc, dtype=torch.bool)
+        first[:, 1:] = doc[:, 1:] != doc[:, :-1]
+        means = means.masked_fill(first, float("nan"))  # a document's first chunk
+        ring = F.pad(means, (R + 1, 0), value=float("nan")).unfold(1, R + 1, 1)[:, :nc]  # (b, nc, R+1): c-1-R..c-1
+        ring_doc = F.pad(doc, (R + 1, 0), value=-1).unfold(1, R + 1, 1)[:, :nc]
+        ring = ring.masked_fill(ring_doc != doc[..., None], float("nan"))
+        shift = regime_shift(ring, kappa)
+        lines = torch.cummax(torch.where(shift, (chunk - 1) * w, 0), dim=1).values
+    if horizon:
+        lines = torch.maximum(lines, (chunk * w - horizon).clamp(min=0))
+    return lines
+
+
 @torch.no_grad()
 def eidetic_positions(eps: torch.Tensor, window: int, num_eidetic: int, seq_idx: torch.Tensor | None = None
                       ) -> torch.Tensor:

@@ -42,6 +42,23 @@ class TokenStore:
             blocks[-2:] = [blocks[-2].cat(blocks[-1])]
         return TokenStore(blocks)
 
+    def forget(self, before: torch.Tensor) -> TokenStore:
+        """The store with each row's tokens at positions < before[row] forgotten (EMPTY); before: (b,) long. A block
+        that no row holds a token of any more goes; one whose slots are at least half free in every row is
+        compacted to the slots some row holds, so the store's slots stay within twice the tokens it holds (plus a
+        block's worth)."""
+        blocks = []
+        for block in self.blocks:
+            block = KVSlots(block.k, block.v, block.pos.masked_fill(block.pos < before[:, None], EMPTY))
+            keep = block.valid.any(0)
+            kept = int(keep.sum())
+            if kept == 0:
+                continue
+            if 2 * kept <= keep.shape[0]:
+                block = block.take(keep.nonzero()[:, 0].expand(block.pos.shape[0], -1))
+            blocks.append(block)
+        return TokenStore(blocks)
+
     @property
     def size(self) -> int:
         """Slots held (stored tokens, plus the slots of rows that stored fewer or forgot theirs)."""

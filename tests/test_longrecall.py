@@ -72,6 +72,27 @@ def test_command_rows_per_model_and_backend(saved, cli, tmp_path, monkeypatch, p
     assert (out / "recall_vs_length.png").read_bytes().startswith(png_signature)
 
 
+def test_command_reads_another_task_with_a_row_per_variant(saved, cli, tmp_path):
+    """`--task regime_recall --variant`: each variant is the model read with those storage-tier settings (the same
+    accuracy as loading it with them), labelled by its name; a model without a store gets one row."""
+    out = tmp_path / "out"
+    assert cli("longrecall", *saved, "--lengths", "96", "--task", "regime_recall", "--task-set", "shift=true",
+               "--variant", "keep", "--variant", "horizon:store_horizon=24", "--examples", "4", "--piece", "16",
+               "--threads", "1", "--out", out) == 0
+    records = json.loads((out / "results.json").read_text())
+    assert [(r["model"], r["variant"], r["task"]) for r in records] == [
+        ("bmojo_store", "keep", "regime_recall"), ("bmojo_store", "horizon", "regime_recall"),
+        ("swa", None, "regime_recall")]
+    settings = {**SETTINGS, "seq_len": 96, "shift": True}
+    _, (inputs, targets) = tasks.train_test_split("regime_recall", 1, 4, 0, **settings)
+    for record, overrides in zip(records[:2], [{}, dict(store_horizon=24)], strict=True):
+        model = bmojo.BMojoForCausalLM.from_pretrained(saved[0], **overrides).eval()
+        assert record["accuracy"] == accuracy_through_cache(model, inputs, targets, 16)[0]
+        assert record["overrides"] == overrides
+    assert records[1]["stored_bytes"] < records[0]["stored_bytes"]  # the horizon forgot the oldest stored tokens
+    assert "| bmojo_store horizon (exact) | " in (out / "results.md").read_text()
+
+
 def test_bad_input_is_refused(saved, cli_exit, tmp_path, capsys):
     assert cli_exit("longrecall", saved[0], "--lengths", "64", "--backends", "hnsw", "--out", tmp_path) == 2
     assert "--backends 'hnsw': choose from exact, faiss" in capsys.readouterr().err
@@ -80,3 +101,9 @@ def test_bad_input_is_refused(saved, cli_exit, tmp_path, capsys):
     assert "has no task.json: pass a model folder written by `bmojo compare --save-models`" in capsys.readouterr().err
     assert cli_exit("longrecall", saved[0], "--lengths", "0", "--out", tmp_path) == 2
     assert "every length must be >= 1" in capsys.readouterr().err
+    wide = ("--variant", "wide:hidden_size=64")
+    assert cli_exit("longrecall", saved[0], "--lengths", "64", *wide, "--out", tmp_path) == 2
+    assert "'hidden_size=64' is not FIELD=VALUE with FIELD one of num_retrieved_tokens" in capsys.readouterr().err
+    short = ("--variant", "h:store_horizon=3")
+    assert cli_exit("longrecall", saved[0], "--lengths", "64", *short, "--out", tmp_path) == 2
+    assert "store_horizon" in capsys.readouterr().err and not (tmp_path / "results.json").exists()

@@ -19,6 +19,7 @@ from bmojo.tasks import (
     make_task,
     mqar,
     noisy_recall,
+    regime_recall,
     selective_copying,
     task_vocab_size,
     train_test_split,
@@ -33,6 +34,7 @@ SMALL = {
     "selective_copying": dict(seq_len=64, num_tokens_to_copy=8),
     "induction_heads": dict(vocab_size=16, seq_len=32),
     "long_recall": dict(vocab_size=64, seq_len=64, num_kv_pairs=4),
+    "regime_recall": dict(vocab_size=64, seq_len=64, num_kv_pairs=4),
 }
 
 
@@ -299,6 +301,8 @@ def test_induction_heads_layout():
         (induction_heads, dict(vocab_size=16, seq_len=2), "seq_len must be >= 3"),
         (long_recall, dict(vocab_size=16, num_kv_pairs=5), "need num_kv_pairs <= vocab_size//4"),
         (long_recall, dict(seq_len=30, num_kv_pairs=8), "seq_len=30 too short: need >= 4 \\* num_kv_pairs = 32"),
+        (regime_recall, dict(seq_len=80, num_kv_pairs=8), "seq_len=80 too short for num_kv_pairs=8.*seq_len >= 88"),
+        (regime_recall, dict(vocab_size=4, num_kv_pairs=1), "vocab_size >= 8"),
     ],
 )
 def test_task_constraints(generator, kwargs, message):
@@ -403,3 +407,24 @@ def test_long_recall_layout_and_labels():
         assert list(scored) == list(range(100 - 2 * n, 100, 2)) and (row_y[scored] == answers).all()
     long_x, _ = np_pair(long_recall(V, 400, n, 50, seed=3))
     assert (long_x[:, : 2 * n] == x[:, : 2 * n]).all()  # the same pairs, further from their queries
+
+
+@pytest.mark.parametrize("shift", [True, False])
+def test_regime_recall_rebinds_every_key_and_asks_for_the_fresh_value(shift):
+    """First pairs, uniform filler, from L // 2 one filler token repeated (uniform with shift=False), the same keys
+    with new values at L // 2 + L // 8, then every key queried with its new value as the target."""
+    n, V, L = 4, 64, 96
+    x, y = np_pair(regime_recall(V, L, n, 50, seed=3, shift=shift))
+    second, start = L // 2 + L // 8, L - 2 * n
+    for row_x, row_y in zip(x, y, strict=True):
+        first = dict(zip(row_x[0 : 2 * n : 2], row_x[1 : 2 * n : 2], strict=True))
+        fresh = dict(zip(row_x[second : second + 2 * n : 2], row_x[second + 1 : second + 2 * n : 2], strict=True))
+        assert sorted(first) == sorted(fresh) and len(first) == n and min(first) >= 1 and max(first) <= V // 4
+        assert all(V // 4 < fresh[k] <= V // 2 and fresh[k] != first[k] for k in first)
+        filler = np.concatenate([row_x[2 * n : second], row_x[second + 2 * n : start]])
+        assert (filler >= V // 2).all()
+        assert (len(set(row_x[L // 2 : second])) == 1) == shift  # one token repeated after the shift
+        queries, answers = row_x[start::2], row_x[start + 1 :: 2]
+        assert sorted(queries) == sorted(first) and all(fresh[q] == a for q, a in zip(queries, answers, strict=True))
+        scored = np.flatnonzero(row_y != IGNORE_INDEX)
+        assert list(scored) == list(range(start, L, 2)) and (row_y[scored] == answers).all()

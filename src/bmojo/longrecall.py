@@ -6,7 +6,9 @@ at each length (the test split's seed, as `bmojo compare`'s `eval_lengths`), and
 decoding cache in pieces (chunked prefill: equal to the parallel forward, in memory bounded by the cache), so
 bounded models reach lengths whose parallel forward would not fit. A model with a storage tier is evaluated with
 each search backend of `--backends`; for "faiss" the recall of its searches against the exact search is measured
-on the keys the model stores. Writes results.json, results.md and recall_vs_length.png.
+on the keys the model stores. `--task` reads another task than the one trained on (with the model's task settings
+and `--task-set`), `--variant` reads the model again with other storage-tier settings (`STORE_FIELDS`, which hold no
+weights: e.g. the store's retention). Writes results.json, results.md and recall_vs_length.png.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from tqdm.auto import tqdm
 from . import tasks as task_lib
 from .cli import check_writable
 from .models import BMojoConfig, BMojoForCausalLM
-from .models.configuration import STORE_BACKENDS
+from .models.configuration import STORE_BACKENDS, STORE_FIELDS
 from .ops.ann import measuring_recall
 from .plotting import pyplot
 
@@ -51,35 +53,70 @@ def read_task(model_dir: Path) -> dict:
     return json.loads(settings_file.read_text())
 
 
-def load_recall_model(model_dir: Path, backend: str | None) -> BMojoForCausalLM:
-    """The model saved in `model_dir`, with store_backend set to `backend` when it has a store."""
-    overrides = {"store_backend": backend} if backend else {}
-    return BMojoForCausalLM.from_pretrained(model_dir, **overrides).eval()
+def load_recall_model(model_dir: Path, backend: str | None, **overrides) -> BMojoForCausalLM:
+    """The model saved in `model_dir`, with store_backend set to `backend` when it has a store, and `overrides` of
+    its STORE_FIELDS."""
+    overrides = {**overrides, "store_backend": backend} if backend else overrides
+    return BMojoForCausalLM.from_pretrained(model_dir, config=config_with(model_dir, overrides)).eval()
+
+
+def config_with(model_dir: Path, overrides: dict) -> BMojoConfig:
+    """The config saved in `model_dir` with `overrides`, checked as a new config is (ValueError naming a bad value)."""
+    return BMojoConfig(**{**BMojoConfig.from_pretrained(model_dir).to_dict(), **overrides})
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """`NAME` or `NAME:FIELD=VALUE[,FIELD=VALUE...]` -> (NAME, {FIELD: VALUE}), values JSON where they parse (else
+    strings); ValueError for a field outside STORE_FIELDS (one that shapes weights cannot change after training)."""
+    name, _, body = text.partition(":")
+    if not name:
+        raise ValueError(f"--variant {text!r}: write NAME or NAME:FIELD=VALUE,..., e.g. horizon:store_horizon=512")
+    overrides = {}
+    for item in filter(None, (x.strip() for x in body.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or key not in STORE_FIELDS:
+            raise ValueError(f"--variant {text!r}: {item!r} is not FIELD=VALUE with FIELD one of "
+                             f"{', '.join(STORE_FIELDS)} (the storage tier's settings, which hold no weights)")
+        overrides[key] = _json_or_text(value)
+    return name, overrides
+
+
+def _json_or_text(value: str):
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value  # a bare string, e.g. store_write=evicted
 
 
 def evaluate(model_dirs: list[Path], lengths: list[int], backends: list[str], examples: int, piece: int,
-             search_recall: bool = True, progress: bool = True) -> list[dict]:
-    """One record per (model, backend, length): accuracy, cache bytes (working, stored), seconds, and for "faiss"
-    with `search_recall` the recall of its searches against the exact search, which then runs beside each of them
-    (None when no search went through an index)."""
+             search_recall: bool = True, progress: bool = True, task: str | None = None,
+             task_settings: dict | None = None, variants: list[tuple[str, dict]] | None = None) -> list[dict]:
+    """One record per (model, variant, backend, length): accuracy, cache bytes (working, stored), seconds, and for
+    "faiss" with `search_recall` the recall of its searches against the exact search, which then runs beside each of
+    them (None when no search went through an index). `task` (default: each model's own) is generated with the
+    model's task settings updated by `task_settings`; `variants` [(name, STORE_FIELDS overrides)] (default: one, the
+    model as trained) apply to the models with a store."""
     records = []
-    plan = []  # (model folder, task.json, backend): every folder checked (config and task) before the first run
+    plan = []  # (model folder, task.json, variant, backend): every folder and variant checked before the first run
     for model_dir in model_dirs:
         saved, stores = read_task(model_dir), BMojoConfig.from_pretrained(model_dir).stores_tokens
-        plan += [(model_dir, saved, backend) for backend in (backends if stores else [None])]
+        for variant in (variants or [(None, {})]) if stores else [(None, {})]:
+            config_with(model_dir, variant[1])  # a bad value: ValueError naming it, before any run
+            plan += [(model_dir, saved, variant, backend) for backend in (backends if stores else [None])]
     bar = tqdm(total=len(plan) * len(lengths), desc="longrecall", disable=not progress)
-    for model_dir, saved, backend in plan:
-        model = load_recall_model(model_dir, backend)
+    for model_dir, saved, (variant, overrides), backend in plan:
+        model = load_recall_model(model_dir, backend, **overrides)
         measure = search_recall and backend == "faiss"
+        name, settings = task or saved["task"], {**saved["settings"], **(task_settings or {})}
         for n in lengths:
-            bar.set_postfix_str(f"{model_dir.name[-40:]} {backend or ''} L={n}")
-            _, (inputs, targets) = task_lib.train_test_split(saved["task"], 1, examples, saved["seed"],
-                                                             **{**saved["settings"], "seq_len": n})
+            bar.set_postfix_str(f"{model_dir.name[-40:]} {variant or ''} {backend or ''} L={n}")
+            _, (inputs, targets) = task_lib.train_test_split(name, 1, examples, saved["seed"],
+                                                             **{**settings, "seq_len": n})
             start = time.perf_counter()
             with measuring_recall() if measure else contextlib.nullcontext() as meter:
                 accuracy, cache = accuracy_through_cache(model, inputs, targets, piece)
-            records.append(dict(model=saved.get("preset", model_dir.name), model_dir=str(model_dir),
-                                task=saved["task"], settings=saved["settings"], backend=backend, length=n,
+            records.append(dict(model=saved.get("preset", model_dir.name), model_dir=str(model_dir), task=name,
+                                settings=settings, variant=variant, overrides=overrides, backend=backend, length=n,
                                 examples=examples, accuracy=accuracy, working_bytes=cache.working_nbytes,
                                 stored_bytes=cache.stored_nbytes, seconds=time.perf_counter() - start,
                                 search_recall=meter.recall if measure else None))
@@ -89,7 +126,8 @@ def evaluate(model_dirs: list[Path], lengths: list[int], backends: list[str], ex
 
 
 def row_label(record: dict) -> str:
-    return record["model"] + (f" ({record['backend']})" if record["backend"] else "")
+    variant = f" {record['variant']}" if record.get("variant") else ""
+    return record["model"] + variant + (f" ({record['backend']})" if record["backend"] else "")
 
 
 def results_markdown(records: list[dict]) -> str:
@@ -154,6 +192,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-search-recall", action="store_true",
                         help="do not measure the faiss search's recall (it runs the exact search beside every faiss "
                              "search, which costs what the exact backend costs)")
+    parser.add_argument("--task", choices=sorted(task_lib.TASKS), default=None,
+                        help="the task to read (default: each model's own), with the model's task settings")
+    parser.add_argument("--task-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting of --task's generator (JSON value), e.g. shift=false; repeatable")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME[:FIELD=VALUE,...]",
+                        help="read each model with a store again with these storage-tier settings (fields of "
+                             f"{', '.join(STORE_FIELDS)}), a row each, e.g. regime:store_regime_threshold=2; "
+                             "repeatable; NAME alone: the model as trained")
     parser.add_argument("--out", type=Path, required=True, help="folder for results.json, results.md and the plot")
 
 
@@ -168,8 +214,16 @@ def run(args: argparse.Namespace) -> int:
     for model_dir in args.model_dirs:
         if not model_dir.is_dir():
             raise FileNotFoundError(f"model folder {str(model_dir)!r} does not exist")
+    variants = [parse_variant(text) for text in args.variant]
+    task_settings = {}
+    for item in args.task_set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--task-set expects KEY=VALUE, got {item!r}")
+        task_settings[key] = _json_or_text(value)
     check_writable(args.out)
-    records = evaluate(args.model_dirs, args.lengths, backends, args.examples, args.piece, not args.no_search_recall)
+    records = evaluate(args.model_dirs, args.lengths, backends, args.examples, args.piece, not args.no_search_recall,
+                       task=args.task, task_settings=task_settings, variants=variants)
     (args.out / "results.json").write_text(json.dumps(records, indent=1))
     table = results_markdown(records)
     (args.out / "results.md").write_text(table)

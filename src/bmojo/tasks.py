@@ -415,6 +415,48 @@ def long_recall(vocab_size: int = 256, seq_len: int = 256, num_kv_pairs: int = 8
     return _to_torch(inputs, targets)
 
 
+def regime_recall(vocab_size: int = 256, seq_len: int = 512, num_kv_pairs: int = 4, num_examples: int = 1000,
+                  seed: int = 0, shift: bool = True) -> Batch:
+    """Recall after a change of regime (the storage tier's retention, docs/recall.md): :func:`long_recall` whose
+    key-value bindings are re-drawn mid-stream, so that a model must answer with the fresh binding, not the stale
+    one.
+
+    Layout, ``n = num_kv_pairs``, ``V = vocab_size``, ``L = seq_len``: the first pairs ``k_1 v_1 ... k_n v_n`` at the
+    start (as :func:`long_recall`); uniform filler from ``[V/2, V)`` up to ``L // 2``; from there the filler is one
+    token of that range repeated (the generating mechanism changes; with ``shift=False`` it stays uniform); at
+    ``L // 2 + L // 8`` the same keys again, each with a new value (never its first one); the last ``2n`` positions
+    hold the keys in a random order, each followed by its new value, the targets.
+    """
+    quarter = vocab_size // 4
+    n = num_kv_pairs
+    _require(quarter >= 2 and 1 <= n <= quarter, f"vocab_size={vocab_size} too small for num_kv_pairs={n}: need "
+             "1 <= num_kv_pairs <= vocab_size//4 distinct keys and vocab_size >= 8 (two values per key)")
+    second = seq_len // 2 + seq_len // 8
+    _require(seq_len // 2 >= 2 * n and second + 2 * n <= seq_len - 2 * n,
+             f"seq_len={seq_len} too short for num_kv_pairs={n}: the first pairs must end by seq_len // 2 and the "
+             "second ones (at seq_len // 2 + seq_len // 8) before the queries (the last 2 * num_kv_pairs tokens); "
+             f"use seq_len >= {11 * n}")
+    _check_count(num_examples)
+    rng = np.random.default_rng(seed)
+    keys = 1 + _sample_distinct(rng, num_examples, quarter, n)
+    first = rng.integers(0, quarter, size=(num_examples, n))
+    fresh = (first + rng.integers(1, quarter, size=(num_examples, n))) % quarter  # never the first value
+    inputs = rng.integers(2 * quarter, vocab_size, size=(num_examples, seq_len))
+    if shift:
+        inputs[:, seq_len // 2 :] = rng.integers(2 * quarter, vocab_size, size=(num_examples, 1))
+    inputs[:, 0 : 2 * n : 2], inputs[:, 1 : 2 * n : 2] = keys, 1 + quarter + first
+    order = rng.permuted(np.broadcast_to(np.arange(n), (num_examples, n)), axis=1)
+    inputs[:, second : second + 2 * n : 2] = np.take_along_axis(keys, order, axis=1)
+    inputs[:, second + 1 : second + 2 * n : 2] = 1 + quarter + np.take_along_axis(fresh, order, axis=1)
+    order = rng.permuted(np.broadcast_to(np.arange(n), (num_examples, n)), axis=1)
+    start = seq_len - 2 * n
+    inputs[:, start::2] = np.take_along_axis(keys, order, axis=1)
+    inputs[:, start + 1 :: 2] = 1 + quarter + np.take_along_axis(fresh, order, axis=1)
+    targets = np.full((num_examples, seq_len), IGNORE_INDEX, dtype=np.int64)
+    targets[:, start::2] = inputs[:, start + 1 :: 2]
+    return _to_torch(inputs, targets)
+
+
 TASKS: dict[str, Callable[..., Batch]] = {
     "mqar": mqar,
     "in_context_recall": in_context_recall,
@@ -423,6 +465,7 @@ TASKS: dict[str, Callable[..., Batch]] = {
     "selective_copying": selective_copying,
     "induction_heads": induction_heads,
     "long_recall": long_recall,
+    "regime_recall": regime_recall,
 }
 
 

@@ -136,6 +136,16 @@ def test_residual_gate_experiment_is_the_window_stall_spec_with_gated_bmojo_rows
     assert CompareSpec.from_file(EXPERIMENTS / "mqar_residual_gate.toml") == expected
 
 
+def test_lr_sweep_experiment_is_the_quick_spec_with_three_learning_rates_for_the_bounded_presets():
+    """experiments/mqar_lr_sweep.toml (docs/recall.md): the quick task and model, 1200 steps, one seed, the bounded
+    presets at lr 3e-4, 1e-3 and 3e-3."""
+    quick = SPECS["quick"]
+    expected = dataclasses.replace(quick, presets=["swa", "mamba", "bmojo_f", "bmojo"], seeds=[0],
+                                   lrs=[3e-4, 1e-3, 3e-3], train={**quick.train, "max_steps": 1200},
+                                   time_budget_s=None)
+    assert CompareSpec.from_file(EXPERIMENTS / "mqar_lr_sweep.toml") == expected
+
+
 def test_long_recall_experiment_is_the_long_preset_trained_twice_as_long():
     """experiments/long_recall_3000.toml (docs/recall.md) is the long preset's transformer and bmojo_store rows with
     3000 training steps instead of 1500."""

@@ -67,6 +67,9 @@ KNOBS = {
     "store,regime,horizon,evicted,odd_w": ("bmojo", dict(num_retrieved_tokens=2, store_write="evicted", window_size=7,
                                                           store_regime_threshold=1.05, store_regime_chunks=1,
                                                           store_horizon=30)),
+    "store,bf16": ("bmojo", dict(num_retrieved_tokens=4, store_dtype="bfloat16")),
+    "store,fp16,retrieved_original,odd_w": ("bmojo", dict(num_retrieved_tokens=3, store_dtype="float16",
+                                                             window_size=7, retrieved_position="original")),
     "fading_residual_gate": ("bmojo", dict(fading_residual_gate=True)),
     "fading_residual_gate,bmojo_f,odd_w": ("bmojo_f", dict(fading_residual_gate=True, window_size=7)),
 }

@@ -60,6 +60,25 @@ def assert_cache_size_is_constant(model):
             assert len(state.store.blocks) <= (c * w).bit_length()  # the binary counter keeps few blocks
 
 
+def test_a_half_precision_store_holds_the_same_tokens_in_half_the_key_value_bytes(tiny_model):
+    """store_dtype="bfloat16": the same stored positions, keys rounded to bf16, half the key/value bytes (the positions
+    stay int64)."""
+    ids = torch.randint(0, VOCAB, (1, 300))
+    caches = []
+    for dtype in ("model", "bfloat16"):
+        model = tiny_model("bmojo", num_retrieved_tokens=4, store_dtype=dtype)
+        caches.append(model.new_cache(1))
+        with torch.no_grad():
+            model(ids, cache=caches[-1])
+    full, half = caches
+    first, first_half = full.states[0].store.blocks, half.states[0].store.blocks  # layer 0: its input is the same
+    assert [b.pos.tolist() for b in first] == [b.pos.tolist() for b in first_half]
+    assert all(torch.equal(h.k, f.k.to(torch.bfloat16)) and h.v.dtype == torch.bfloat16
+               for f, h in zip(first, first_half, strict=True))
+    kv_bytes = sum(b.k.nbytes + b.v.nbytes for s in full.states for b in s.store.blocks)
+    assert half.stored_nbytes == full.stored_nbytes - kv_bytes // 2 and half.working_nbytes == full.working_nbytes
+
+
 @pytest.mark.parametrize("preset", ["hybrid", "bmojo"])
 def test_beam_search_with_cache_equals_without(preset, tiny_model):
     """Beam search reorders the cache's batch rows (BMojoCache.reorder_cache); recomputing from scratch

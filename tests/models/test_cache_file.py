@@ -10,7 +10,7 @@ STORE = dict(num_retrieved_tokens=3)
 
 @pytest.mark.parametrize("preset, overrides", [("bmojo", STORE), ("bmojo", dict(STORE, store_write="evicted")),
                                                ("bmojo", dict(STORE, store_horizon=20, store_regime_threshold=1.1,
-                                                              store_regime_chunks=2)),
+                                                              store_regime_chunks=2, store_dtype="bfloat16")),
                                                ("transformer", {}), ("hybrid", {})])
 def test_saved_cache_continues_decoding_exactly(preset, overrides, tiny_model, tmp_path):
     model = tiny_model(preset, **overrides)

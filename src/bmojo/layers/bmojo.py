@@ -119,6 +119,8 @@ class BMojoMixer(nn.Module):
         self.store_horizon = config.store_horizon  # retention: forget stored tokens older than H, or
         self.store_regime_threshold = config.store_regime_threshold  # what came before a regime shift
         self.store_regime_chunks = config.store_regime_chunks
+        # the precision stored keys and values keep (None: the layer's own); both forms round them to it
+        self.store_dtype = None if config.store_dtype == "model" else getattr(torch, config.store_dtype)
         self.fading_residual = config.fading_residual
         # with the gate, out + g * y, g (d,) learned from 0: the layer starts as the paper's and opens the SSM's path
         self.residual_gate = (nn.Parameter(torch.zeros(config.hidden_size))
@@ -237,6 +239,8 @@ class BMojoMixer(nn.Module):
         (b, L); eidetic memories epos (b, nc, m_e); positions (L,) or (b, L) (in-document). Returns the `extra` of
         `window_attention`: logits (b, h, L, r) and values (b, h, L, r, hd)."""
         L = q0.shape[2]
+        if self.store_dtype is not None:  # what decoding would store: keys and values at the store's precision
+            k0, v = k0.to(self.store_dtype).to(k0.dtype), v.to(self.store_dtype).to(v.dtype)
         entry = store_entry_chunks(epos, L, self.window, self.store_write)
         chunk = torch.arange(L, device=q0.device) // self.window
         line = None
@@ -318,7 +322,8 @@ class BMojoMixer(nn.Module):
         if dropped is not None:  # the tokens the merge dropped go to the store, as content keys
             pos = dropped.pos if rows is True else dropped.pos.masked_fill(~rows[:, None], EMPTY)
             k0 = dropped.k if self.attn.rope is None else self.attn.rope.rotate(dropped.k, -dropped.pos[:, None])
-            entered.store = s.store.append(KVSlots(k0, dropped.v, pos))
+            to_store = (lambda t: t) if self.store_dtype is None else (lambda t: t.to(self.store_dtype))  # noqa: E731
+            entered.store = s.store.append(KVSlots(to_store(k0), to_store(dropped.v), pos))
             if self.store_horizon or self.store_regime_threshold:
                 entered = self._forget(s, entered, chunk, rows)
         return entered

@@ -23,7 +23,8 @@ RETRIEVED_POSITIONS = ("none", "original", "edge")  # where RoPE puts retrieved 
 STORE_BACKENDS = ("exact", "faiss")  # how decoding searches the storage tier (see the field store_backend)
 # the storage tier's fields: none shapes a weight, so a trained model can be read with other values of them
 STORE_FIELDS = ("num_retrieved_tokens", "store_write", "store_backend", "retrieved_position", "store_horizon",
-                "store_regime_threshold", "store_regime_chunks")
+                "store_regime_threshold", "store_regime_chunks", "store_dtype")
+STORE_DTYPES = ("model", "bfloat16", "float16")  # what the storage tier keeps keys and values in (see store_dtype)
 ATTENTION_KINDS = frozenset({"attn", "swa", "bmojo_f", "bmojo"})  # kinds with q/k/v heads
 WINDOW_KINDS = frozenset({"swa", "bmojo_f", "bmojo"})  # kinds that read window_size
 SSM_KINDS = frozenset({"ssm", "bmojo_f", "bmojo"})  # kinds with a Mamba-2 mixer inside
@@ -140,6 +141,7 @@ class BMojoConfig(PreTrainedConfig):
     store_regime_threshold: float = 0.0  # kappa > 1: a shift of the mean innovation by kappa (either way) starts a
     #   regime and the store forgets what came before it (ops.memory.regime_shift); 0 = off
     store_regime_chunks: int = 8  # R >= 1: chunks whose mean innovation is the regime test's baseline [chunks]
+    store_dtype: str = "model"  # stored keys/values in "model" (the layer's dtype), "bfloat16" or "float16" (half)
     # -- selective SSM, Mamba-2 (ssm, bmojo_f, bmojo)
     ssm_state_size: int = 64  # n: state size per head and group
     ssm_expand: int = 2  # inner width = ssm_expand * hidden_size
@@ -246,6 +248,7 @@ class BMojoConfig(PreTrainedConfig):
                   "must be 0 (off) or a finite number > 1 (the factor by which a chunk's mean innovation must leave "
                   "the baseline's)", kappa)
             _need(self.store_regime_chunks >= 1, "store_regime_chunks", "must be >= 1", self.store_regime_chunks)
+            _need(self.store_dtype in STORE_DTYPES, "store_dtype", f"must be one of {STORE_DTYPES}", self.store_dtype)
         if "bmojo" in kinds and self.num_retrieved_tokens:
             _need(self.num_eidetic_tokens >= 1, "num_retrieved_tokens", "needs num_eidetic_tokens >= 1 (the store "
                   "receives what the eidetic memory's merge drops)", self.num_retrieved_tokens)

@@ -66,7 +66,8 @@ class TokenStore:
 
     def search(self, q: torch.Tensor, r: int, backend: str = "exact") -> KVSlots:
         """The r stored tokens with the highest content score q . k for every query: keys and values (b, hq, T, r,
-        d), positions (b, hq, T, r), EMPTY where fewer than r are stored, and their scores (fp32, -inf where EMPTY).
+        d, in q's dtype whatever the store's), positions (b, hq, T, r), EMPTY where fewer than r are stored, and their
+        scores (fp32, -inf where EMPTY).
         q: (b, hq, T, d). backend "exact" scans every block (top_r); "faiss" searches the blocks of >= ANN_MIN_BLOCK
         slots through their approximate index (ops.ann) and the smaller ones exactly."""
         b, hq, T, d = q.shape
@@ -84,7 +85,7 @@ class TokenStore:
             zeros = q.new_zeros(b, hq, T, r, d)
             return KVSlots(zeros, zeros, torch.full((b, hq, T, r), EMPTY, dtype=torch.long, device=q.device),
                            torch.full((b, hq, T, r), float("-inf"), device=q.device))
-        return found
+        return KVSlots(found.k.to(q.dtype), found.v.to(q.dtype), found.pos, found.score)
 
 
 def _best(a: KVSlots, b: KVSlots, r: int) -> KVSlots:

@@ -62,14 +62,11 @@ KNOBS = {
     "store,r=3,no_rope,kv_heads=4": ("bmojo", dict(num_retrieved_tokens=3, pos_encoding="none", num_key_value_heads=4)),
     "store,r=4,retrieved_original": ("bmojo", dict(num_retrieved_tokens=4, retrieved_position="original")),
     "store,r=2,retrieved_edge,odd_w": ("bmojo", dict(num_retrieved_tokens=2, retrieved_position="edge", window_size=7)),
-    "store,horizon=20": ("bmojo", dict(num_retrieved_tokens=4, store_horizon=20)),
+    "store,horizon=20,bf16": ("bmojo", dict(num_retrieved_tokens=4, store_horizon=20, store_dtype="bfloat16")),
     "store,regime,R=2": ("bmojo", dict(num_retrieved_tokens=4, store_regime_threshold=1.1, store_regime_chunks=2)),
-    "store,regime,horizon,evicted,odd_w": ("bmojo", dict(num_retrieved_tokens=2, store_write="evicted", window_size=7,
-                                                          store_regime_threshold=1.05, store_regime_chunks=1,
-                                                          store_horizon=30)),
-    "store,bf16": ("bmojo", dict(num_retrieved_tokens=4, store_dtype="bfloat16")),
-    "store,fp16,retrieved_original,odd_w": ("bmojo", dict(num_retrieved_tokens=3, store_dtype="float16",
-                                                             window_size=7, retrieved_position="original")),
+    "store,regime,horizon,evicted,fp16,retrieved_original,odd_w": (
+        "bmojo", dict(num_retrieved_tokens=2, store_write="evicted", window_size=7, store_regime_threshold=1.05,
+                      store_regime_chunks=1, store_horizon=30, store_dtype="float16", retrieved_position="original")),
     "fading_residual_gate": ("bmojo", dict(fading_residual_gate=True)),
     "fading_residual_gate,bmojo_f,odd_w": ("bmojo_f", dict(fading_residual_gate=True, window_size=7)),
 }

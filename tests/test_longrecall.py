@@ -104,6 +104,11 @@ def test_bad_input_is_refused(saved, cli_exit, tmp_path, capsys):
     wide = ("--variant", "wide:hidden_size=64")
     assert cli_exit("longrecall", saved[0], "--lengths", "64", *wide, "--out", tmp_path) == 2
     assert "'hidden_size=64' is not FIELD=VALUE with FIELD one of num_retrieved_tokens" in capsys.readouterr().err
+    assert cli_exit("longrecall", saved[0], "--lengths", "64", "--task-set", "foo=1", "--out", tmp_path) == 2
+    assert ("task 'long_recall' takes no setting foo (from the model's task.json or --task-set); its settings: "
+            "vocab_size, seq_len, num_kv_pairs") in capsys.readouterr().err
+    assert cli_exit("longrecall", saved[0], "--lengths", "64", "--task", "mqar", "--out", tmp_path) == 2
+    assert "vocab_size must be > seq_len" in capsys.readouterr().err
     short = ("--variant", "h:store_horizon=3")
     assert cli_exit("longrecall", saved[0], "--lengths", "64", *short, "--out", tmp_path) == 2
     assert "store_horizon" in capsys.readouterr().err and not (tmp_path / "results.json").exists()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import time
 from pathlib import Path
@@ -103,6 +104,7 @@ def evaluate(model_dirs: list[Path], lengths: list[int], backends: list[str], ex
         for variant in (variants or [(None, {})]) if stores else [(None, {})]:
             config_with(model_dir, variant[1])  # a bad value: ValueError naming it, before any run
             plan += [(model_dir, saved, variant, backend) for backend in (backends if stores else [None])]
+        check_task(task or saved["task"], {**saved["settings"], **(task_settings or {})}, lengths)
     bar = tqdm(total=len(plan) * len(lengths), desc="longrecall", disable=not progress)
     for model_dir, saved, (variant, overrides), backend in plan:
         model = load_recall_model(model_dir, backend, **overrides)
@@ -123,6 +125,17 @@ def evaluate(model_dirs: list[Path], lengths: list[int], backends: list[str], ex
             bar.update()
     bar.close()
     return records
+
+
+def check_task(name: str, settings: dict, lengths: list[int]) -> None:
+    """ValueError, before any run, for a setting the task's generator does not take or a length it refuses."""
+    taken = [p for p in inspect.signature(task_lib.TASKS[name]).parameters if p not in ("num_examples", "seed")]
+    unknown = sorted(set(settings) - set(taken))
+    if unknown:
+        raise ValueError(f"task {name!r} takes no setting {', '.join(unknown)} (from the model's task.json or "
+                         f"--task-set); its settings: {', '.join(taken)}")
+    for n in lengths:
+        task_lib.make_task(name, num_examples=1, seed=0, **{**settings, "seq_len": n})
 
 
 def row_label(record: dict) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
 import uuid
@@ -68,6 +69,21 @@ def check_writable(directory: Path) -> None:
     except OSError as err:
         raise ValueError(f"output folder {str(directory)!r} is not writable ({err.strerror or err}); "
                          "choose another --out") from err
+
+
+def parse_assignments(items: list[str], option: str) -> dict:
+    """KEY=VALUE items (of the command-line option `option`) as a dict, values JSON where they parse, else bare
+    strings (e.g. pos_encoding=none); ValueError naming the option for an item that is not KEY=VALUE."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{option} expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import tasks as task_lib
-from .cli import check_writable
+from .cli import check_writable, parse_assignments
 from .models import BMojoConfig, BMojoForCausalLM
 from .models.configuration import STORE_BACKENDS, STORE_FIELDS
 from .ops.ann import measuring_recall
@@ -58,12 +58,7 @@ def load_recall_model(model_dir: Path, backend: str | None, **overrides) -> BMoj
     """The model saved in `model_dir`, with store_backend set to `backend` when it has a store, and `overrides` of
     its STORE_FIELDS."""
     overrides = {**overrides, "store_backend": backend} if backend else overrides
-    return BMojoForCausalLM.from_pretrained(model_dir, config=config_with(model_dir, overrides)).eval()
-
-
-def config_with(model_dir: Path, overrides: dict) -> BMojoConfig:
-    """The config saved in `model_dir` with `overrides`, checked as a new config is (ValueError naming a bad value)."""
-    return BMojoConfig(**{**BMojoConfig.from_pretrained(model_dir).to_dict(), **overrides})
+    return BMojoForCausalLM.from_pretrained(model_dir, config=BMojoConfig.from_saved(model_dir, **overrides)).eval()
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -72,21 +67,12 @@ def parse_variant(text: str) -> tuple[str, dict]:
     name, _, body = text.partition(":")
     if not name:
         raise ValueError(f"--variant {text!r}: write NAME or NAME:FIELD=VALUE,..., e.g. horizon:store_horizon=512")
-    overrides = {}
-    for item in filter(None, (x.strip() for x in body.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or key not in STORE_FIELDS:
+    items = [x.strip() for x in body.split(",") if x.strip()]
+    for item in items:
+        if item.partition("=")[0] not in STORE_FIELDS or "=" not in item:
             raise ValueError(f"--variant {text!r}: {item!r} is not FIELD=VALUE with FIELD one of "
                              f"{', '.join(STORE_FIELDS)} (the storage tier's settings, which hold no weights)")
-        overrides[key] = _json_or_text(value)
-    return name, overrides
-
-
-def _json_or_text(value: str):
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError:
-        return value  # a bare string, e.g. store_write=evicted
+    return name, parse_assignments(items, "--variant")
 
 
 def evaluate(model_dirs: list[Path], lengths: list[int], backends: list[str], examples: int, piece: int,
@@ -102,7 +88,7 @@ def evaluate(model_dirs: list[Path], lengths: list[int], backends: list[str], ex
     for model_dir in model_dirs:
         saved, stores = read_task(model_dir), BMojoConfig.from_pretrained(model_dir).stores_tokens
         for variant in (variants or [(None, {})]) if stores else [(None, {})]:
-            config_with(model_dir, variant[1])  # a bad value: ValueError naming it, before any run
+            BMojoConfig.from_saved(model_dir, **variant[1])  # a bad value: ValueError naming it, before any run
             plan += [(model_dir, saved, variant, backend) for backend in (backends if stores else [None])]
         check_task(task or saved["task"], {**saved["settings"], **(task_settings or {})}, lengths)
     bar = tqdm(total=len(plan) * len(lengths), desc="longrecall", disable=not progress)
@@ -228,12 +214,7 @@ def run(args: argparse.Namespace) -> int:
         if not model_dir.is_dir():
             raise FileNotFoundError(f"model folder {str(model_dir)!r} does not exist")
     variants = [parse_variant(text) for text in args.variant]
-    task_settings = {}
-    for item in args.task_set:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--task-set expects KEY=VALUE, got {item!r}")
-        task_settings[key] = _json_or_text(value)
+    task_settings = parse_assignments(args.task_set, "--task-set")
     check_writable(args.out)
     records = evaluate(args.model_dirs, args.lengths, backends, args.examples, args.piece, not args.no_search_recall,
                        task=args.task, task_settings=task_settings, variants=variants)

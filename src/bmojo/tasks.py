@@ -406,13 +406,27 @@ def long_recall(vocab_size: int = 256, seq_len: int = 256, num_kv_pairs: int = 8
     values = 1 + quarter + rng.integers(0, quarter, size=(num_examples, n))
     inputs = rng.integers(2 * quarter, vocab_size, size=(num_examples, seq_len))
     inputs[:, 0 : 2 * n : 2], inputs[:, 1 : 2 * n : 2] = keys, values
-    order = rng.permuted(np.broadcast_to(np.arange(n), (num_examples, n)), axis=1)
-    start = seq_len - 2 * n
-    inputs[:, start::2] = np.take_along_axis(keys, order, axis=1)
-    inputs[:, start + 1 :: 2] = np.take_along_axis(values, order, axis=1)
-    targets = np.full((num_examples, seq_len), IGNORE_INDEX, dtype=np.int64)
+    return _to_torch(inputs, _ask_every_key(rng, inputs, keys, values))
+
+
+def _pairs_in_random_order(rng: np.random.Generator, inputs: np.ndarray, start: int, keys: np.ndarray,
+                           values: np.ndarray) -> None:
+    """In place: positions start .. start + 2n - 1 of every row hold its n keys (keys, values: (rows, n)) in a random
+    order, each followed by its value."""
+    n = keys.shape[1]
+    order = rng.permuted(np.broadcast_to(np.arange(n), keys.shape), axis=1)
+    inputs[:, start : start + 2 * n : 2] = np.take_along_axis(keys, order, axis=1)
+    inputs[:, start + 1 : start + 2 * n : 2] = np.take_along_axis(values, order, axis=1)
+
+
+def _ask_every_key(rng: np.random.Generator, inputs: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """In place: the last 2n positions of `inputs` ask for every key once (`_pairs_in_random_order`); returns the
+    targets: each query's value, IGNORE_INDEX elsewhere."""
+    start = inputs.shape[1] - 2 * keys.shape[1]
+    _pairs_in_random_order(rng, inputs, start, keys, values)
+    targets = np.full(inputs.shape, IGNORE_INDEX, dtype=np.int64)
     targets[:, start::2] = inputs[:, start + 1 :: 2]
-    return _to_torch(inputs, targets)
+    return targets
 
 
 def regime_recall(vocab_size: int = 256, seq_len: int = 512, num_kv_pairs: int = 4, num_examples: int = 1000,
@@ -445,16 +459,8 @@ def regime_recall(vocab_size: int = 256, seq_len: int = 512, num_kv_pairs: int =
     if shift:
         inputs[:, seq_len // 2 :] = rng.integers(2 * quarter, vocab_size, size=(num_examples, 1))
     inputs[:, 0 : 2 * n : 2], inputs[:, 1 : 2 * n : 2] = keys, 1 + quarter + first
-    order = rng.permuted(np.broadcast_to(np.arange(n), (num_examples, n)), axis=1)
-    inputs[:, second : second + 2 * n : 2] = np.take_along_axis(keys, order, axis=1)
-    inputs[:, second + 1 : second + 2 * n : 2] = 1 + quarter + np.take_along_axis(fresh, order, axis=1)
-    order = rng.permuted(np.broadcast_to(np.arange(n), (num_examples, n)), axis=1)
-    start = seq_len - 2 * n
-    inputs[:, start::2] = np.take_along_axis(keys, order, axis=1)
-    inputs[:, start + 1 :: 2] = 1 + quarter + np.take_along_axis(fresh, order, axis=1)
-    targets = np.full((num_examples, seq_len), IGNORE_INDEX, dtype=np.int64)
-    targets[:, start::2] = inputs[:, start + 1 :: 2]
-    return _to_torch(inputs, targets)
+    _pairs_in_random_order(rng, inputs, second, keys, 1 + quarter + fresh)
+    return _to_torch(inputs, _ask_every_key(rng, inputs, keys, 1 + quarter + fresh))
 
 
 TASKS: dict[str, Callable[..., Batch]] = {

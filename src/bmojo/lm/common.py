@@ -153,7 +153,8 @@ def _try_load(folder: Path, **overrides) -> tuple[torch.nn.Module | None, str | 
 
     try:
         with quiet_hf_progress():
-            return AutoModelForCausalLM.from_pretrained(str(folder), **overrides), None
+            config = bmojo.BMojoConfig.from_saved(folder, **overrides) if overrides else None
+            return AutoModelForCausalLM.from_pretrained(str(folder), config=config), None
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:
         return None, f"{type(err).__name__}: {' '.join(str(err).split())}"
 

@@ -294,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
         if not d.is_dir():
             raise FileNotFoundError(f"run folder {str(d)!r} does not exist")
         if args.retrieved_tokens is not None and (d / "config.json").is_file():  # every run checked before the first
-            check_retrieved(d, BMojoConfig.from_pretrained(d))
+            check_retrieved(d, BMojoConfig.from_saved(d, num_retrieved_tokens=args.retrieved_tokens))
     out = args.out or (args.runs[0] if len(args.runs) == 1 else common_parent(args.runs))
     check_writable(out)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import json
 import math
 import shutil
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 
 from ..accounting import parameter_count
-from ..cli import check_writable
+from ..cli import check_writable, parse_assignments
 from ..data import ByteTokenizer, LMDataset, Tokenizer, load_corpus, load_tokenizer, train_bpe
 from ..data.tokenizers import META_FILE
 from ..models import PRESETS, BMojoConfig, BMojoForCausalLM
@@ -177,17 +176,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------- pieces
 
 def parse_overrides(items: list[str]) -> dict:
-    """--set KEY=VALUE items as a dict; values are JSON where they parse, else bare strings. An unknown KEY
-    raises ValueError with the closest config field (the values' types are checked by BMojoConfig)."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value  # a bare string, e.g. pos_encoding=none
+    """--set KEY=VALUE items as a dict (`parse_assignments`). An unknown KEY raises ValueError with the closest
+    config field (the values' types are checked by BMojoConfig)."""
+    out = parse_assignments(items, "--set")
     BMojoConfig.check_field_names(out, "--set: ")
     return out
 

@@ -264,6 +264,13 @@ class BMojoConfig(PreTrainedConfig):
         """Whether some layer keeps a storage tier (a 'bmojo' layer with num_retrieved_tokens > 0)."""
         return self.num_retrieved_tokens > 0 and "bmojo" in self.layer_pattern
 
+    @classmethod
+    def from_saved(cls, folder, **overrides) -> BMojoConfig:
+        """The config saved in `folder` with `overrides` (fields that hold no weights, e.g. STORE_FIELDS), checked as
+        a new config is: ValueError naming a bad value (HF's from_pretrained(folder, **overrides) sets them
+        unchecked)."""
+        return cls(**{**cls.from_pretrained(folder).to_dict(), **overrides})
+
     def eidetic_tokens(self, layer_idx: int) -> int:
         """m_e used by layer `layer_idx` (0 unless its kind is 'bmojo')."""
         return self.num_eidetic_tokens if self.layer_pattern[layer_idx] == "bmojo" else 0

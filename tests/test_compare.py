@@ -113,10 +113,20 @@ def test_paper_layer_experiment_is_the_plateau_bmojo_run_without_the_residual():
     assert CompareSpec.from_file(EXPERIMENTS / "quick_paper_layer.toml") == expected
 
 
-def test_window_stall_experiment_is_the_quick_task_with_only_the_windows_and_residual_changed():
-    """experiments/mqar_window_stall.toml (docs/recall.md): the quick preset's task, model and training (1200 steps),
-    with swa at longer windows and bmojo with a window as long as the sequence, with and without the residual."""
+def test_random_filler_experiment_is_the_quick_preset_with_only_the_filler_changed():
+    """experiments/mqar_quick_random_filler.toml (docs/recall.md, "Which filler"): the quick preset with Zoology's
+    random filler instead of a constant one, nothing else."""
     quick = SPECS["quick"]
+    random = CompareSpec.from_file(EXPERIMENTS / "mqar_quick_random_filler.toml")
+    assert quick.tasks == [{**random.tasks[0], "random_non_queries": False}]
+    assert dataclasses.replace(random, tasks=quick.tasks) == quick
+
+
+def test_window_stall_experiment_is_the_quick_task_with_only_the_windows_and_residual_changed():
+    """experiments/mqar_window_stall.toml (docs/recall.md): the random-filler quick spec's task, model and training
+    (1200 steps), with swa at longer windows and bmojo with a window as long as the sequence, with and without the
+    residual."""
+    quick = CompareSpec.from_file(EXPERIMENTS / "mqar_quick_random_filler.toml")
     variants = {f"swa_w{w}": {"preset": "swa", "window_size": w} for w in (16, 24, 31)}
     variants |= {"bmojo_w32": {"preset": "bmojo", "window_size": 32},
                  "bmojo_w32_paper": {"preset": "bmojo", "window_size": 32, "fading_residual": False}}
@@ -137,13 +147,22 @@ def test_residual_gate_experiment_is_the_window_stall_spec_with_gated_bmojo_rows
 
 
 def test_lr_sweep_experiment_is_the_quick_spec_with_three_learning_rates_for_the_bounded_presets():
-    """experiments/mqar_lr_sweep.toml (docs/recall.md): the quick task and model, 1200 steps, one seed, the bounded
-    presets at lr 3e-4, 1e-3 and 3e-3."""
-    quick = SPECS["quick"]
+    """experiments/mqar_lr_sweep.toml (docs/recall.md): the random-filler quick task and model, 1200 steps, one seed,
+    the bounded presets at lr 3e-4, 1e-3 and 3e-3."""
+    quick = CompareSpec.from_file(EXPERIMENTS / "mqar_quick_random_filler.toml")
     expected = dataclasses.replace(quick, presets=["swa", "mamba", "bmojo_f", "bmojo"], seeds=[0],
                                    lrs=[3e-4, 1e-3, 3e-3], train={**quick.train, "max_steps": 1200},
                                    time_budget_s=None)
     assert CompareSpec.from_file(EXPERIMENTS / "mqar_lr_sweep.toml") == expected
+
+
+def test_quick_lr_experiment_is_the_quick_preset_at_two_larger_learning_rates():
+    """experiments/mqar_quick_lr.toml (docs/recall.md, "Which filler"): the quick preset's bounded presets, one seed,
+    at lr 2e-3 and 3e-3, with no whole-command time budget."""
+    quick = SPECS["quick"]
+    expected = dataclasses.replace(quick, presets=["swa", "mamba", "bmojo_f", "bmojo"], seeds=[0], lrs=[2e-3, 3e-3],
+                                   time_budget_s=None)
+    assert CompareSpec.from_file(EXPERIMENTS / "mqar_quick_lr.toml") == expected
 
 
 def test_long_recall_experiment_is_the_long_preset_trained_twice_as_long():

@@ -205,9 +205,11 @@ ALL_PRESETS = list(MEMORY_KNOBS)  # every preset compare can match to a memory b
 SPECS: dict[str, CompareSpec] = {
     # A 2-core CPU in <= 10 minutes: MQAR (4 kv pairs) with most keys beyond an 8-token window, two seeds. The
     # recipe (width 128, batch 32, lr 1e-3) is the cheapest found with which full attention leaves MQAR's plateau
-    # on every seed tried (by step 300-400); docs/recall.md has the search and why the bounded models do not.
+    # on every seed tried; docs/recall.md has the search and why the bounded models learn slowly. Constant filler:
+    # the setting in which an innovation test can tell the pairs from the filler (with Zoology's random filler every
+    # token is as surprising as a pair; experiments/mqar_quick_random_filler.toml is that variant).
     "quick": CompareSpec(
-        tasks=[dict(task="mqar", vocab_size=64, seq_len=32, num_kv_pairs=4)],
+        tasks=[dict(task="mqar", vocab_size=64, seq_len=32, num_kv_pairs=4, random_non_queries=False)],
         presets=ALL_PRESETS,
         budgets=[],
         seeds=[0, 1],

@@ -165,6 +165,16 @@ def test_quick_lr_experiment_is_the_quick_preset_at_two_larger_learning_rates():
     assert CompareSpec.from_file(EXPERIMENTS / "mqar_quick_lr.toml") == expected
 
 
+def test_quick_residual_experiment_is_the_quick_preset_with_the_residual_on():
+    """experiments/mqar_quick_residual.toml (docs/recall.md): the quick preset with two bmojo rows, its residual on,
+    ungated and gated, and no whole-command time budget."""
+    quick = SPECS["quick"]
+    variants = {"bmojo_resid": {"preset": "bmojo", "fading_residual": True},
+                "bmojo_gate": {"preset": "bmojo", "fading_residual": True, "fading_residual_gate": True}}
+    expected = dataclasses.replace(quick, presets=list(variants), variants=variants, time_budget_s=None)
+    assert CompareSpec.from_file(EXPERIMENTS / "mqar_quick_residual.toml") == expected
+
+
 def test_long_recall_experiment_is_the_long_preset_trained_twice_as_long():
     """experiments/long_recall_3000.toml (docs/recall.md) is the long preset's transformer and bmojo_store rows with
     3000 training steps instead of 1500."""

@@ -68,7 +68,8 @@ KNOBS = {
         "bmojo", dict(num_retrieved_tokens=2, store_write="evicted", window_size=7, store_regime_threshold=1.05,
                       store_regime_chunks=1, store_horizon=30, store_dtype="float16", retrieved_position="original")),
     "fading_residual_gate": ("bmojo", dict(fading_residual_gate=True)),
-    "fading_residual_gate,bmojo_f,odd_w": ("bmojo_f", dict(fading_residual_gate=True, window_size=7)),
+    "fading_residual_gate,scale,bmojo_f,odd_w": (
+        "bmojo_f", dict(fading_residual_gate=True, fading_residual_gate_scale=10.0, window_size=7)),
 }
 
 

@@ -166,11 +166,12 @@ def test_quick_lr_experiment_is_the_quick_preset_at_two_larger_learning_rates():
 
 
 def test_quick_residual_experiment_is_the_quick_preset_with_the_residual_on():
-    """experiments/mqar_quick_residual.toml (docs/recall.md): the quick preset with two bmojo rows, its residual on,
-    ungated and gated, and no whole-command time budget."""
+    """experiments/mqar_quick_residual.toml (docs/recall.md): the quick preset with three bmojo rows, its residual on,
+    ungated and gated (gate scale 1 and 10), and no whole-command time budget."""
     quick = SPECS["quick"]
-    variants = {"bmojo_resid": {"preset": "bmojo", "fading_residual": True},
-                "bmojo_gate": {"preset": "bmojo", "fading_residual": True, "fading_residual_gate": True}}
+    gate = {"preset": "bmojo", "fading_residual": True, "fading_residual_gate": True}
+    variants = {"bmojo_resid": {"preset": "bmojo", "fading_residual": True}, "bmojo_gate": gate,
+                "bmojo_gate10": {**gate, "fading_residual_gate_scale": 10.0}}
     expected = dataclasses.replace(quick, presets=list(variants), variants=variants, time_budget_s=None)
     assert CompareSpec.from_file(EXPERIMENTS / "mqar_quick_residual.toml") == expected
 

@@ -52,6 +52,11 @@ def test_residual_gate_needs_the_residual():
                                          "fading_residual=True adds"):
         bmojo.BMojoConfig.from_preset("bmojo", fading_residual=False, fading_residual_gate=True)
     assert bmojo.BMojoConfig.from_preset("mamba", fading_residual_gate=True).fading_residual_gate  # no B'MOJO layer
+    with pytest.raises(ValueError, match="fading_residual_gate_scale=10.0 is invalid: scales the residual gate: set "
+                                         "fading_residual_gate=True"):
+        bmojo.BMojoConfig.from_preset("bmojo", fading_residual_gate_scale=10.0)
+    with pytest.raises(ValueError, match="fading_residual_gate_scale=0.0 is invalid: must be > 0 and finite"):
+        bmojo.BMojoConfig.from_preset("bmojo", fading_residual_gate=True, fading_residual_gate_scale=0.0)
 
 
 def test_storage_tier_settings_are_checked():

@@ -178,6 +178,24 @@ def test_residual_gate_starts_as_the_paper_layer_and_scales_the_ssm_output(prese
     assert not torch.allclose(logits(gated, ids), logits(paper, ids))
 
 
+def test_residual_gate_scale_multiplies_the_learned_gate(tiny_config):
+    """fading_residual_gate_scale s: the gate is s * p, so a model with scale 10 and gate parameters p computes what a
+    model with scale 1 and parameters 10 p does."""
+    torch.manual_seed(0)
+    scaled = bmojo.BMojoForCausalLM(tiny_config("bmojo", fading_residual=True, fading_residual_gate=True,
+                                                fading_residual_gate_scale=10.0)).eval()
+    plain = bmojo.BMojoForCausalLM(tiny_config("bmojo", fading_residual=True, fading_residual_gate=True)).eval()
+    plain.load_state_dict(scaled.state_dict())
+    gates = [k for k in scaled.state_dict() if k.endswith("residual_gate")]
+    with torch.no_grad():
+        for i, k in enumerate(gates):
+            scaled.get_parameter(k).copy_(torch.linspace(-0.1, 0.1, scaled.config.hidden_size) * (i + 1))
+            plain.get_parameter(k).copy_(10.0 * scaled.get_parameter(k))
+    ids = torch.randint(0, VOCAB, (2, L))
+    torch.testing.assert_close(logits(scaled, ids), logits(plain, ids))
+    assert not torch.allclose(logits(scaled, ids), logits(bmojo.BMojoForCausalLM(scaled.config).eval(), ids))
+
+
 def test_bmojo_without_eidetic_equals_bmojo_f(tiny_model):
     f = tiny_model("bmojo_f")
     bm = tiny_model("bmojo", seed=1, pos_encoding="rope", num_eidetic_tokens=0)

@@ -122,9 +122,11 @@ class BMojoMixer(nn.Module):
         # the precision stored keys and values keep (None: the layer's own); both forms round them to it
         self.store_dtype = None if config.store_dtype == "model" else getattr(torch, config.store_dtype)
         self.fading_residual = config.fading_residual
-        # with the gate, out + g * y, g (d,) learned from 0: the layer starts as the paper's and opens the SSM's path
+        # with the gate, out + g * y, g = scale * p (d,), p learned from 0: the layer starts as the paper's and opens
+        # the SSM's path; Adam moves p by about the lr per step whatever its gradient's size, so g moves scale x that
         self.residual_gate = (nn.Parameter(torch.zeros(config.hidden_size))
                               if config.fading_residual and config.fading_residual_gate else None)
+        self.residual_gate_scale = config.fading_residual_gate_scale
         self.ssm = Mamba2Mixer(config)
         self.attn = Attention(config, window=self.window)
         self.tied = config.tie_fading_projections
@@ -146,7 +148,7 @@ class BMojoMixer(nn.Module):
         out = self.attn.merge(o)
         if not self.fading_residual:
             return out
-        return out + (y if self.residual_gate is None else self.residual_gate * y)
+        return out + (y if self.residual_gate is None else (self.residual_gate_scale * self.residual_gate) * y)
 
     def forward(self, u: torch.Tensor, state: BMojoState | None = None, start: int = 0,
                 docs: Documents | None = None):

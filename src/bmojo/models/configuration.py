@@ -132,6 +132,7 @@ class BMojoConfig(PreTrainedConfig):
     tie_fading_projections: bool = True  # fading keys/values use the attention's k/v projections (else their own)
     fading_residual: bool = False  # also add the SSM output to the mixer output (the paper: off)
     fading_residual_gate: bool = False  # with fading_residual: the added SSM output scaled per channel, learned from 0
+    fading_residual_gate_scale: float = 1.0  # the gate is scale * p, p learned from 0: Adam moves it ~scale x faster
     # -- B'MOJO storage tier (bmojo; docs/design.md 4.10): past tokens the working memory dropped, searched per query
     num_retrieved_tokens: int = 0  # r <= MAX_MEMORY_TOKENS: stored tokens each query reads by content score; 0 = off
     store_write: str = "window"  # "window": every past token the eidetic memory lacks; "evicted": only its evictions
@@ -225,6 +226,11 @@ class BMojoConfig(PreTrainedConfig):
             _need(self.fading_residual or not self.fading_residual_gate, "fading_residual_gate",
                   "scales the SSM output that fading_residual=True adds: set fading_residual=True, or leave the gate "
                   "False", self.fading_residual_gate)
+            _need(self.fading_residual_gate_scale == 1.0 or self.fading_residual_gate, "fading_residual_gate_scale",
+                  "scales the residual gate: set fading_residual_gate=True, or leave the scale at 1.0",
+                  self.fading_residual_gate_scale)
+            _need(0 < self.fading_residual_gate_scale < math.inf, "fading_residual_gate_scale",
+                  "must be > 0 and finite", self.fading_residual_gate_scale)
             _need(self.store_write in STORE_WRITES, "store_write", f"must be one of {STORE_WRITES}", self.store_write)
             _need(self.retrieved_position in RETRIEVED_POSITIONS, "retrieved_position",
                   f"must be one of {RETRIEVED_POSITIONS}", self.retrieved_position)

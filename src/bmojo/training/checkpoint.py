@@ -30,7 +30,8 @@ RESUME_CONFIG_KEYS = ("layer_pattern", "hidden_size", "num_hidden_layers", "voca
                       "num_key_value_heads", "window_size", "num_fading_tokens", "num_eidetic_tokens", "fading_span",
                       "eidetic_position", "ssm_state_size", "ssm_expand", "ssm_head_dim", "ssm_n_groups",
                       "ssm_conv_kernel", "intermediate_size", "use_mlp", "pos_encoding", "tie_word_embeddings",
-                      "tie_fading_projections", "fading_residual", "fading_residual_gate", "innovation_span")
+                      "tie_fading_projections", "fading_residual", "fading_residual_gate",
+                      "fading_residual_gate_scale", "innovation_span")
 MANIFEST_FILE = "manifest.json"
 
 

@@ -86,6 +86,20 @@ def test_spec_round_trips_through_json(name, tmp_path):
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
+def paper_layer_quick() -> CompareSpec:
+    """experiments/mqar_quick_paper_layer.toml: the quick preset with the paper's B'MOJO layer, which several
+    experiments measured."""
+    return CompareSpec.from_file(EXPERIMENTS / "mqar_quick_paper_layer.toml")
+
+
+def test_paper_layer_experiment_is_the_quick_preset_without_the_residual():
+    """experiments/mqar_quick_paper_layer.toml (docs/recall.md) is the quick preset with fading_residual off (the
+    paper's layer) instead of the gated residual, nothing else."""
+    quick = SPECS["quick"]
+    model = {k: v for k, v in quick.model.items() if not k.startswith("fading_residual_gate")}
+    assert paper_layer_quick() == dataclasses.replace(quick, model={**model, "fading_residual": False})
+
+
 def test_plateau_experiment_is_the_quick_preset_of_the_plateau_measurements():
     """experiments/mqar_plateau.toml keeps the quick preset of docs/inspect.md and the plateau table of docs/recall.md:
     V 128, L 64, kv 4 and 8, d 64, batch 32, lr 5e-3, 600 steps (the preset since: V 64, L 32, kv 4, d 128)."""
@@ -114,9 +128,9 @@ def test_paper_layer_experiment_is_the_plateau_bmojo_run_without_the_residual():
 
 
 def test_random_filler_experiment_is_the_quick_preset_with_only_the_filler_changed():
-    """experiments/mqar_quick_random_filler.toml (docs/recall.md, "Which filler"): the quick preset with Zoology's
-    random filler instead of a constant one, nothing else."""
-    quick = SPECS["quick"]
+    """experiments/mqar_quick_random_filler.toml (docs/recall.md, "Which filler"): the quick preset with the paper's
+    layer and Zoology's random filler instead of a constant one, nothing else."""
+    quick = paper_layer_quick()
     random = CompareSpec.from_file(EXPERIMENTS / "mqar_quick_random_filler.toml")
     assert quick.tasks == [{**random.tasks[0], "random_non_queries": False}]
     assert dataclasses.replace(random, tasks=quick.tasks) == quick
@@ -157,18 +171,18 @@ def test_lr_sweep_experiment_is_the_quick_spec_with_three_learning_rates_for_the
 
 
 def test_quick_lr_experiment_is_the_quick_preset_at_two_larger_learning_rates():
-    """experiments/mqar_quick_lr.toml (docs/recall.md, "Which filler"): the quick preset's bounded presets, one seed,
-    at lr 2e-3 and 3e-3, with no whole-command time budget."""
-    quick = SPECS["quick"]
+    """experiments/mqar_quick_lr.toml (docs/recall.md, "Which filler"): the quick preset's bounded presets with the
+    paper's layer, one seed, at lr 2e-3 and 3e-3, with no whole-command time budget."""
+    quick = paper_layer_quick()
     expected = dataclasses.replace(quick, presets=["swa", "mamba", "bmojo_f", "bmojo"], seeds=[0], lrs=[2e-3, 3e-3],
                                    time_budget_s=None)
     assert CompareSpec.from_file(EXPERIMENTS / "mqar_quick_lr.toml") == expected
 
 
 def test_quick_residual_experiment_is_the_quick_preset_with_the_residual_on():
-    """experiments/mqar_quick_residual.toml (docs/recall.md): the quick preset with three bmojo rows, its residual on,
-    ungated and gated (gate scale 1 and 10), and no whole-command time budget."""
-    quick = SPECS["quick"]
+    """experiments/mqar_quick_residual.toml (docs/recall.md): the quick preset with three bmojo rows, the residual on,
+    ungated and gated (gate scale 1 and 10) on top of the paper's layer, and no whole-command time budget."""
+    quick = paper_layer_quick()
     gate = {"preset": "bmojo", "fading_residual": True, "fading_residual_gate": True}
     variants = {"bmojo_resid": {"preset": "bmojo", "fading_residual": True}, "bmojo_gate": gate,
                 "bmojo_gate10": {**gate, "fading_residual_gate_scale": 10.0}}

@@ -213,12 +213,12 @@ SPECS: dict[str, CompareSpec] = {
         presets=ALL_PRESETS,
         budgets=[],
         seeds=[0, 1],
-        # fading_residual off: the paper's B'MOJO layer. With the SSM output in the residual stream (the presets' choice
-        # for language modeling) bmojo does not learn MQAR even with a window as long as the sequence
-        # (experiments/mqar_window_stall.toml); the other presets have no B'MOJO layer and ignore it
+        # The B'MOJO layers add the SSM output to the residual stream (the presets' choice for language modeling)
+        # through a gate that starts at 0 and moves 10x the learning rate: ungated, the residual keeps bmojo on the
+        # plateau (experiments/mqar_quick_residual.toml); the other presets have no B'MOJO layer and ignore it
         model=dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, window_size=8, ssm_state_size=16,
                    ssm_head_dim=32, ssm_chunk_size=16, num_fading_tokens=4, num_eidetic_tokens=8,
-                   fading_residual=False),
+                   fading_residual_gate=True, fading_residual_gate_scale=10.0),
         train=dict(max_steps=600, batch_size=32, warmup_ratio=0.1, eval_every=100, target_accuracy=0.99),
         lrs=[1e-3],
         num_train=20000,

@@ -459,8 +459,9 @@ def regime_recall(vocab_size: int = 256, seq_len: int = 512, num_kv_pairs: int =
     if shift:
         inputs[:, seq_len // 2 :] = rng.integers(2 * quarter, vocab_size, size=(num_examples, 1))
     inputs[:, 0 : 2 * n : 2], inputs[:, 1 : 2 * n : 2] = keys, 1 + quarter + first
-    _pairs_in_random_order(rng, inputs, second, keys, 1 + quarter + fresh)
-    return _to_torch(inputs, _ask_every_key(rng, inputs, keys, 1 + quarter + fresh))
+    fresh_values = 1 + quarter + fresh
+    _pairs_in_random_order(rng, inputs, second, keys, fresh_values)
+    return _to_torch(inputs, _ask_every_key(rng, inputs, keys, fresh_values))
 
 
 TASKS: dict[str, Callable[..., Batch]] = {

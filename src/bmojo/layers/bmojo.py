@@ -324,8 +324,8 @@ class BMojoMixer(nn.Module):
         if dropped is not None:  # the tokens the merge dropped go to the store, as content keys
             pos = dropped.pos if rows is True else dropped.pos.masked_fill(~rows[:, None], EMPTY)
             k0 = dropped.k if self.attn.rope is None else self.attn.rope.rotate(dropped.k, -dropped.pos[:, None])
-            to_store = (lambda t: t) if self.store_dtype is None else (lambda t: t.to(self.store_dtype))  # noqa: E731
-            entered.store = s.store.append(KVSlots(to_store(k0), to_store(dropped.v), pos))
+            dtype = self.store_dtype or dropped.v.dtype  # .to() of the same dtype is the tensor itself
+            entered.store = s.store.append(KVSlots(k0.to(dtype), dropped.v.to(dtype), pos))
             if self.store_horizon or self.store_regime_threshold:
                 entered = self._forget(s, entered, chunk, rows)
         return entered

@@ -83,6 +83,27 @@ def test_spec_round_trips_through_json(name, tmp_path):
     assert CompareSpec.from_dict(json.loads(path.read_text())).to_dict() == spec.to_dict()
 
 
+def test_standard_preset_is_the_quick_models_at_three_budgets_three_seeds_four_tasks():
+    """The standard preset (docs/recall.md) has what issue 12 asks of it: >= 3 budgets, 3 seeds, MQAR at two kv
+    settings and two MAD tasks; the quick preset's models and training but 250 steps and no time budget. Its plan:
+    168 runs, and 48 rows skipped (the Transformer below 36, the B'MOJO presets below 24), each saying why."""
+    from bmojo.compare import _plan
+
+    standard, quick = SPECS["standard"], SPECS["quick"]
+    assert standard.model == quick.model and standard.lrs == quick.lrs and standard.presets == quick.presets
+    assert standard.train == {**quick.train, "max_steps": 250, "eval_every": 50}
+    assert standard.time_budget_s is None
+    assert len(standard.budgets) >= 3 and standard.seeds == [0, 1, 2]
+    assert sorted(t["num_kv_pairs"] for t in standard.tasks if t["task"] == "mqar") == [2, 4]
+    assert {t["task"] for t in standard.tasks} == {"mqar", "in_context_recall", "selective_copying"}
+    plan = _plan(standard)
+    skipped = [record for record, _, config in plan if config is None]
+    assert len(plan) - len(skipped) == 168
+    assert sorted({(r["preset"], r["budget_tokens"]) for r in skipped}) == [
+        ("bmojo", 16), ("bmojo_f", 16), ("transformer", 16), ("transformer", 24)]
+    assert all(r["skipped"].startswith("its smallest setting needs") for r in skipped) and len(skipped) == 48
+
+
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 

@@ -530,3 +530,10 @@ def test_bad_variants_are_refused(variants, message):
     spec = dataclasses.replace(SPECS["long"], variants=variants, presets=["swa"])
     with pytest.raises(ValueError, match=message):
         spec.check()
+
+
+def test_standard_600_experiment_is_the_standard_preset_trained_as_long_as_quick():
+    """experiments/standard_600.toml (docs/recall.md, "standard"): the standard preset's tasks, budgets, seeds and
+    model, with the quick preset's training (600 steps) instead of 250 steps."""
+    expected = dataclasses.replace(SPECS["standard"], train=SPECS["quick"].train)
+    assert CompareSpec.from_file(EXPERIMENTS / "standard_600.toml") == expected

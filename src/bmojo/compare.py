@@ -202,6 +202,14 @@ def _check_names(kind: str, names: list[str], valid, where: str = "") -> None:
 
 ALL_PRESETS = list(MEMORY_KNOBS)  # every preset compare can match to a memory budget
 
+# The quick and standard specs' model. The B'MOJO layers add the SSM output to the residual stream (the presets'
+# choice for language modeling) through a gate that starts at 0 and moves 10x the learning rate: ungated, the residual
+# keeps bmojo on the plateau (experiments/mqar_quick_residual.toml); the other presets have no B'MOJO layer
+# and ignore it.
+QUICK_MODEL = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, window_size=8, ssm_state_size=16,
+                   ssm_head_dim=32, ssm_chunk_size=16, num_fading_tokens=4, num_eidetic_tokens=8,
+                   fading_residual_gate=True, fading_residual_gate_scale=10.0)
+
 SPECS: dict[str, CompareSpec] = {
     # A 2-core CPU in <= 10 minutes: MQAR (4 kv pairs) with most keys beyond an 8-token window, two seeds. The
     # recipe (width 128, batch 32, lr 1e-3) is the cheapest found with which full attention leaves MQAR's plateau
@@ -213,12 +221,7 @@ SPECS: dict[str, CompareSpec] = {
         presets=ALL_PRESETS,
         budgets=[],
         seeds=[0, 1],
-        # The B'MOJO layers add the SSM output to the residual stream (the presets' choice for language modeling)
-        # through a gate that starts at 0 and moves 10x the learning rate: ungated, the residual keeps bmojo on the
-        # plateau (experiments/mqar_quick_residual.toml); the other presets have no B'MOJO layer and ignore it
-        model=dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, window_size=8, ssm_state_size=16,
-                   ssm_head_dim=32, ssm_chunk_size=16, num_fading_tokens=4, num_eidetic_tokens=8,
-                   fading_residual_gate=True, fading_residual_gate_scale=10.0),
+        model=dict(QUICK_MODEL),
         train=dict(max_steps=600, batch_size=32, warmup_ratio=0.1, eval_every=100, target_accuracy=0.99),
         lrs=[1e-3],
         num_train=20000,
@@ -238,9 +241,7 @@ SPECS: dict[str, CompareSpec] = {
         presets=ALL_PRESETS,
         budgets=[16, 24, 36],
         seeds=[0, 1, 2],
-        model=dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, window_size=8, ssm_state_size=16,
-                   ssm_head_dim=32, ssm_chunk_size=16, num_fading_tokens=4, num_eidetic_tokens=8,
-                   fading_residual_gate=True, fading_residual_gate_scale=10.0),
+        model=dict(QUICK_MODEL),
         train=dict(max_steps=250, batch_size=32, warmup_ratio=0.1, eval_every=50, target_accuracy=0.99),
         lrs=[1e-3],
         num_train=20000,

@@ -3,7 +3,7 @@ seed summary and the kv trend."""
 
 import pytest
 
-from bmojo.verdict import NOISE_FLOOR, compare_pair, gap_trend, summarize, verdict_markdown, verdicts
+from bmojo.verdict import NOISE_FLOOR, compare_pair, full_windows, gap_trend, summarize, verdict_markdown, verdicts
 
 TASK = dict(task="mqar", task_settings=dict(vocab_size=128, seq_len=64, num_kv_pairs=8))
 
@@ -64,3 +64,25 @@ def test_gap_trend_reads_bmojo_minus_mamba_over_kv():
     assert gap_trend(verdicts(records)) == [
         "- budget 64: bmojo - mamba +0.100 (kv 4) -> +0.400 (kv 8): grows with kv"]
     assert any("grows with kv" in line for line in verdict_markdown(records))
+
+
+def test_the_verdict_says_where_the_window_covers_the_sequence():
+    """A swa run whose fitted window reaches the task's length (the setting or the generator's default) is named, once
+    per (task, budget), under the verdict; a shorter window, another preset's window and a skipped run are not."""
+    seq_len = TASK["task_settings"]["seq_len"]
+    covering = runs({"bmojo": [0.9, 0.8], "swa": [0.9, 0.9]}, budget=72.0)
+    for r in covering:
+        r["knob"] = {"window_size": seq_len}
+    default_length = dict(task="in_context_recall", task_settings=dict(vocab_size=16))  # seq_len 128 by default
+    covering += [{**r, "knob": {"window_size": 128}} for r in runs({"swa": [0.5]}, task=default_length)]
+    not_covering = [{**r, "knob": {"window_size": seq_len - 1}} for r in runs({"swa": [0.5]})]
+    not_covering += [{**r, "knob": {"window_size": 127}} for r in runs({"swa": [0.5]}, task=default_length)]
+    not_covering += [{**r, "knob": {"window_size": 999}} for r in runs({"bmojo_f": [0.5]})]
+    not_covering += [dict(**TASK, preset="swa", budget_tokens=8.0, seed=0, skipped="needs 9")]
+    expected = [f"- mqar (seq_len={seq_len}, num_kv_pairs=8), budget 72: window {seq_len} >= L = {seq_len}",
+                "- in_context_recall, budget 64: window 128 >= L = 128"]
+    assert full_windows(covering + not_covering) == expected
+    assert full_windows(not_covering) == []
+    lines = verdict_markdown(covering + not_covering)
+    assert lines[-3:] == ["Where the sliding window covers the whole sequence, `swa` is full attention there:",
+                          *expected]

@@ -487,14 +487,23 @@ def make_task(name: str, **kwargs) -> Batch:
     return _task(name)(**kwargs)
 
 
+def _setting(name: str, key: str, settings: dict) -> int:
+    """``settings[key]`` or, where absent, the default of task ``name``'s generator for ``key``."""
+    value = settings.get(key, inspect.signature(_task(name)).parameters[key].default)
+    _require(value is not inspect.Parameter.empty, f"task {name!r} needs {key}")
+    return int(value)
+
+
 def task_vocab_size(name: str, **settings) -> int:
     """Embedding size a model needs for task ``name`` with ``settings``: every token id produced is
     in ``[0, task_vocab_size)``. Special and noise tokens lie inside ``vocab_size`` (MAD's
     convention), so this is ``settings['vocab_size']`` or the generator's default."""
-    default = inspect.signature(_task(name)).parameters["vocab_size"].default
-    vocab_size = settings.get("vocab_size", default)
-    _require(vocab_size is not inspect.Parameter.empty, f"task {name!r} needs vocab_size")
-    return int(vocab_size)
+    return _setting(name, "vocab_size", settings)
+
+
+def task_seq_len(name: str, **settings) -> int:
+    """Length of the sequences task ``name`` generates with ``settings`` (the setting or the generator's default)."""
+    return _setting(name, "seq_len", settings)
 
 
 def train_test_split(name: str, num_train: int, num_test: int, seed: int, **settings) -> tuple[Batch, Batch]:

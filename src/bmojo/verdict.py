@@ -1,6 +1,6 @@
 """What a `bmojo compare` experiment says, with its seed spread: per (task, budget, preset) the mean and min-max
 accuracy over seeds, and per (task, budget) a verdict on the B'MOJO paper's ordering at equal memory
-(docs/recall.md, "Reading the verdict").
+(docs/recall.md, the paragraph on `results.md`).
 
 Two presets are compared on the seeds both ran (paired): A beats B when every paired difference is positive
 and the mean difference exceeds `NOISE_FLOOR`; A trails B in the mirror case; anything else, and any comparison
@@ -13,6 +13,8 @@ import itertools
 import re
 import statistics
 from collections.abc import Iterable
+
+from bmojo.tasks import task_seq_len
 
 NOISE_FLOOR = 0.01  # accuracy points below which a mean difference is never called a difference
 PEERS = ("mamba", "hybrid", "swa")  # what bmojo is compared against (and bmojo_f must beat) in the paper's ordering
@@ -123,6 +125,19 @@ def gap_trend(verdict_rows: list[dict], peer: str = "mamba") -> list[str]:
     return lines
 
 
+def full_windows(records: Iterable[dict]) -> list[str]:
+    """One line per (task label, budget) where the budget gave `swa` a window covering the whole training sequence:
+    there it is full attention, not a bounded memory (a reader of `bmojo - swa` should know)."""
+    lines = {}
+    for r in records:
+        window = r.get("knob", {}).get("window_size") if r["preset"] == "swa" and "skipped" not in r else None
+        seq_len = task_seq_len(r["task"], **r["task_settings"]) if window is not None else 0
+        if window is not None and window >= seq_len:
+            budget = "base config" if r["budget_tokens"] is None else f"budget {r['budget_tokens']:g}"
+            lines[_key(r)] = f"- {task_label(r)}, {budget}: window {window} >= L = {seq_len}"
+    return list(lines.values())
+
+
 def _fmt(c: dict | None) -> str:
     if c is None:
         return "n/a"
@@ -146,4 +161,7 @@ def verdict_markdown(records: list[dict]) -> list[str]:
     trend = gap_trend(rows)
     if trend:
         lines += ["", "Gap with the number of kv pairs:", *trend]
+    full = full_windows(records)
+    if full:
+        lines += ["", "Where the sliding window covers the whole sequence, `swa` is full attention there:", *full]
     return lines

@@ -100,6 +100,10 @@ def verdicts(records: Iterable[dict]) -> list[dict]:
     return out
 
 
+def _budget_name(budget: float | None) -> str:
+    return "base configs" if budget is None else f"budget {budget:g}"
+
+
 def gap_trend(verdict_rows: list[dict], peer: str = "mamba") -> list[str]:
     """For MQAR variants that differ only in num_kv_pairs, at each budget: does bmojo - peer grow with kv?
     One line per budget with two or more kv settings."""
@@ -119,9 +123,8 @@ def gap_trend(verdict_rows: list[dict], peer: str = "mamba") -> list[str]:
             continue
         points.sort()
         steps = " -> ".join(f"{d:+.3f} (kv {kv})" for kv, d in points)
-        grows = all(b[1] > a[1] for a, b in itertools.pairwise(points))
-        where = "base configs" if budget is None else f"budget {budget:g}"
-        lines.append(f"- {where}: bmojo - {peer} {steps}: {'grows' if grows else 'does not grow'} with kv")
+        grows = "grows" if all(b[1] > a[1] for a, b in itertools.pairwise(points)) else "does not grow"
+        lines.append(f"- {_budget_name(budget)}: bmojo - {peer} {steps}: {grows} with kv")
     return lines
 
 
@@ -130,11 +133,11 @@ def full_windows(records: Iterable[dict]) -> list[str]:
     there it is full attention, not a bounded memory (a reader of `bmojo - swa` should know)."""
     lines = {}
     for r in records:
-        window = r.get("knob", {}).get("window_size") if r["preset"] == "swa" and "skipped" not in r else None
-        seq_len = task_seq_len(r["task"], **r["task_settings"]) if window is not None else 0
-        if window is not None and window >= seq_len:
-            budget = "base config" if r["budget_tokens"] is None else f"budget {r['budget_tokens']:g}"
-            lines[_key(r)] = f"- {task_label(r)}, {budget}: window {window} >= L = {seq_len}"
+        if r["preset"] != "swa" or "skipped" in r or "window_size" not in r.get("knob", {}):
+            continue
+        window, seq_len = r["knob"]["window_size"], task_seq_len(r["task"], **r["task_settings"])
+        if window >= seq_len:
+            lines[_key(r)] = f"- {task_label(r)}, {_budget_name(r['budget_tokens'])}: window {window} >= L = {seq_len}"
     return list(lines.values())
 
 

@@ -68,23 +68,25 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_idx:
     return masked_attention(q, k, v, mask)
 
 
+def _chunk_views(t: torch.Tensor, window: int, nc: int, back: tuple[int, ...]) -> list[torch.Tensor]:
+    """t (b, H, L, d) -> for each s in `back`, chunk c - s of t as a view (b, nc, H, w, d) (zeros before chunk 0 and
+    past L): one padded copy of t, the chunks read from it in place."""
+    b, H, L, d = t.shape
+    first = max(back)
+    t = F.pad(t, (0, 0, first * window, nc * window - L))
+    return [t[:, :, (first - s) * window:(first - s + nc) * window].unflatten(2, (nc, window)).transpose(1, 2)
+            for s in back]
+
+
 def _window_blocks(q, k, v, window, mem_k=None, mem_v=None, mem_valid=None, seq_idx=None, band=None):
     """The blocked layout of `window_attention`, chunks folded into the batch: q (b*nc, hq, w, d), keys and values
     (b*nc, hk, S, d) = [memory; chunk c-1; chunk c (; band chunks c-2, c-1)] with S = M + 2w (+ 2w), and the mask
-    (b*nc, 1, w, S)."""
+    (b*nc, 1, w, S). Keys and values are written once, by one cat of views, straight into the folded layout."""
     b, hq, L, d = q.shape
-    hk, w = k.shape[1], window
+    w = window
     nc = -(-L // w)
     pad = nc * w - L
-    if pad:
-        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-
-    def blocks(t: torch.Tensor) -> torch.Tensor:  # (b, H, nc*w, d) -> (b, H, nc, 2w, d): [chunk c-1; chunk c]
-        t = t.view(t.shape[0], t.shape[1], nc, w, d)
-        prev = F.pad(t, (0, 0, 0, 0, 1, 0))[:, :, :nc]
-        return torch.cat([prev, t], dim=3)
-
-    keys, values = blocks(k), blocks(v)
+    key_parts, value_parts = _chunk_views(k, w, nc, (1, 0)), _chunk_views(v, w, nc, (1, 0))
     i = torch.arange(w, device=q.device)[:, None]  # query offset in its chunk
     j = torch.arange(2 * w, device=q.device)[None, :]  # key offset in [chunk c-1; chunk c]
     raw_mask = (j > i) & (j <= i + w)  # t - w < s <= t with s - t = j - w - i
@@ -98,12 +100,8 @@ def _window_blocks(q, k, v, window, mem_k=None, mem_v=None, mem_valid=None, seq_
         mask = mask & (docs[..., :, None] == key_docs[..., None, :])
     if band is not None:  # keys at t - w - s < f <= t - w: [chunk c-2; chunk c-1] of the band's keys
         band_k, band_v, span = band
-        if pad:
-            band_k, band_v = (F.pad(t, (0, 0, 0, pad)) for t in (band_k, band_v))
-        # chunk c reads the blocks of chunk c - 1: [chunk c-2; chunk c-1] (zeros before chunk 0, masked below)
-        earlier = lambda t: F.pad(blocks(t), (0, 0, 0, 0, 1, 0))[:, :, :nc]  # noqa: E731
-        keys = torch.cat([keys, earlier(band_k)], dim=3)
-        values = torch.cat([values, earlier(band_v)], dim=3)
+        key_parts += _chunk_views(band_k, w, nc, (2, 1))
+        value_parts += _chunk_views(band_v, w, nc, (2, 1))
         band_mask = (j > i + w - span) & (j <= i + w)  # f - t = j - 2w - i
         band_mask = band_mask.expand(nc, w, 2 * w).clone()
         band_mask[0] = False  # chunks -2 and -1 do not exist
@@ -115,12 +113,12 @@ def _window_blocks(q, k, v, window, mem_k=None, mem_v=None, mem_valid=None, seq_
             band_mask = band_mask & (docs[..., :, None] == band_docs[..., None, :])
         mask = torch.cat([mask, band_mask], dim=3)
     if mem_k is not None and mem_k.shape[3] > 0:
-        keys = torch.cat([mem_k, keys], dim=3)
-        values = torch.cat([mem_v, values], dim=3)
+        key_parts.insert(0, mem_k.transpose(1, 2))
+        value_parts.insert(0, mem_v.transpose(1, 2))
         mask = torch.cat([mem_valid[:, :, None, :].expand(b, nc, w, -1), mask], dim=3)
-    S = keys.shape[3]
-    fold = lambda t, H, T: t.transpose(1, 2).reshape(b * nc, H, T, d)  # noqa: E731  chunks into batch
-    return fold(q.view(b, hq, nc, w, d), hq, w), fold(keys, hk, S), fold(values, hk, S), mask.reshape(b * nc, 1, w, S)
+    keys, values = torch.cat(key_parts, dim=3).flatten(0, 1), torch.cat(value_parts, dim=3).flatten(0, 1)
+    q_blocks = F.pad(q, (0, 0, 0, pad)).unflatten(2, (nc, w)).transpose(1, 2).reshape(b * nc, hq, w, d)
+    return q_blocks, keys, values, mask.reshape(b * nc, 1, w, keys.shape[2])
 
 
 def _unfold(t: torch.Tensor, b: int, L: int) -> torch.Tensor:

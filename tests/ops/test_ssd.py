@@ -36,6 +36,23 @@ def test_ssd_chunked_matches_sequential(L, Q):
         torch.testing.assert_close(s.double(), s_ref.double(), atol=FP32_TOL, rtol=FP32_TOL)
 
 
+@pytest.mark.parametrize("L,Q", [(16, 16), (11, 16), (37, 8)])
+@pytest.mark.parametrize("documents", [False, True])
+def test_ssd_chunked_without_final_state_is_the_same_y(L, Q, documents):
+    """final_state=False returns no state and the same y, bit for bit, and the same gradients (to fp32 rounding: autograd
+    adds the skipped zeros in another order): with one chunk and no initial state it skips the carried-state terms
+    (exact zeros there), with more chunks it runs them all."""
+    inputs = [t.float().requires_grad_() for t in ssd_inputs(L=L)]
+    seq_idx = SEQ_IDX[:, :L] if documents else None
+    y, state = ssd_chunked(*inputs, Q, seq_idx=seq_idx)
+    y_fast, none = ssd_chunked(*inputs, Q, seq_idx=seq_idx, final_state=False)
+    assert state is not None and none is None
+    assert torch.equal(y_fast, y)
+    grads = torch.autograd.grad(y.square().sum(), inputs)
+    for a, b in zip(torch.autograd.grad(y_fast.square().sum(), inputs), grads, strict=True):
+        torch.testing.assert_close(a, b, atol=FP32_TOL, rtol=FP32_TOL)
+
+
 def test_ssd_chunked_gradients_match_sequential():
     inputs = [t.float().requires_grad_(t.dtype.is_floating_point) for t in ssd_inputs(L=20)]
     y, _ = ssd_chunked(*inputs, chunk_size=8)

@@ -83,7 +83,7 @@ class Mamba2Mixer(nn.Module):
             y = y[:, None]
         else:
             y, ssm = ssd_chunked(x, dt, A, B, C, self.chunk_size, state.ssm if state is not None else None,
-                                 seq_idx=seq_idx)
+                                 seq_idx=seq_idx, final_state=state is not None)
         y = y + x * self.D.to(y.dtype)[:, None]
         y = self.norm(y.flatten(-2), z)
         new_state = None

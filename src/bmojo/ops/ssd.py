@@ -44,9 +44,12 @@ def ssd_chunked(
     initial_state: torch.Tensor | None = None,
     backend: str = "auto",
     seq_idx: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    final_state: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Chunked SSD: quadratic (attention-like) inside chunks of `chunk_size`, a linear scan over
-    chunk states between them. Returns (y (b, L, h, p), final_state (b, h, p, n)).
+    chunk states between them. Returns (y (b, L, h, p), final_state (b, h, p, n), or None when `final_state` is
+    False). A sequence of one chunk (L <= chunk_size) from no initial state whose final state is not asked for is the
+    quadratic part alone (steps 2-4 below would add exact zeros): the training forward of small models.
 
     `backend`: "torch" (this code, any device), "fla" (the Triton kernel of flash-linear-attention, CUDA
     only, see `ssd_chunked_fla`), or "auto": fla for CUDA tensors when it is installed, else torch. Packed
@@ -59,7 +62,8 @@ def ssd_chunked(
     the decayed scores, the entering states) are in the autocast dtype under autocast (else fp32) and are
     produced directly in it, so no large tensor is cast twice; y comes back in x's dtype."""
     if seq_idx is None and select_backend(backend, x.device.type) == "fla":
-        return ssd_chunked_fla(x, dt, A, B, C, initial_state)
+        y, state = ssd_chunked_fla(x, dt, A, B, C, initial_state)
+        return y, state if final_state else None
     b, L, h, p = x.shape
     g, n = B.shape[-2:]
     r = h // g
@@ -87,6 +91,8 @@ def ssd_chunked(
     CB = torch.einsum("bclgn,bcsgn->bcgls", C, B)  # (b, nc, g, Q, Q)
     same_doc = None if docs is None else docs["pairs"]
     y = _IntraChunk.apply(cum, CB, xdt.permute(0, 1, 3, 4, 2, 5).contiguous(), same_doc).permute(0, 1, 4, 2, 3, 5)
+    if nc == 1 and initial_state is None and not final_state:
+        return y.reshape(b, Q, h, p)[:, :L].to(in_dtype), None
 
     # 2. state contributed by each chunk, taken at its end: sum_l exp(cum_end - cum_l) xdt_l B_l^T
     to_end = torch.exp(cum_t[:, :, -1:] - cum_t)  # (b, nc, Q, g, r)
@@ -113,7 +119,7 @@ def ssd_chunked(
         from_start = from_start * docs["continues"][..., None, None]
     y = y + y_off * from_start.to(cd)[..., None]
     y = y.reshape(b, nc * Q, h, p)[:, :L]
-    return y.to(in_dtype), state.reshape(b, h, p, n)
+    return y.to(in_dtype), state.reshape(b, h, p, n) if final_state else None
 
 
 def _chunk_documents(seq_idx: torch.Tensor, Q: int, pad: int) -> dict[str, torch.Tensor]:

@@ -115,10 +115,12 @@ def paper_layer_quick() -> CompareSpec:
 
 def test_paper_layer_experiment_is_the_quick_preset_without_the_residual():
     """experiments/mqar_quick_paper_layer.toml (docs/recall.md) is the quick preset with fading_residual off (the
-    paper's layer) instead of the gated residual, nothing else."""
+    paper's layer) instead of the gated residual, and the SSD chunk of its measurements (16: two chunks per sequence,
+    the same model to fp32 rounding), nothing else."""
     quick = SPECS["quick"]
     model = {k: v for k, v in quick.model.items() if not k.startswith("fading_residual_gate")}
-    assert paper_layer_quick() == dataclasses.replace(quick, model={**model, "fading_residual": False})
+    expected = dataclasses.replace(quick, model={**model, "fading_residual": False, "ssm_chunk_size": 16})
+    assert paper_layer_quick() == expected
 
 
 def test_plateau_experiment_is_the_quick_preset_of_the_plateau_measurements():
@@ -534,6 +536,8 @@ def test_bad_variants_are_refused(variants, message):
 
 def test_standard_600_experiment_is_the_standard_preset_trained_as_long_as_quick():
     """experiments/standard_600.toml (docs/recall.md, "standard"): the standard preset's tasks, budgets, seeds and
-    model, with the quick preset's training (600 steps) instead of 250 steps."""
-    expected = dataclasses.replace(SPECS["standard"], train=SPECS["quick"].train)
+    model (with the SSD chunk of its measurements, 16), with the quick preset's training (600 steps) instead of 250."""
+    standard = SPECS["standard"]
+    expected = dataclasses.replace(standard, train=SPECS["quick"].train,
+                                   model={**standard.model, "ssm_chunk_size": 16})
     assert CompareSpec.from_file(EXPERIMENTS / "standard_600.toml") == expected

@@ -39,9 +39,9 @@ def test_ssd_chunked_matches_sequential(L, Q):
 @pytest.mark.parametrize("L,Q", [(16, 16), (11, 16), (37, 8)])
 @pytest.mark.parametrize("documents", [False, True])
 def test_ssd_chunked_without_final_state_is_the_same_y(L, Q, documents):
-    """final_state=False returns no state and the same y, bit for bit, and the same gradients (to fp32 rounding: autograd
-    adds the skipped zeros in another order): with one chunk and no initial state it skips the carried-state terms
-    (exact zeros there), with more chunks it runs them all."""
+    """final_state=False returns no state and the same y, bit for bit, and the same gradients (to fp32 rounding:
+    autograd adds the skipped zeros in another order): with one chunk and no initial state it skips the carried-state
+    terms (exact zeros there), with more chunks it runs them all."""
     inputs = [t.float().requires_grad_() for t in ssd_inputs(L=L)]
     seq_idx = SEQ_IDX[:, :L] if documents else None
     y, state = ssd_chunked(*inputs, Q, seq_idx=seq_idx)

@@ -71,9 +71,8 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_idx:
 def _chunk_views(t: torch.Tensor, window: int, nc: int, back: tuple[int, ...]) -> list[torch.Tensor]:
     """t (b, H, L, d) -> for each s in `back`, chunk c - s of t as a view (b, nc, H, w, d) (zeros before chunk 0 and
     past L): one padded copy of t, the chunks read from it in place."""
-    b, H, L, d = t.shape
     first = max(back)
-    t = F.pad(t, (0, 0, first * window, nc * window - L))
+    t = F.pad(t, (0, 0, first * window, nc * window - t.shape[2]))
     return [t[:, :, (first - s) * window:(first - s + nc) * window].unflatten(2, (nc, window)).transpose(1, 2)
             for s in back]
 

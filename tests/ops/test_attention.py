@@ -49,6 +49,29 @@ def test_window_attention_band_matches_dense_reference(L, w, M, span):
         assert not torch.allclose(out[:, :, w:], window_attention(q, k, v, w, **mem)[:, :, w:])
 
 
+@pytest.mark.parametrize("L,w,M,span", [(45, 8, 5, 3), (7, 8, 2, 0), (16, 4, 0, 4)])
+def test_window_attention_gradients_match_dense_reference(L, w, M, span):
+    """The backward of the blocked layout (chunk views of padded keys, one cat into the folded batch) against the
+    dense twin's: gradients of q, k, v, the memory and the band."""
+    g = torch.Generator().manual_seed(0)
+    b, hq, hk, d = 2, 4, 2, 8
+    nc = -(-L // w)
+    leaves = [torch.randn(*shape, generator=g).requires_grad_() for shape in
+              [(b, hq, L, d), (b, hk, L, d), (b, hk, L, d), (b, hk, nc, M, d), (b, hk, nc, M, d), (b, hk, L, d),
+               (b, hk, L, d)]]
+    q, k, v, mem_k, mem_v, band_k, band_v = leaves
+    kwargs = dict(mem_k=mem_k, mem_v=mem_v, mem_valid=torch.rand(b, nc, M, generator=g) > 0.3)
+    if span:
+        kwargs["band"] = (band_k, band_v, span)
+    dy = torch.randn(b, hq, L, d, generator=g)
+    grads = torch.autograd.grad(window_attention(q, k, v, w, **kwargs), leaves, dy, allow_unused=True)
+    ref = torch.autograd.grad(window_attention_reference(q, k, v, w, **kwargs), leaves, dy, allow_unused=True)
+    for got, want in zip(grads, ref, strict=True):
+        assert (got is None) == (want is None)
+        if got is not None:
+            torch.testing.assert_close(got, want, atol=FP32_TOL, rtol=FP32_TOL)
+
+
 def test_window_attention_weights_are_the_probabilities_window_attention_applies():
     """With one-hot values (source s -> unit vector e_s) the attention output is each query's distribution over its
     sources; `window_attention_weights`, mapped from the blocked layout [memory of chunk c; chunk c-1; chunk c] to

@@ -97,6 +97,7 @@ def test_bench_markdown_and_plots(quick_run, png_signature):
     out, doc = quick_run
     md = (out / "bench.md").read_text()
     assert md.startswith("# bmojo bench") and "## Targets" in md and "## layers" in md
+    assert "| >= 0.667 |" in md and "0.6666" not in md  # thresholds in 3 significant digits, like the figures
     assert set(doc["plots"]) == {"train_throughput.png", "loss_curve.png", "decode_latency.png", "decode_cache.png"}
     for name in doc["plots"]:
         data = (out / name).read_bytes()

@@ -97,6 +97,6 @@ def run(args) -> int:
         if t["measured"] is not None:
             state = "met" if t["met"] else "NOT met"
             state += " (--quick sizes: not the target's setting)" if args.quick else ""
-            print(f"  target: {t['target']}: {t['measured']:.3g} ({t['op']} {t['threshold']}) {state}")
+            print(f"  target: {t['target']}: {t['measured']:.3g} ({t['op']} {t['threshold']:.3g}) {state}")
     print(f"wrote {out / 'bench.json'}, {out / 'bench.md'}" + "".join(f", {out / p}" for p in bench.plots), flush=True)
     return 0

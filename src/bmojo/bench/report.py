@@ -114,7 +114,7 @@ def write_markdown(doc: dict, path: Path) -> None:
               "| target | measured | threshold | met |", "|---|---|---|---|"]
     for t in doc["targets"]:
         met = _fmt(t["met"]) if t["met"] is not None else "not run"
-        lines.append(f"| {t['target']} | {_fmt(t['measured'])} | {t['op']} {t['threshold']} | {met} |")
+        lines.append(f"| {t['target']} | {_fmt(t['measured'])} | {t['op']} {_fmt(float(t['threshold']))} | {met} |")
     for suite in FIGURE_SUITES:
         figs = [f for f in doc["figures"] if f["suite"] == suite]
         if not figs:

@@ -232,7 +232,8 @@ SPECS: dict[str, CompareSpec] = {
     # The paper's figure on a 2-core CPU in <= 60 minutes: the quick spec's models and lr, every bounded preset fitted
     # to three memory budgets, three seeds, MQAR at 2 and 4 kv pairs and two MAD tasks, all at L = 32 (at longer L a
     # step costs 2-3x more and too few fit the hour). 168 runs (B'MOJO's smallest state, 17 token-equivalents with an
-    # 8-token window, does not fit the budget 16; the Transformer's KV fits only 36) share the hour, 250 steps each.
+    # 8-token window, does not fit the budget 16; the Transformer's KV fits only 36), 250 steps each: 25-27 min on the
+    # 2-core machines measured (docs/recall.md), a 2x margin for slower ones.
     # No whole-command time budget: shared equally by the runs, it would cut the B'MOJO runs (2x the cost of a
     # Mamba run at this size) short and leave the cheap ones whole.
     "standard": CompareSpec(

@@ -38,3 +38,19 @@ def test_cpu_allocator_tuning_keeps_large_tensors_off_mmap(setting):
         assert tuned == 1 and new_mmapped == 0
     else:
         assert tuned == 0 and new_mmapped >= 64 << 20
+
+
+@pytest.mark.parametrize("parent_tuned", [True, False])
+def test_compare_workers_tune_the_allocator_as_their_parent_did(parent_tuned):
+    """A `bmojo compare --jobs` worker is a fresh (spawned) interpreter: it tunes its allocator when the parent had
+    (the command line does at start), and leaves malloc alone otherwise."""
+    if "libc.so.6" != ctypes.util.find_library("c") or os.environ.get("BMOJO_CPU_ALLOCATOR") == "default":
+        pytest.skip("glibc only, and not with BMOJO_CPU_ALLOCATOR=default")
+    import multiprocessing
+
+    from bmojo.allocator import cpu_allocator_tuned
+    from bmojo.compare import _init_worker
+
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1, initializer=_init_worker, initargs=(parent_tuned, context.Value("i", 0), None, 1, 1)) as pool:
+        assert pool.apply(cpu_allocator_tuned) is parent_tuned

@@ -37,3 +37,9 @@ def tune_cpu_allocator() -> bool:
     except (OSError, AttributeError, TypeError):
         return False
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def cpu_allocator_tuned() -> bool:
+    """Whether `tune_cpu_allocator()` has run in this process and took effect (what a `bmojo compare --jobs` worker,
+    a fresh interpreter, repeats)."""
+    return tune_cpu_allocator.cache_info().currsize > 0 and tune_cpu_allocator()

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from . import tasks as task_lib
 from .accounting import decoding_state_bytes, parameter_count, token_equivalents
+from .allocator import cpu_allocator_tuned, tune_cpu_allocator
 from .cli import check_writable
 from .models import PRESETS, BMojoConfig, BMojoForCausalLM
 from .models.configuration import has_type, type_name
@@ -510,7 +511,7 @@ def run_compare(spec: CompareSpec, out_dir: Path, device: str = "cpu", progress:
         context = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no state copied from this one
         shared = (context.Value("i", 0), deadline, len(runnable), jobs)  # see _worker_time_budget
         tasks = [(record, seq_len, config, spec, device, models_dir) for record, seq_len, config in runnable]
-        pool = context.Pool(jobs, initializer=_init_worker, initargs=shared)
+        pool = context.Pool(jobs, initializer=_init_worker, initargs=(cpu_allocator_tuned(), *shared))
         previous = _on_sigterm(_raise_interrupt)  # a SIGTERM stops the workers too, as Ctrl-C does
         try:
             for record in pool.imap_unordered(_run_task_star, tasks):
@@ -546,9 +547,13 @@ def _on_sigterm(handler):
 _WORKER: tuple | None = None  # in a --jobs worker: (runs started, deadline, runs in all, jobs), shared
 
 
-def _init_worker(*shared) -> None:
+def _init_worker(tune_allocator: bool, *shared) -> None:
+    """A --jobs worker: one thread, the allocator tuned as in the parent (`bmojo compare` tunes it: the small models'
+    steps run ~8% faster), the shared run counter and deadline."""
     global _WORKER
     torch.set_num_threads(1)
+    if tune_allocator:
+        tune_cpu_allocator()
     _WORKER = shared
 
 

@@ -548,8 +548,8 @@ _WORKER: tuple | None = None  # in a --jobs worker: (runs started, deadline, run
 
 
 def _init_worker(tune_allocator: bool, *shared) -> None:
-    """A --jobs worker: one thread, the allocator tuned as in the parent (`bmojo compare` tunes it: the small models'
-    steps run ~8% faster), the shared run counter and deadline."""
+    """A --jobs worker: one thread, the allocator tuned as in the parent (`bmojo compare` tunes it at start), so a run
+    computes in the same setting whatever --jobs is; the shared run counter and deadline."""
     global _WORKER
     torch.set_num_threads(1)
     if tune_allocator:

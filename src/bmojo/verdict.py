@@ -14,7 +14,7 @@ import re
 import statistics
 from collections.abc import Iterable
 
-from bmojo.tasks import task_seq_len
+from .tasks import task_seq_len
 
 NOISE_FLOOR = 0.01  # accuracy points below which a mean difference is never called a difference
 PEERS = ("mamba", "hybrid", "swa")  # what bmojo is compared against (and bmojo_f must beat) in the paper's ordering

@@ -213,6 +213,16 @@ def test_quick_residual_experiment_is_the_quick_preset_with_the_residual_on():
     assert CompareSpec.from_file(EXPERIMENTS / "mqar_quick_residual.toml") == expected
 
 
+def test_gate_scale_experiment_is_the_quick_preset_with_a_faster_gate_row():
+    """experiments/mqar_quick_gate_scale.toml (docs/recall.md, "A faster gate"): the quick preset's bmojo and bmojo_f
+    rows and the same layers with the gate at 30x the learning rate, and no whole-command time budget."""
+    quick = SPECS["quick"]
+    variants = {f"{p}_gate30": {"preset": p, "fading_residual_gate_scale": 30.0} for p in ("bmojo", "bmojo_f")}
+    expected = dataclasses.replace(quick, presets=["bmojo", "bmojo_gate30", "bmojo_f", "bmojo_f_gate30"],
+                                   variants=variants, time_budget_s=None)
+    assert CompareSpec.from_file(EXPERIMENTS / "mqar_quick_gate_scale.toml") == expected
+
+
 def test_long_recall_experiment_is_the_long_preset_trained_twice_as_long():
     """experiments/long_recall_3000.toml (docs/recall.md) is the long preset's transformer and bmojo_store rows with
     3000 training steps instead of 1500."""

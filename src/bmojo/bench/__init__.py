@@ -67,7 +67,7 @@ def run(args) -> int:
         if name not in chosen:
             continue
         ts = time.perf_counter()
-        if name in ("models", "decode"):
+        if name in ("models", "small", "decode"):
             getattr(suites, name)(bench, ceiling)
         else:
             getattr(suites, name)(bench)

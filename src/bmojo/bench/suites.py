@@ -332,10 +332,11 @@ def packing(bench: Bench) -> None:
                   ratio=rates[True] / rates[False])
 
 
-def small(bench: Bench) -> None:
+def small(bench: Bench, ceiling: dict[str, float]) -> None:
     """Training step time of every preset at the size of `bmojo compare --preset quick` (its model and batch: the
-    tiny models the recall experiments train thousands of times), fp32, timed interleaved; the transformer of
-    equal width and depth is the peer. Each sample is `SMALL_STEPS` steps (2 with --quick)."""
+    tiny models the recall experiments train thousands of times), in fp32 and, where the CPU multiplies bf16 faster
+    than fp32 (`ceiling`), in bf16 autocast, all timed interleaved; the transformer of equal width and depth in the
+    same dtype is the peer. Each sample is `SMALL_STEPS` steps (2 with --quick)."""
     from ..compare import SPECS
 
     spec = SPECS["quick"]
@@ -343,18 +344,25 @@ def small(bench: Bench) -> None:
     batch, L = spec.train["batch_size"], task["seq_len"]
     ids = torch.randint(0, task["vocab_size"], (batch, L), device=bench.device)
     steps = 2 if bench.quick else SMALL_STEPS
+    dtypes = ["fp32", "bf16"] if ceiling["bf16"] > ceiling["fp32"] else ["fp32"]
+    if len(dtypes) == 1:
+        bench.notes.append("small: bf16 autocast not timed: bf16 matmuls are slower than fp32 on this device "
+                           "(emulated; see the ceiling)")
     fns = {}
     for name in PRESETS:
         config = BMojoConfig.from_preset(name, vocab_size=task["vocab_size"], **spec.model)
-        step = _train_step(_model(config, bench.device), ids, False, bench.device)
-        fns[name] = lambda step=step: [step() for _ in range(steps)]
+        for dtype in dtypes:
+            step = _train_step(_model(config, bench.device), ids, dtype == "bf16", bench.device)
+            fns[name, dtype] = lambda step=step: [step() for _ in range(steps)]
     s = measure(fns, bench.device, bench.warmup, bench.repeats)
-    settings = dict(L=L, batch=batch, dtype="fp32", steps_per_sample=steps, threads=torch.get_num_threads(),
-                    **{k: spec.model[k] for k in ("hidden_size", "num_hidden_layers")})
-    for name, xs in s.items():
-        peer = {} if name == "transformer" else dict(peer="small/train_step/transformer",
-                                                      ratio=statistics.median(s["transformer"]) / statistics.median(xs))
-        bench.add("small", f"train_step/{name}", _median_ms(xs) / steps, "ms per step", settings, better="lower",
+    for (name, dtype), xs in s.items():
+        figure = "train_step" if dtype == "fp32" else f"train_step_{dtype}"
+        settings = dict(L=L, batch=batch, dtype=dtype, steps_per_sample=steps, threads=torch.get_num_threads(),
+                        **{k: spec.model[k] for k in ("hidden_size", "num_hidden_layers")})
+        peer = {} if name == "transformer" else dict(
+            peer=f"small/{figure}/transformer",
+            ratio=statistics.median(s["transformer", dtype]) / statistics.median(xs))
+        bench.add("small", f"{figure}/{name}", _median_ms(xs) / steps, "ms per step", settings, better="lower",
                   spread=stats(xs, 1e3 / steps), **peer)
 
 

@@ -223,6 +223,14 @@ def test_gate_scale_experiment_is_the_quick_preset_with_a_faster_gate_row():
     assert CompareSpec.from_file(EXPERIMENTS / "mqar_quick_gate_scale.toml") == expected
 
 
+def test_bf16_experiment_is_the_quick_preset_in_bf16_autocast():
+    """experiments/mqar_quick_bf16.toml (docs/benchmarks.md, "Small models"): the quick preset with bf16 autocast, and
+    no whole-command time budget."""
+    quick = SPECS["quick"]
+    expected = dataclasses.replace(quick, train={**quick.train, "bf16": True}, time_budget_s=None)
+    assert CompareSpec.from_file(EXPERIMENTS / "mqar_quick_bf16.toml") == expected
+
+
 def test_long_recall_experiment_is_the_long_preset_trained_twice_as_long():
     """experiments/long_recall_3000.toml (docs/recall.md) is the long preset's transformer and bmojo_store rows with
     3000 training steps instead of 1500."""

@@ -409,6 +409,27 @@ def test_long_recall_layout_and_labels():
     assert (long_x[:, : 2 * n] == x[:, : 2 * n]).all()  # the same pairs, further from their queries
 
 
+def test_long_recall_without_answers_asks_the_keys_last_and_never_shows_a_value_after_the_pairs():
+    """show_answers=False: the same pairs and filler, the last n positions every key once in a random order, the
+    target its value; no value token after the pairs, so no query can be answered by elimination."""
+    n, V, L = 6, 64, 100
+    x, y = np_pair(long_recall(V, L, n, 50, seed=3, show_answers=False))
+    shown, _ = np_pair(long_recall(V, L, n, 50, seed=3))
+    assert (x[:, : 2 * n] == shown[:, : 2 * n]).all()  # the same pairs as with the answers shown
+    for row_x, row_y in zip(x, y, strict=True):
+        keys, values = row_x[0 : 2 * n : 2], row_x[1 : 2 * n : 2]
+        after = row_x[2 * n :]
+        assert not ((after > V // 4) & (after < V // 2)).any()  # no value after the pairs (V // 2 is filler too)
+        assert (row_x[2 * n : L - n] >= V // 2).all()  # filler
+        assert sorted(row_x[L - n :]) == sorted(keys)
+        scored = np.flatnonzero(row_y != IGNORE_INDEX)
+        assert list(scored) == list(range(L - n, L))
+        assert all(dict(zip(keys, values, strict=True))[q] == a for q, a in zip(row_x[scored], row_y[scored],
+                                                                                strict=True))
+    with pytest.raises(ValueError, match="seq_len=17 too short: need >= 3 \\* num_kv_pairs = 18"):
+        long_recall(V, 17, n, 5, show_answers=False)
+
+
 @pytest.mark.parametrize("shift", [True, False])
 def test_regime_recall_rebinds_every_key_and_asks_for_the_fresh_value(shift):
     """First pairs, uniform filler, from L // 2 one filler token repeated (uniform with shift=False), the same keys

@@ -381,7 +381,7 @@ def induction_heads(vocab_size: int = 64, seq_len: int = 256, num_examples: int 
 
 
 def long_recall(vocab_size: int = 256, seq_len: int = 256, num_kv_pairs: int = 8, num_examples: int = 1000,
-                seed: int = 0) -> Batch:
+                seed: int = 0, show_answers: bool = True) -> Batch:
     """Long-context multi-key recall (the storage tier's benchmark, docs/recall.md): ``num_kv_pairs`` key-value
     pairs at the start, filler, then every key again (shuffled), each followed by its value.
 
@@ -391,14 +391,21 @@ def long_recall(vocab_size: int = 256, seq_len: int = 256, num_kv_pairs: int = 8
     hold the keys in a random order, each followed by its value. The target at each of those ``n`` queries is its
     value; all other targets are -100. Growing ``seq_len`` only adds filler: the pairs sit ``seq_len - 4n`` to
     ``seq_len - 2n`` tokens before their queries.
+
+    Shown answers leave a shortcut: the i-th query's value is one of the ``n - i + 1`` values not yet answered, so a
+    model that only learns "some value of the pairs not shown yet" scores (1/n + 1/(n-1) + ... + 1) / n (0.52 for
+    n = 4) without reading any key. ``show_answers=False`` closes it: the last ``n`` positions hold the keys in a
+    random order with no value after them (a value never appears after the pairs), the same targets; that shortcut
+    scores 1/n. The default keeps the data of the documented experiments.
     """
     quarter = vocab_size // 4
     _require(quarter >= 1 and num_kv_pairs <= quarter,
              f"vocab_size={vocab_size} too small for num_kv_pairs={num_kv_pairs}: need num_kv_pairs <= vocab_size//4 "
              "distinct keys")
     _require(num_kv_pairs >= 1, f"num_kv_pairs must be >= 1, got {num_kv_pairs}")
-    _require(seq_len >= 4 * num_kv_pairs, f"seq_len={seq_len} too short: need >= 4 * num_kv_pairs = "
-             f"{4 * num_kv_pairs} (the pairs, then one query and its value per key)")
+    per_key = 4 if show_answers else 3
+    _require(seq_len >= per_key * num_kv_pairs, f"seq_len={seq_len} too short: need >= {per_key} * num_kv_pairs = "
+             f"{per_key * num_kv_pairs} (the pairs, then one query{' and its value' if show_answers else ''} per key)")
     _check_count(num_examples)
     rng = np.random.default_rng(seed)
     n = num_kv_pairs
@@ -406,7 +413,13 @@ def long_recall(vocab_size: int = 256, seq_len: int = 256, num_kv_pairs: int = 8
     values = 1 + quarter + rng.integers(0, quarter, size=(num_examples, n))
     inputs = rng.integers(2 * quarter, vocab_size, size=(num_examples, seq_len))
     inputs[:, 0 : 2 * n : 2], inputs[:, 1 : 2 * n : 2] = keys, values
-    return _to_torch(inputs, _ask_every_key(rng, inputs, keys, values))
+    if show_answers:
+        return _to_torch(inputs, _ask_every_key(rng, inputs, keys, values))
+    order = rng.permuted(np.broadcast_to(np.arange(n), keys.shape), axis=1)
+    targets = np.full(inputs.shape, IGNORE_INDEX, dtype=np.int64)
+    inputs[:, seq_len - n :] = np.take_along_axis(keys, order, axis=1)
+    targets[:, seq_len - n :] = np.take_along_axis(values, order, axis=1)
+    return _to_torch(inputs, targets)
 
 
 def _pairs_in_random_order(rng: np.random.Generator, inputs: np.ndarray, start: int, keys: np.ndarray,

@@ -57,6 +57,19 @@ def test_summary_gives_mean_min_max_and_flags_time_stops():
                    "seeds": [0], "skipped": "needs 80.0"}
 
 
+def test_tasks_that_differ_in_any_setting_get_their_own_rows_and_labels():
+    """Two variants of one task that differ only in a setting the label does not always show (here long_recall's
+    show_answers, set on one of them) are two rows, each label naming it; settings common to every run stay out."""
+    base = dict(task="long_recall", task_settings=dict(vocab_size=256, seq_len=32, num_kv_pairs=4))
+    hidden = dict(task="long_recall", task_settings={**base["task_settings"], "show_answers": False})
+    records = runs({"bmojo": [0.5, 0.6]}, task=base) + runs({"bmojo": [0.3, 0.2]}, task=hidden)
+    shown, hidden_row = summarize(records)
+    assert shown["task_label"] == "long_recall (seq_len=32, num_kv_pairs=4)" and shown["mean"] == pytest.approx(0.55)
+    assert hidden_row["task_label"] == "long_recall (seq_len=32, num_kv_pairs=4, show_answers=False)"
+    assert hidden_row["mean"] == pytest.approx(0.25)
+    assert [v["task_label"] for v in verdicts(records)] == [shown["task_label"], hidden_row["task_label"]]
+
+
 def test_gap_trend_reads_bmojo_minus_mamba_over_kv():
     kv4 = dict(task="mqar", task_settings=dict(vocab_size=128, seq_len=64, num_kv_pairs=4))
     records = runs({"bmojo": [0.9, 0.9], "mamba": [0.8, 0.8]}, task=kv4) + runs({"bmojo": [0.7, 0.7],

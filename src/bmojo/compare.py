@@ -42,7 +42,7 @@ from .models import PRESETS, BMojoConfig, BMojoForCausalLM
 from .models.configuration import has_type, type_name
 from .plotting import pyplot
 from .training import TrainConfig, Trainer, quiet_hf_progress
-from .verdict import summarize, task_label, verdict_markdown
+from .verdict import label_settings, summarize, task_label, verdict_markdown
 
 # preset -> the config fields turned to meet a memory budget, with their candidate values. Every
 # combination is a candidate; the one with the most memory within the budget is used.
@@ -674,7 +674,8 @@ def write_tables(records: list[dict], out_dir: Path, spec: CompareSpec) -> None:
 def results_markdown(records: list[dict]) -> str:
     """The results table (accuracy mean and min-max over seeds; runs the time budget stopped flagged) and the
     verdict (`bmojo.verdict`)."""
-    config_of = {(task_label(r), r["budget_tokens"], r["preset"]): r for r in records if "skipped" not in r}
+    shown = label_settings(records)
+    config_of = {(task_label(r, shown), r["budget_tokens"], r["preset"]): r for r in records if "skipped" not in r}
     lines = ["| task | budget (tok) | preset | knob | memory (tok) | params | seeds | accuracy mean [min, max] "
              "| steps |", "|---|---|---|---|---|---|---|---|---|"]
     for row in summarize(records):
@@ -697,10 +698,11 @@ def results_markdown(records: list[dict]) -> str:
 def length_summary(records: list[dict]) -> list[dict]:
     """Per (task label, budget, preset): test accuracy at each evaluated length over seeds, {length: (mean, min,
     max)}, for the runs that measured `accuracy_by_length`."""
+    shown = label_settings(records)
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         if r.get("accuracy_by_length"):
-            groups.setdefault((task_label(r), r["budget_tokens"], r["preset"]), []).append(r)
+            groups.setdefault((task_label(r, shown), r["budget_tokens"], r["preset"]), []).append(r)
     rows = []
     for (label, budget, preset), runs in groups.items():
         lengths = sorted({int(k) for r in runs for k in r["accuracy_by_length"]})

@@ -20,23 +20,42 @@ NOISE_FLOOR = 0.01  # accuracy points below which a mean difference is never cal
 PEERS = ("mamba", "hybrid", "swa")  # what bmojo is compared against (and bmojo_f must beat) in the paper's ordering
 
 
-def task_label(record: dict) -> str:
-    """The task with the settings that tell its variants apart, e.g. `mqar (num_kv_pairs=4, seq_len=64)`."""
+LABEL_SETTINGS = ("num_kv_pairs", "seq_len", "frac_noise")  # the task settings a label always shows, where set
+
+
+def label_settings(records: list[dict]) -> tuple[str, ...]:
+    """The task settings labels show for these runs: LABEL_SETTINGS, and any other setting that two runs of the same
+    task set differently (or one sets and the other not), so that runs of different tasks never share a label."""
+    names: dict[str, set[str]] = {}  # per task, every setting any of its runs sets
+    for r in records:
+        names.setdefault(r["task"], set()).update(r["task_settings"])
+    seen: dict[tuple[str, str], set[str]] = {}
+    for r in records:
+        for k in names[r["task"]]:
+            seen.setdefault((r["task"], k), set()).add(repr(r["task_settings"][k]) if k in r["task_settings"] else "")
+    varying = sorted({k for (_, k), values in seen.items() if len(values) > 1} - set(LABEL_SETTINGS))
+    return (*LABEL_SETTINGS, *varying)
+
+
+def task_label(record: dict, shown: tuple[str, ...] = LABEL_SETTINGS) -> str:
+    """The task with the settings in `shown` (see `label_settings`), e.g. `mqar (num_kv_pairs=4, seq_len=64)`."""
     s = record["task_settings"]
-    extra = ", ".join(f"{k}={v}" for k, v in s.items() if k in ("num_kv_pairs", "seq_len", "frac_noise"))
+    extra = ", ".join(f"{k}={v}" for k, v in s.items() if k in shown)
     return f"{record['task']} ({extra})" if extra else record["task"]
 
 
-def _key(record: dict) -> tuple:
-    return task_label(record), record["budget_tokens"]
+def _key(record: dict, shown: tuple[str, ...]) -> tuple:
+    return task_label(record, shown), record["budget_tokens"]
 
 
 def summarize(records: Iterable[dict]) -> list[dict]:
     """One row per (task label, budget, preset), in first-seen order: seeds, mean / min / max accuracy, memory
     (token-equivalents, mean), how many runs the time budget stopped; skipped runs give a row with `skipped`."""
+    records = list(records)
+    shown = label_settings(records)
     groups: dict[tuple, list[dict]] = {}
     for r in records:
-        groups.setdefault((*_key(r), r["preset"]), []).append(r)
+        groups.setdefault((*_key(r, shown), r["preset"]), []).append(r)
     rows = []
     for (label, budget, preset), runs in groups.items():
         done = [r for r in runs if "skipped" not in r]
@@ -73,10 +92,12 @@ def verdicts(records: Iterable[dict]) -> list[dict]:
     """Per (task label, budget) with a bmojo run: bmojo - peer for each of PEERS present, and whether the paper's
     ordering (bmojo >= bmojo_f > hybrid, mamba, swa) 'holds', 'fails' or is 'within noise' (needs bmojo_f and at
     least one peer; else 'n/a')."""
+    records = list(records)
+    shown = label_settings(records)
     by_cell: dict[tuple, dict[str, dict[int, float]]] = {}
     for r in records:
         if "skipped" not in r:
-            by_cell.setdefault(_key(r), {}).setdefault(r["preset"], {})[r["seed"]] = r["accuracy"]
+            by_cell.setdefault(_key(r, shown), {}).setdefault(r["preset"], {})[r["seed"]] = r["accuracy"]
     out = []
     for (label, budget), acc in by_cell.items():
         if "bmojo" not in acc:
@@ -131,13 +152,17 @@ def gap_trend(verdict_rows: list[dict], peer: str = "mamba") -> list[str]:
 def full_windows(records: Iterable[dict]) -> list[str]:
     """One line per (task label, budget) where the budget gave `swa` a window covering the whole training sequence:
     there it is full attention, not a bounded memory (a reader of `bmojo - swa` should know)."""
+    records = list(records)
+    shown = label_settings(records)
     lines = {}
     for r in records:
         if r["preset"] != "swa" or "skipped" in r or "window_size" not in r.get("knob", {}):
             continue
         window, seq_len = r["knob"]["window_size"], task_seq_len(r["task"], **r["task_settings"])
         if window >= seq_len:
-            lines[_key(r)] = f"- {task_label(r)}, {_budget_name(r['budget_tokens'])}: window {window} >= L = {seq_len}"
+            label = task_label(r, shown)
+            lines[label, r["budget_tokens"]] = (f"- {label}, {_budget_name(r['budget_tokens'])}: window {window} >= "
+                                                f"L = {seq_len}")
     return list(lines.values())
 
 

@@ -244,8 +244,8 @@ def test_long_recall_experiment_is_the_long_preset_trained_twice_as_long():
 def test_long_recall_quick_recipe_experiments():
     """experiments/long_recall_quick_recipe.toml is the long preset's transformer and bmojo_store rows with the quick
     spec's width, learning rate, weight decay and B'MOJO layer; long_recall_no_answers.toml is its transformer on the
-    task with the answers hidden, tested at 1x and 4x; long_recall_shortcut.toml is that recipe at L 32 with the
-    answers shown and hidden (docs/recall.md, "A shortcut in the long-recall task")."""
+    task with the answers hidden, tested at 1x and 4x; long_recall_no_answers_4500.toml both rows on that task, trained
+    4500 steps; long_recall_shortcut.toml is that recipe at L 32 with the answers shown and hidden (docs/recall.md, "A shortcut in the long-recall task")."""
     long = SPECS["long"]
     recipe = dataclasses.replace(
         long, presets=["transformer", "bmojo_store"], lrs=[1e-3], weight_decays=[0.1],
@@ -254,6 +254,8 @@ def test_long_recall_quick_recipe_experiments():
     hidden = {**long.tasks[0], "show_answers": False}
     assert CompareSpec.from_file(EXPERIMENTS / "long_recall_no_answers.toml") == dataclasses.replace(
         recipe, tasks=[hidden], presets=["transformer"], variants={}, eval_lengths=[128, 512])
+    assert CompareSpec.from_file(EXPERIMENTS / "long_recall_no_answers_4500.toml") == dataclasses.replace(
+        recipe, tasks=[hidden], train={**recipe.train, "max_steps": 4500})
     short = {**long.tasks[0], "seq_len": 32}
     assert CompareSpec.from_file(EXPERIMENTS / "long_recall_shortcut.toml") == dataclasses.replace(
         recipe, tasks=[short, {**short, "show_answers": False}], presets=["transformer"], variants={}, eval_lengths=[])

@@ -245,7 +245,8 @@ def test_long_recall_quick_recipe_experiments():
     """experiments/long_recall_quick_recipe.toml is the long preset's transformer and bmojo_store rows with the quick
     spec's width, learning rate, weight decay and B'MOJO layer; long_recall_no_answers.toml is its transformer on the
     task with the answers hidden, tested at 1x and 4x; long_recall_no_answers_4500.toml both rows on that task, trained
-    4500 steps; long_recall_shortcut.toml is that recipe at L 32 with the answers shown and hidden (docs/recall.md, "A shortcut in the long-recall task")."""
+    4500 steps; long_recall_shortcut.toml is that recipe at L 32 with the answers shown and hidden (docs/recall.md,
+    "A shortcut in the long-recall task")."""
     long = SPECS["long"]
     recipe = dataclasses.replace(
         long, presets=["transformer", "bmojo_store"], lrs=[1e-3], weight_decays=[0.1],

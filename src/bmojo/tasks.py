@@ -415,11 +415,15 @@ def long_recall(vocab_size: int = 256, seq_len: int = 256, num_kv_pairs: int = 8
     inputs[:, 0 : 2 * n : 2], inputs[:, 1 : 2 * n : 2] = keys, values
     if show_answers:
         return _to_torch(inputs, _ask_every_key(rng, inputs, keys, values))
-    order = rng.permuted(np.broadcast_to(np.arange(n), keys.shape), axis=1)
     targets = np.full(inputs.shape, IGNORE_INDEX, dtype=np.int64)
-    inputs[:, seq_len - n :] = np.take_along_axis(keys, order, axis=1)
-    targets[:, seq_len - n :] = np.take_along_axis(values, order, axis=1)
+    inputs[:, seq_len - n :], targets[:, seq_len - n :] = _in_random_order(rng, keys, values)
     return _to_torch(inputs, targets)
+
+
+def _in_random_order(rng: np.random.Generator, keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's keys and values (rows, n) in one random order per row, the same for both."""
+    order = rng.permuted(np.broadcast_to(np.arange(keys.shape[1]), keys.shape), axis=1)
+    return np.take_along_axis(keys, order, axis=1), np.take_along_axis(values, order, axis=1)
 
 
 def _pairs_in_random_order(rng: np.random.Generator, inputs: np.ndarray, start: int, keys: np.ndarray,
@@ -427,9 +431,7 @@ def _pairs_in_random_order(rng: np.random.Generator, inputs: np.ndarray, start: 
     """In place: positions start .. start + 2n - 1 of every row hold its n keys (keys, values: (rows, n)) in a random
     order, each followed by its value."""
     n = keys.shape[1]
-    order = rng.permuted(np.broadcast_to(np.arange(n), keys.shape), axis=1)
-    inputs[:, start : start + 2 * n : 2] = np.take_along_axis(keys, order, axis=1)
-    inputs[:, start + 1 : start + 2 * n : 2] = np.take_along_axis(values, order, axis=1)
+    inputs[:, start : start + 2 * n : 2], inputs[:, start + 1 : start + 2 * n : 2] = _in_random_order(rng, keys, values)
 
 
 def _ask_every_key(rng: np.random.Generator, inputs: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.ndarray:

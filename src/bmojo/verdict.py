@@ -160,9 +160,8 @@ def full_windows(records: Iterable[dict]) -> list[str]:
             continue
         window, seq_len = r["knob"]["window_size"], task_seq_len(r["task"], **r["task_settings"])
         if window >= seq_len:
-            label = task_label(r, shown)
-            lines[label, r["budget_tokens"]] = (f"- {label}, {_budget_name(r['budget_tokens'])}: window {window} >= "
-                                                f"L = {seq_len}")
+            label, budget = _key(r, shown)
+            lines[label, budget] = f"- {label}, {_budget_name(budget)}: window {window} >= L = {seq_len}"
     return list(lines.values())
 
 

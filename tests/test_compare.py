@@ -107,6 +107,20 @@ def test_standard_preset_is_the_quick_models_at_three_budgets_three_seeds_four_t
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
+def quick_600() -> CompareSpec:
+    """experiments/mqar_quick_600.toml: the quick preset until 2026-12-06 (600 steps, lr 1e-3 for every row), which
+    several experiments change."""
+    return CompareSpec.from_file(EXPERIMENTS / "mqar_quick_600.toml")
+
+
+def test_quick_600_experiment_is_the_quick_preset_at_600_steps_one_learning_rate():
+    """experiments/mqar_quick_600.toml is the quick preset with 600 steps instead of 1000 and lr 1e-3 for Mamba and
+    the hybrid too; the quick preset gives those two 3e-3 (docs/recall.md)."""
+    quick = SPECS["quick"]
+    assert quick.preset_lrs == {"mamba": [3e-3], "hybrid": [3e-3]} and quick.train["max_steps"] == 1000
+    assert quick_600() == dataclasses.replace(quick, train={**quick.train, "max_steps": 600}, preset_lrs={})
+
+
 def paper_layer_quick() -> CompareSpec:
     """experiments/mqar_quick_paper_layer.toml: the quick preset with the paper's B'MOJO layer, which several
     experiments measured."""
@@ -117,7 +131,7 @@ def test_paper_layer_experiment_is_the_quick_preset_without_the_residual():
     """experiments/mqar_quick_paper_layer.toml (docs/recall.md) is the quick preset with fading_residual off (the
     paper's layer) instead of the gated residual, and the SSD chunk of its measurements (16: two chunks per sequence,
     the same model to fp32 rounding), nothing else."""
-    quick = SPECS["quick"]
+    quick = quick_600()
     model = {k: v for k, v in quick.model.items() if not k.startswith("fading_residual_gate")}
     expected = dataclasses.replace(quick, model={**model, "fading_residual": False, "ssm_chunk_size": 16})
     assert paper_layer_quick() == expected
@@ -216,7 +230,7 @@ def test_quick_residual_experiment_is_the_quick_preset_with_the_residual_on():
 def test_gate_scale_experiment_is_the_quick_preset_with_a_faster_gate_row():
     """experiments/mqar_quick_gate_scale.toml (docs/recall.md, "A faster gate"): the quick preset's bmojo and bmojo_f
     rows and the same layers with the gate at 30x the learning rate, and no whole-command time budget."""
-    quick = SPECS["quick"]
+    quick = quick_600()
     variants = {f"{p}_gate30": {"preset": p, "fading_residual_gate_scale": 30.0} for p in ("bmojo", "bmojo_f")}
     expected = dataclasses.replace(quick, presets=["bmojo", "bmojo_gate30", "bmojo_f", "bmojo_f_gate30"],
                                    variants=variants, time_budget_s=None)
@@ -226,28 +240,49 @@ def test_gate_scale_experiment_is_the_quick_preset_with_a_faster_gate_row():
 def test_bf16_experiment_is_the_quick_preset_in_bf16_autocast():
     """experiments/mqar_quick_bf16.toml (docs/benchmarks.md, "Small models"): the quick preset with bf16 autocast, and
     no whole-command time budget."""
-    quick = SPECS["quick"]
+    quick = quick_600()
     expected = dataclasses.replace(quick, train={**quick.train, "bf16": True}, time_budget_s=None)
     assert CompareSpec.from_file(EXPERIMENTS / "mqar_quick_bf16.toml") == expected
 
 
+def long_shown() -> CompareSpec:
+    """experiments/long_recall_shown.toml: the long preset until 2026-12-06 (the answers shown, 1500 steps, width 64),
+    which several experiments change."""
+    return CompareSpec.from_file(EXPERIMENTS / "long_recall_shown.toml")
+
+
+def test_long_preset_is_the_shown_answers_spec_with_the_answers_hidden_and_the_quick_recipe():
+    """The long preset (docs/recall.md, "Long recall") is experiments/long_recall_shown.toml with the answers hidden,
+    the quick spec's width, learning rate, weight decay and B'MOJO layer, and 4500 steps; and
+    long_recall_no_answers_4500.toml is its transformer and bmojo_store rows."""
+    old, long = long_shown(), SPECS["long"]
+    assert long.tasks == [{**old.tasks[0], "show_answers": False}]
+    assert long.model == {**old.model, "hidden_size": 128, "fading_residual_gate": True,
+                          "fading_residual_gate_scale": 10.0}
+    assert (long.lrs, long.weight_decays, long.train) == ([1e-3], [0.1], {**old.train, "max_steps": 4500})
+    assert dataclasses.replace(long, tasks=old.tasks, model=old.model, lrs=old.lrs, weight_decays=old.weight_decays,
+                               train=old.train) == old
+    assert CompareSpec.from_file(EXPERIMENTS / "long_recall_no_answers_4500.toml") == dataclasses.replace(
+        long, presets=["transformer", "bmojo_store"])
+
+
 def test_long_recall_experiment_is_the_long_preset_trained_twice_as_long():
-    """experiments/long_recall_3000.toml (docs/recall.md) is the long preset's transformer and bmojo_store rows with
-    3000 training steps instead of 1500."""
+    """experiments/long_recall_3000.toml (docs/recall.md) is long_recall_shown.toml's transformer and bmojo_store
+    rows with 3000 training steps instead of 1500."""
     path = Path(__file__).resolve().parents[1] / "experiments" / "long_recall_3000.toml"
-    long = SPECS["long"]
+    long = long_shown()
     expected = dataclasses.replace(long, presets=["transformer", "bmojo_store"],
                                    train={**long.train, "max_steps": 3000})
     assert CompareSpec.from_file(path) == expected
 
 
 def test_long_recall_quick_recipe_experiments():
-    """experiments/long_recall_quick_recipe.toml is the long preset's transformer and bmojo_store rows with the quick
-    spec's width, learning rate, weight decay and B'MOJO layer; long_recall_no_answers.toml is its transformer on the
-    task with the answers hidden, tested at 1x and 4x; long_recall_no_answers_4500.toml both rows on that task, trained
-    4500 steps; long_recall_shortcut.toml is that recipe at L 32 with the answers shown and hidden (docs/recall.md,
-    "A shortcut in the long-recall task")."""
-    long = SPECS["long"]
+    """experiments/long_recall_quick_recipe.toml is long_recall_shown.toml's transformer and bmojo_store rows with
+    the quick spec's width, learning rate, weight decay and B'MOJO layer; long_recall_no_answers.toml is its
+    transformer on the task with the answers hidden, tested at 1x and 4x; long_recall_no_answers_4500.toml both rows
+    on that task, trained 4500 steps; long_recall_shortcut.toml is that recipe at L 32 with the answers shown and
+    hidden (docs/recall.md, "A shortcut in the long-recall task")."""
+    long = long_shown()
     recipe = dataclasses.replace(
         long, presets=["transformer", "bmojo_store"], lrs=[1e-3], weight_decays=[0.1],
         model={**long.model, "hidden_size": 128, "fading_residual_gate": True, "fading_residual_gate_scale": 10.0})
@@ -263,10 +298,10 @@ def test_long_recall_quick_recipe_experiments():
 
 
 def test_lean_long_recall_experiment_changes_only_the_working_memory():
-    """experiments/long_recall_lean.toml (docs/recall.md) is the long preset's bmojo_store row trained 3000 steps, and
-    a second row that differs only by 1 fading and 1 eidetic token."""
+    """experiments/long_recall_lean.toml (docs/recall.md) is long_recall_shown.toml's bmojo_store row trained 3000
+    steps, and a second row that differs only by 1 fading and 1 eidetic token."""
     path = Path(__file__).resolve().parents[1] / "experiments" / "long_recall_lean.toml"
-    long = SPECS["long"]
+    long = long_shown()
     lean = {**long.variants["bmojo_store"], "num_fading_tokens": 1, "num_eidetic_tokens": 1}
     expected = dataclasses.replace(long, presets=["bmojo_store", "bmojo_store_lean"],
                                    variants={**long.variants, "bmojo_store_lean": lean},
@@ -275,10 +310,10 @@ def test_lean_long_recall_experiment_changes_only_the_working_memory():
 
 
 def test_positions_long_recall_experiment_changes_only_the_retrieved_position():
-    """experiments/long_recall_positions.toml (docs/recall.md): the long preset's bmojo_store trained 3000 steps with
-    retrieved_position "original" and "edge"."""
+    """experiments/long_recall_positions.toml (docs/recall.md): long_recall_shown.toml's bmojo_store trained 3000
+    steps with retrieved_position "original" and "edge"."""
     path = Path(__file__).resolve().parents[1] / "experiments" / "long_recall_positions.toml"
-    long = SPECS["long"]
+    long = long_shown()
     store = long.variants["bmojo_store"]
     variants = {"bmojo_store_original": {**store, "retrieved_position": "original"},
                 "bmojo_store_edge": {**store, "retrieved_position": "edge"}}
@@ -365,6 +400,9 @@ def test_spec_values_are_checked(tmp_path):
          "task 'mqar' needs the setting(s) ['num_kv_pairs']"),
         (dict(train=dict(lr=0.01)), "train.lr is set for each run by compare; use lrs"),
         (dict(train=dict(batch_size="8")), "train.batch_size must be int, got '8'"),
+        (dict(preset_lrs={"mambo": [3e-3]}), "unknown preset_lrs entry(s) ['mambo']; valid preset_lrs entrys: "),
+        (dict(preset_lrs={"mamba": []}), "preset_lrs['mamba'] must be a non-empty list of learning rates, got []"),
+        (dict(preset_lrs={"mamba": [0.0]}), "preset_lrs['mamba'] must be > 0, got 0.0"),
     ]:
         path.write_text(json.dumps({**TINY_SPEC, **change}))
         with pytest.raises(ValueError, match=re.escape(f"{path}: {message}")):
@@ -518,6 +556,29 @@ def test_the_sweep_is_decided_on_the_validation_split_never_the_test_split(tmp_p
     assert (record["lr"], record["val_accuracy"], record["accuracy"]) == (1e-4, 0.9, 0.5)
 
 
+def test_preset_lrs_replace_the_sweep_of_their_row_only(tmp_path, monkeypatch):
+    """A row named in `preset_lrs` sweeps its own learning rates (the best on validation kept); the others sweep
+    `lrs`; the time budget of a run is split over its own row's sweep."""
+    import bmojo.compare
+
+    calls = []
+
+    def fake_run(config, train, val, test, spec, seed, lr, wd, device, time_budget):
+        calls.append((config.layer_pattern[0], lr, time_budget))
+        return {"val_accuracy": lr, "accuracy": 0.5, "steps": 1, "train_seconds": 0.0, "stopped": "max_steps",
+                "final_loss": 1.0}, BMojoForCausalLM(config)
+
+    monkeypatch.setattr(bmojo.compare, "run_one", fake_run)
+    spec = CompareSpec(**{**TINY_SPEC, "presets": ["mamba", "swa"], "lrs": [1e-3],
+                          "preset_lrs": {"mamba": [1e-3, 3e-3]}, "time_budget_s": 1000.0})
+    mamba, swa = run_compare(spec, tmp_path, progress=False)
+    assert [(kind, lr) for kind, lr, _ in calls] == [("ssm", 1e-3), ("ssm", 3e-3), ("swa", 1e-3)]
+    assert (mamba["lr"], swa["lr"]) == (3e-3, 1e-3)
+    assert [r["lr"] for r in mamba["sweep"]] == [1e-3, 3e-3]
+    # mamba, the first of 2 runs: half the 1000 s, split over its 2 rates; swa: what is left, about 1000 s
+    assert [budget for _, _, budget in calls] == pytest.approx([250, 250, 1000], abs=5)
+
+
 def test_a_jobs_worker_budget_shares_what_is_left_of_the_time(monkeypatch):
     """--jobs: each run, as it starts, gets (time left) x (processes) / (runs not started), at most the time left."""
     import multiprocessing
@@ -528,11 +589,11 @@ def test_a_jobs_worker_budget_shares_what_is_left_of_the_time(monkeypatch):
     started = multiprocessing.get_context("spawn").Value("i", 0)
     monkeypatch.setattr(bmojo.compare, "_WORKER", (started, time.time() + 100, 4, 2))
     spec = CompareSpec(**{**TINY_SPEC, "lrs": [1e-3, 2e-3]})  # two sweep entries share a run's budget
-    budgets = [bmojo.compare._worker_time_budget(spec) for _ in range(4)]
+    budgets = [bmojo.compare._worker_time_budget(spec, "swa") for _ in range(4)]
     assert budgets == pytest.approx([100 * 2 / 4 / 2, 100 * 2 / 3 / 2, 100 / 2, 100 / 2], abs=0.1)
     assert started.value == 4
     monkeypatch.setattr(bmojo.compare, "_WORKER", (started, None, 4, 2))
-    assert bmojo.compare._worker_time_budget(spec) is None  # no --time-budget
+    assert bmojo.compare._worker_time_budget(spec, "swa") is None  # no --time-budget
 
 
 def test_variants_and_accuracy_by_length(tmp_path, png_signature):
@@ -577,6 +638,6 @@ def test_standard_600_experiment_is_the_standard_preset_trained_as_long_as_quick
     """experiments/standard_600.toml (docs/recall.md, "standard"): the standard preset's tasks, budgets, seeds and
     model (with the SSD chunk of its measurements, 16), with the quick preset's training (600 steps) instead of 250."""
     standard = SPECS["standard"]
-    expected = dataclasses.replace(standard, train=SPECS["quick"].train,
+    expected = dataclasses.replace(standard, train=quick_600().train,
                                    model={**standard.model, "ssm_chunk_size": 16})
     assert CompareSpec.from_file(EXPERIMENTS / "standard_600.toml") == expected

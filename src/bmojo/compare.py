@@ -100,6 +100,12 @@ class CompareSpec:
     # more rows for `presets`: name -> {"preset": a preset, config field: value, ...} (e.g. bmojo with a store)
     variants: dict = field(default_factory=dict)
     eval_lengths: list[int] = field(default_factory=list)  # test accuracy also at these seq_len (the task made longer)
+    # a row's own learning rates: preset or variant name -> lrs swept for it instead of `lrs` (e.g. Mamba's higher one)
+    preset_lrs: dict = field(default_factory=dict)
+
+    def lrs_of(self, preset: str) -> list[float]:
+        """The learning rates swept for row `preset`: its `preset_lrs` entry, else `lrs`."""
+        return self.preset_lrs.get(preset, self.lrs)
 
     def to_dict(self) -> dict:
         """The spec as plain JSON-able data; `from_dict` reads it back."""
@@ -159,6 +165,11 @@ class CompareSpec:
         for name in NON_EMPTY:
             if not getattr(self, name):
                 raise ValueError(f"{where}{name!r} is empty: nothing would run")
+        _check_names("preset_lrs entry", list(self.preset_lrs), [*PRESETS, *self.variants], where)
+        for name, lrs in self.preset_lrs.items():
+            if not has_type(lrs, list[float]) or not lrs:
+                raise ValueError(f"{where}preset_lrs[{name!r}] must be a non-empty list of learning rates, got {lrs!r}")
+            check_value(f"{where}preset_lrs[{name!r}]", lrs, "lrs")
         for name in VALUE_RULES:
             if hasattr(self, name):
                 check_value(f"{where}{name}", getattr(self, name), name)
@@ -215,17 +226,20 @@ QUICK_MODEL = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, 
 SPECS: dict[str, CompareSpec] = {
     # A 2-core CPU in <= 10 minutes: MQAR (4 kv pairs) with most keys beyond an 8-token window, two seeds. The
     # recipe (width 128, batch 32, lr 1e-3) is the cheapest found with which full attention leaves MQAR's plateau
-    # on every seed tried; docs/recall.md has the search and why the bounded models learn slowly. Constant filler:
-    # the setting in which an innovation test can tell the pairs from the filler (with Zoology's random filler every
-    # token is as surprising as a pair; experiments/mqar_quick_random_filler.toml is that variant).
+    # on every seed tried; docs/recall.md has the search and why the bounded models learn slowly. Mamba and the
+    # hybrid take 3e-3 (better on the validation split; at 1e-3 they stay on the plateau for 1200 steps). 1000 steps:
+    # what fits the 10 minutes with a margin (at 1200 every bounded row scores higher). Constant filler: the setting
+    # in which an innovation test can tell the pairs from the filler (with Zoology's random filler every token is as
+    # surprising as a pair; experiments/mqar_quick_random_filler.toml is that variant).
     "quick": CompareSpec(
         tasks=[dict(task="mqar", vocab_size=64, seq_len=32, num_kv_pairs=4, random_non_queries=False)],
         presets=ALL_PRESETS,
         budgets=[],
         seeds=[0, 1],
         model=dict(QUICK_MODEL),
-        train=dict(max_steps=600, batch_size=32, warmup_ratio=0.1, eval_every=100, target_accuracy=0.99),
+        train=dict(max_steps=1000, batch_size=32, warmup_ratio=0.1, eval_every=100, target_accuracy=0.99),
         lrs=[1e-3],
+        preset_lrs={"mamba": [3e-3], "hybrid": [3e-3]},
         num_train=20000,
         num_test=256,
         time_budget_s=540,  # a safety net on slow machines; on a free 2-core CPU the step count binds
@@ -250,20 +264,24 @@ SPECS: dict[str, CompareSpec] = {
         num_train=20000,
         num_test=256,
     ),
-    # The storage tier's benchmark on a CPU: long_recall (4 key-value pairs at the start, random filler, the queries at
-    # the end), trained at L = 128, tested up to 64x longer. Every bounded working memory is far smaller than the
-    # distance; `bmojo_store` is the bmojo preset with a store read by each query (docs/recall.md, "Long recall").
+    # The storage tier's benchmark on a CPU: long_recall (4 key-value pairs at the start, random filler, the keys
+    # asked at the end, no answer shown: answering by elimination does not pay), trained at L = 128, tested up to 64x
+    # longer. Every bounded working memory is far smaller than the distance; `bmojo_store` is the bmojo preset with a
+    # store read by each query (docs/recall.md, "Long recall"). The quick spec's width, lr and B'MOJO layer, 4500
+    # steps: full attention learns the task at L = 32 by step 1400 with this schedule. Until 2026-12-06 the answers
+    # were shown, at 1500 steps, width 64 (experiments/long_recall_shown.toml).
     "long": CompareSpec(
-        tasks=[dict(task="long_recall", vocab_size=256, seq_len=128, num_kv_pairs=4)],
+        tasks=[dict(task="long_recall", vocab_size=256, seq_len=128, num_kv_pairs=4, show_answers=False)],
         presets=[*ALL_PRESETS, "bmojo_store"],
         variants={"bmojo_store": {"preset": "bmojo", "num_retrieved_tokens": 8}},
         budgets=[],
         seeds=[0],
-        model=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, window_size=16, ssm_state_size=16,
-                   ssm_head_dim=32, ssm_chunk_size=32, num_fading_tokens=4, num_eidetic_tokens=4),
-        train=dict(max_steps=1500, batch_size=32, warmup_ratio=0.05, eval_every=100, target_accuracy=0.99),
-        lrs=[2e-3],
-        weight_decays=[0.0],
+        model=dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, window_size=16, ssm_state_size=16,
+                   ssm_head_dim=32, ssm_chunk_size=32, num_fading_tokens=4, num_eidetic_tokens=4,
+                   fading_residual_gate=True, fading_residual_gate_scale=10.0),
+        train=dict(max_steps=4500, batch_size=32, warmup_ratio=0.05, eval_every=100, target_accuracy=0.99),
+        lrs=[1e-3],
+        weight_decays=[0.1],
         num_train=20000,
         num_test=64,
         eval_lengths=[128, 512, 2048, 8192],
@@ -503,7 +521,7 @@ def run_compare(spec: CompareSpec, out_dir: Path, device: str = "cpu", progress:
     if jobs == 1:
         data_cache: dict = {}
         for i, (record, seq_len, config) in enumerate(runnable):
-            remaining = run_time_budget(spec, deadline, len(runnable) - i, 1)
+            remaining = run_time_budget(spec, record["preset"], deadline, len(runnable) - i, 1)
             finished(_run_task(record, seq_len, config, spec, device, remaining, models_dir, data_cache))
     elif runnable:
         import multiprocessing
@@ -557,18 +575,20 @@ def _init_worker(tune_allocator: bool, *shared) -> None:
     _WORKER = shared
 
 
-def run_time_budget(spec: CompareSpec, deadline: float | None, runs_left: int, jobs: int) -> float | None:
-    """The time budget (s) of one training run of the lr x weight-decay sweep, for the run about to start: what is
-    left until `deadline` (time.time(); None: no budget), times the `jobs` processes, shared by the `runs_left` runs
-    not started yet (this one included), never more than what is left; then split over the sweep; at least 1 s."""
+def run_time_budget(spec: CompareSpec, preset: str, deadline: float | None, runs_left: int,
+                    jobs: int) -> float | None:
+    """The time budget (s) of one training run of row `preset`'s lr x weight-decay sweep, for the run about to start:
+    what is left until `deadline` (time.time(); None: no budget), times the `jobs` processes, shared by the
+    `runs_left` runs not started yet (this one included), never more than what is left; then split over the sweep;
+    at least 1 s."""
     if deadline is None:
         return None
     left = deadline - time.time()
     per_run = min(left * jobs / max(runs_left, 1), left)
-    return max(per_run / (len(spec.lrs) * len(spec.weight_decays)), 1.0)
+    return max(per_run / (len(spec.lrs_of(preset)) * len(spec.weight_decays)), 1.0)
 
 
-def _worker_time_budget(spec: CompareSpec) -> float | None:
+def _worker_time_budget(spec: CompareSpec, preset: str) -> float | None:
     """`run_time_budget` in a --jobs worker: the shared counter says how many runs have started."""
     started, deadline, total, jobs = _WORKER
     if deadline is None:
@@ -576,12 +596,12 @@ def _worker_time_budget(spec: CompareSpec) -> float | None:
     with started.get_lock():
         before = started.value
         started.value += 1
-    return run_time_budget(spec, deadline, total - before, jobs)
+    return run_time_budget(spec, preset, deadline, total - before, jobs)
 
 
 def _run_task_star(args: tuple) -> dict:
     record, seq_len, config, spec, device, models_dir = args
-    return _run_task(record, seq_len, config, spec, device, _worker_time_budget(spec), models_dir)
+    return _run_task(record, seq_len, config, spec, device, _worker_time_budget(spec, record["preset"]), models_dir)
 
 
 def _run_task(record: dict, seq_len: int, config: BMojoConfig, spec: CompareSpec, device: str,
@@ -607,13 +627,13 @@ def _in_plan_order(plan: list[tuple], done: dict[str, dict]) -> list[dict]:
 
 def _train_and_measure(record: dict, config: BMojoConfig, seq_len: int, data: tuple, spec: CompareSpec,
                        device: str, time_budget: float | None, models_dir: Path | None = None) -> dict:
-    """`record` completed by training `config` over the spec's lr x weight-decay sweep on `data` = (train, val,
+    """`record` completed by training `config` over its row's lr x weight-decay sweep on `data` = (train, val,
     test, leaked count), keeping the run best on the validation split (its test accuracy is the record's), and
     measuring its memory. With `models_dir`, the best run's model is saved there (save_pretrained, plus task.json
     naming its task and settings, what `bmojo inspect` reads)."""
     train, val, test, leaked = data
     sweep, best_model = [], None
-    for lr in spec.lrs:
+    for lr in spec.lrs_of(record["preset"]):
         for wd in spec.weight_decays:
             result, model = run_one(config, train, val, test, spec, record["seed"], lr, wd, device, time_budget)
             sweep.append(dict(lr=lr, weight_decay=wd, **result))

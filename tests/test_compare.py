@@ -121,6 +121,16 @@ def test_quick_600_experiment_is_the_quick_preset_at_600_steps_one_learning_rate
     assert quick_600() == dataclasses.replace(quick, train={**quick.train, "max_steps": 600}, preset_lrs={})
 
 
+def test_mamba_experiment_is_the_quick_600_spec_at_two_rates_two_state_sizes_3000_steps():
+    """experiments/mqar_quick_mamba.toml (docs/recall.md, "Mamba on the quick task"): the quick task and model, the
+    mamba preset and the same with a state of 64, at lr 1e-3 and 3e-3, 3000 steps, one seed, no time budget."""
+    quick = quick_600()
+    expected = dataclasses.replace(quick, presets=["mamba", "mamba_n64"], seeds=[0], lrs=[1e-3, 3e-3],
+                                   variants={"mamba_n64": {"preset": "mamba", "ssm_state_size": 64}},
+                                   train={**quick.train, "max_steps": 3000}, time_budget_s=None)
+    assert CompareSpec.from_file(EXPERIMENTS / "mqar_quick_mamba.toml") == expected
+
+
 def paper_layer_quick() -> CompareSpec:
     """experiments/mqar_quick_paper_layer.toml: the quick preset with the paper's B'MOJO layer, which several
     experiments measured."""

@@ -244,7 +244,7 @@ SPECS: dict[str, CompareSpec] = {
         num_test=256,
         time_budget_s=540,  # a safety net on slow machines; on a free 2-core CPU the step count binds
     ),
-    # The paper's figure on a 2-core CPU in <= 60 minutes: the quick spec's models and lr, every bounded preset fitted
+    # The paper's figure on a 2-core CPU in <= 60 minutes: the quick spec's models, lr 1e-3, every bounded preset fitted
     # to three memory budgets, three seeds, MQAR at 2 and 4 kv pairs and two MAD tasks, all at L = 32 (at longer L a
     # step costs 2-3x more and too few fit the hour). 168 runs (B'MOJO's smallest state, 17 token-equivalents with an
     # 8-token window, does not fit the budget 16; the Transformer's KV fits only 36), 250 steps each: 25-27 min on the

@@ -449,3 +449,24 @@ def test_regime_recall_rebinds_every_key_and_asks_for_the_fresh_value(shift):
         assert sorted(queries) == sorted(first) and all(fresh[q] == a for q, a in zip(queries, answers, strict=True))
         scored = np.flatnonzero(row_y != IGNORE_INDEX)
         assert list(scored) == list(range(start, L, 2)) and (row_y[scored] == answers).all()
+
+
+def test_regime_recall_with_the_answers_hidden_asks_the_keys_alone_after_the_same_stream():
+    """show_answers=False: the same draws as with the answers shown up to the queries; the last n positions hold every
+    key once, in a random order, nothing after them, each scored with its fresh value; no value appears after the
+    second pairs, so the shortcut by elimination is closed."""
+    n, V, L = 4, 64, 96
+    shown, _ = np_pair(regime_recall(V, L, n, 50, seed=3))
+    x, y = np_pair(regime_recall(V, L, n, 50, seed=3, show_answers=False))
+    second = L // 2 + L // 8
+    assert (x[:, : L - 2 * n] == shown[:, : L - 2 * n]).all()
+    for row_x, row_y in zip(x, y, strict=True):
+        fresh = dict(zip(row_x[second : second + 2 * n : 2], row_x[second + 1 : second + 2 * n : 2], strict=True))
+        queries = row_x[L - n :]
+        assert sorted(queries) == sorted(fresh)
+        assert list(np.flatnonzero(row_y != IGNORE_INDEX)) == list(range(L - n, L))
+        assert all(fresh[q] == a for q, a in zip(queries, row_y[L - n :], strict=True))
+        after = row_x[second + 2 * n : L - n]
+        assert (after >= V // 2).all()  # filler only between the second pairs and the queries
+    with pytest.raises(ValueError, match=r"seq_len=60 too short for num_kv_pairs=8.*the last 8 tokens"):
+        regime_recall(V, 60, 8, 5, show_answers=False)

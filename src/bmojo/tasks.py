@@ -413,11 +413,7 @@ def long_recall(vocab_size: int = 256, seq_len: int = 256, num_kv_pairs: int = 8
     values = 1 + quarter + rng.integers(0, quarter, size=(num_examples, n))
     inputs = rng.integers(2 * quarter, vocab_size, size=(num_examples, seq_len))
     inputs[:, 0 : 2 * n : 2], inputs[:, 1 : 2 * n : 2] = keys, values
-    if show_answers:
-        return _to_torch(inputs, _ask_every_key(rng, inputs, keys, values))
-    targets = np.full(inputs.shape, IGNORE_INDEX, dtype=np.int64)
-    inputs[:, seq_len - n :], targets[:, seq_len - n :] = _in_random_order(rng, keys, values)
-    return _to_torch(inputs, targets)
+    return _to_torch(inputs, _ask_every_key(rng, inputs, keys, values, show_answers))
 
 
 def _in_random_order(rng: np.random.Generator, keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -434,18 +430,24 @@ def _pairs_in_random_order(rng: np.random.Generator, inputs: np.ndarray, start: 
     inputs[:, start : start + 2 * n : 2], inputs[:, start + 1 : start + 2 * n : 2] = _in_random_order(rng, keys, values)
 
 
-def _ask_every_key(rng: np.random.Generator, inputs: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """In place: the last 2n positions of `inputs` ask for every key once (`_pairs_in_random_order`); returns the
-    targets: each query's value, IGNORE_INDEX elsewhere."""
-    start = inputs.shape[1] - 2 * keys.shape[1]
-    _pairs_in_random_order(rng, inputs, start, keys, values)
+def _ask_every_key(rng: np.random.Generator, inputs: np.ndarray, keys: np.ndarray, values: np.ndarray,
+                   show_answers: bool) -> np.ndarray:
+    """In place: the end of `inputs` asks for every key once, in a random order per row: the last 2n positions, each
+    key followed by its value (`_pairs_in_random_order`), or without `show_answers` the last n, the keys alone.
+    Returns the targets: each query's value, IGNORE_INDEX elsewhere."""
+    n = keys.shape[1]
     targets = np.full(inputs.shape, IGNORE_INDEX, dtype=np.int64)
+    if not show_answers:
+        inputs[:, -n:], targets[:, -n:] = _in_random_order(rng, keys, values)
+        return targets
+    start = inputs.shape[1] - 2 * n
+    _pairs_in_random_order(rng, inputs, start, keys, values)
     targets[:, start::2] = inputs[:, start + 1 :: 2]
     return targets
 
 
 def regime_recall(vocab_size: int = 256, seq_len: int = 512, num_kv_pairs: int = 4, num_examples: int = 1000,
-                  seed: int = 0, shift: bool = True) -> Batch:
+                  seed: int = 0, shift: bool = True, show_answers: bool = True) -> Batch:
     """Recall after a change of regime (the storage tier's retention, docs/recall.md): :func:`long_recall` whose
     key-value bindings are re-drawn mid-stream, so that a model must answer with the fresh binding, not the stale
     one.
@@ -454,16 +456,19 @@ def regime_recall(vocab_size: int = 256, seq_len: int = 512, num_kv_pairs: int =
     start (as :func:`long_recall`); uniform filler from ``[V/2, V)`` up to ``L // 2``; from there the filler is one
     token of that range repeated (the generating mechanism changes; with ``shift=False`` it stays uniform); at
     ``L // 2 + L // 8`` the same keys again, each with a new value (never its first one); the last ``2n`` positions
-    hold the keys in a random order, each followed by its new value, the targets.
+    hold the keys in a random order, each followed by its new value, the targets. ``show_answers=False``: the last
+    ``n`` positions hold the keys alone, as :func:`long_recall`'s (no answering by elimination); the same draws, so
+    everything before the last ``2n`` positions is the same as with the answers shown.
     """
     quarter = vocab_size // 4
     n = num_kv_pairs
     _require(quarter >= 2 and 1 <= n <= quarter, f"vocab_size={vocab_size} too small for num_kv_pairs={n}: need "
              "1 <= num_kv_pairs <= vocab_size//4 distinct keys and vocab_size >= 8 (two values per key)")
     second = seq_len // 2 + seq_len // 8
-    _require(seq_len // 2 >= 2 * n and second + 2 * n <= seq_len - 2 * n,
+    asked = 2 * n if show_answers else n
+    _require(seq_len // 2 >= 2 * n and second + 2 * n <= seq_len - asked,
              f"seq_len={seq_len} too short for num_kv_pairs={n}: the first pairs must end by seq_len // 2 and the "
-             "second ones (at seq_len // 2 + seq_len // 8) before the queries (the last 2 * num_kv_pairs tokens); "
+             f"second ones (at seq_len // 2 + seq_len // 8) before the queries (the last {asked} tokens); "
              f"use seq_len >= {11 * n}")
     _check_count(num_examples)
     rng = np.random.default_rng(seed)
@@ -476,7 +481,7 @@ def regime_recall(vocab_size: int = 256, seq_len: int = 512, num_kv_pairs: int =
     inputs[:, 0 : 2 * n : 2], inputs[:, 1 : 2 * n : 2] = keys, 1 + quarter + first
     fresh_values = 1 + quarter + fresh
     _pairs_in_random_order(rng, inputs, second, keys, fresh_values)
-    return _to_torch(inputs, _ask_every_key(rng, inputs, keys, fresh_values))
+    return _to_torch(inputs, _ask_every_key(rng, inputs, keys, fresh_values, show_answers))
 
 
 TASKS: dict[str, Callable[..., Batch]] = {

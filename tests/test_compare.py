@@ -587,6 +587,9 @@ def test_preset_lrs_replace_the_sweep_of_their_row_only(tmp_path, monkeypatch):
     assert [r["lr"] for r in mamba["sweep"]] == [1e-3, 3e-3]
     # mamba, the first of 2 runs: half the 1000 s, split over its 2 rates; swa: what is left, about 1000 s
     assert [budget for _, _, budget in calls] == pytest.approx([250, 250, 1000], abs=5)
+    table = (tmp_path / "results.md").read_text()
+    mamba_row, swa_row = (next(line for line in table.splitlines() if f"| {p} |" in line) for p in ("mamba", "swa"))
+    assert "| 0.003 | 1 |" in mamba_row and "| 0.001 | 1 |" in swa_row  # the rate each row trained at
 
 
 def test_a_jobs_worker_budget_shares_what_is_left_of_the_time(monkeypatch):

@@ -692,26 +692,32 @@ def write_tables(records: list[dict], out_dir: Path, spec: CompareSpec) -> None:
 
 
 def results_markdown(records: list[dict]) -> str:
-    """The results table (accuracy mean and min-max over seeds; runs the time budget stopped flagged) and the
-    verdict (`bmojo.verdict`)."""
+    """The results table (accuracy mean and min-max over seeds; the learning rates the validation split chose;
+    runs the time budget stopped flagged) and the verdict (`bmojo.verdict`)."""
     shown = label_settings(records)
-    config_of = {(task_label(r, shown), r["budget_tokens"], r["preset"]): r for r in records if "skipped" not in r}
-    lines = ["| task | budget (tok) | preset | knob | memory (tok) | params | seeds | accuracy mean [min, max] "
-             "| steps |", "|---|---|---|---|---|---|---|---|---|"]
+    config_of, lrs_of = {}, {}
+    for r in records:
+        if "skipped" not in r:
+            key = (task_label(r, shown), r["budget_tokens"], r["preset"])
+            config_of[key] = r
+            lrs_of.setdefault(key, set()).add(r["lr"])
+    lines = ["| task | budget (tok) | preset | knob | memory (tok) | params | lr | seeds | accuracy mean [min, max] "
+             "| steps |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in summarize(records):
         budget = "-" if row["budget_tokens"] is None else f"{row['budget_tokens']:g}"
         head = f"| {row['task_label']} | {budget} | {row['preset']} |"
         if "skipped" in row:
-            lines.append(f"{head} - | - | - | - | skipped: {row['skipped']} | - |")
+            lines.append(f"{head} - | - | - | - | - | skipped: {row['skipped']} | - |")
             continue
-        r = config_of[(row["task_label"], row["budget_tokens"], row["preset"])]
+        key = (row["task_label"], row["budget_tokens"], row["preset"])
+        r, lrs = config_of[key], ", ".join(f"{lr:g}" for lr in sorted(lrs_of[key]))
         knob = ", ".join(f"{k}={v}" for k, v in r["knob"].items()) or "-"
         steps = f"{min(row['steps'])}" if min(row["steps"]) == max(row["steps"]) else \
             f"{min(row['steps'])}-{max(row['steps'])}"
         if row["time_stopped"]:
             steps += f" ({row['time_stopped']} stopped by the time budget)"
-        lines.append(f"{head} {knob} | {row['memory_tokens']:.1f} | {r['parameters']:,} | {len(row['seeds'])} | "
-                     f"{row['mean']:.3f} [{row['min']:.3f}, {row['max']:.3f}] | {steps} |")
+        lines.append(f"{head} {knob} | {row['memory_tokens']:.1f} | {r['parameters']:,} | {lrs} | "
+                     f"{len(row['seeds'])} | {row['mean']:.3f} [{row['min']:.3f}, {row['max']:.3f}] | {steps} |")
     return "\n".join([*lines, *length_markdown(records), "", "## Verdict", "", *verdict_markdown(records)]) + "\n"
 
 

@@ -138,9 +138,9 @@ def paper_layer_quick() -> CompareSpec:
 
 
 def test_paper_layer_experiment_is_the_quick_preset_without_the_residual():
-    """experiments/mqar_quick_paper_layer.toml (docs/recall.md) is the quick preset with fading_residual off (the
-    paper's layer) instead of the gated residual, and the SSD chunk of its measurements (16: two chunks per sequence,
-    the same model to fp32 rounding), nothing else."""
+    """experiments/mqar_quick_paper_layer.toml (docs/recall.md) is the 600-step quick spec with fading_residual off
+    (the paper's layer) instead of the gated residual, and the SSD chunk of its measurements (16: two chunks per
+    sequence, the same model to fp32 rounding), nothing else."""
     quick = quick_600()
     model = {k: v for k, v in quick.model.items() if not k.startswith("fading_residual_gate")}
     expected = dataclasses.replace(quick, model={**model, "fading_residual": False, "ssm_chunk_size": 16})
@@ -238,8 +238,8 @@ def test_quick_residual_experiment_is_the_quick_preset_with_the_residual_on():
 
 
 def test_gate_scale_experiment_is_the_quick_preset_with_a_faster_gate_row():
-    """experiments/mqar_quick_gate_scale.toml (docs/recall.md, "A faster gate"): the quick preset's bmojo and bmojo_f
-    rows and the same layers with the gate at 30x the learning rate, and no whole-command time budget."""
+    """experiments/mqar_quick_gate_scale.toml (docs/recall.md, "A faster gate"): the 600-step quick spec's bmojo and
+    bmojo_f rows and the same layers with the gate at 30x the learning rate, and no whole-command time budget."""
     quick = quick_600()
     variants = {f"{p}_gate30": {"preset": p, "fading_residual_gate_scale": 30.0} for p in ("bmojo", "bmojo_f")}
     expected = dataclasses.replace(quick, presets=["bmojo", "bmojo_gate30", "bmojo_f", "bmojo_f_gate30"],
@@ -248,8 +248,8 @@ def test_gate_scale_experiment_is_the_quick_preset_with_a_faster_gate_row():
 
 
 def test_bf16_experiment_is_the_quick_preset_in_bf16_autocast():
-    """experiments/mqar_quick_bf16.toml (docs/benchmarks.md, "Small models"): the quick preset with bf16 autocast, and
-    no whole-command time budget."""
+    """experiments/mqar_quick_bf16.toml (docs/benchmarks.md, "Small models"): the 600-step quick spec in bf16
+    autocast, and no whole-command time budget."""
     quick = quick_600()
     expected = dataclasses.replace(quick, train={**quick.train, "bf16": True}, time_budget_s=None)
     assert CompareSpec.from_file(EXPERIMENTS / "mqar_quick_bf16.toml") == expected
@@ -649,7 +649,7 @@ def test_bad_variants_are_refused(variants, message):
 
 def test_standard_600_experiment_is_the_standard_preset_trained_as_long_as_quick():
     """experiments/standard_600.toml (docs/recall.md, "standard"): the standard preset's tasks, budgets, seeds and
-    model (with the SSD chunk of its measurements, 16), with the quick preset's training (600 steps) instead of 250."""
+    model (with the SSD chunk of its measurements, 16), with the 600-step quick spec's training instead of 250."""
     standard = SPECS["standard"]
     expected = dataclasses.replace(standard, train=quick_600().train,
                                    model={**standard.model, "ssm_chunk_size": 16})

@@ -430,6 +430,21 @@ def test_long_recall_without_answers_asks_the_keys_last_and_never_shows_a_value_
         long_recall(V, 17, n, 5, show_answers=False)
 
 
+def test_long_recall_lead_moves_the_pairs_after_filler_and_keeps_every_draw():
+    """lead=k: the same pairs at positions k .. k + 2n - 1 with filler before them, the same queries and targets; the
+    filler elsewhere unchanged (the same draws). A lead that leaves no room is refused."""
+    n, V, L, k = 4, 64, 60, 20
+    x, y = np_pair(long_recall(V, L, n, 30, seed=5, show_answers=False))
+    moved, moved_y = np_pair(long_recall(V, L, n, 30, seed=5, show_answers=False, lead=k))
+    assert (moved[:, k : k + 2 * n] == x[:, : 2 * n]).all() and (moved_y == y).all()
+    assert (moved[:, :k] >= V // 2).all() and (moved[:, : 2 * n] != x[:, : 2 * n]).any()
+    assert (moved[:, k + 2 * n :] == x[:, k + 2 * n :]).all()
+    with pytest.raises(ValueError, match="seq_len=60 too short: need >= lead \\+ 3 \\* num_kv_pairs = 61"):
+        long_recall(V, L, n, 5, show_answers=False, lead=49)
+    with pytest.raises(ValueError, match="lead must be >= 0"):
+        long_recall(V, L, n, 5, lead=-1)
+
+
 @pytest.mark.parametrize("shift", [True, False])
 def test_regime_recall_rebinds_every_key_and_asks_for_the_fresh_value(shift):
     """First pairs, uniform filler, from L // 2 one filler token repeated (uniform with shift=False), the same keys

@@ -381,7 +381,7 @@ def induction_heads(vocab_size: int = 64, seq_len: int = 256, num_examples: int 
 
 
 def long_recall(vocab_size: int = 256, seq_len: int = 256, num_kv_pairs: int = 8, num_examples: int = 1000,
-                seed: int = 0, show_answers: bool = True) -> Batch:
+                seed: int = 0, show_answers: bool = True, lead: int = 0) -> Batch:
     """Long-context multi-key recall (the storage tier's benchmark, docs/recall.md): ``num_kv_pairs`` key-value
     pairs at the start, filler, then every key again (shuffled), each followed by its value.
 
@@ -397,6 +397,9 @@ def long_recall(vocab_size: int = 256, seq_len: int = 256, num_kv_pairs: int = 8
     n = 4) without reading any key. ``show_answers=False`` closes it: the last ``n`` positions hold the keys in a
     random order with no value after them (a value never appears after the pairs), the same targets; that shortcut
     scores 1/n. The default keeps the data of the documented experiments.
+
+    ``lead`` > 0 puts the pairs after that many filler tokens instead of at the start (the same draws, so the same
+    pairs, filler and queries): a check that a model reads the pairs for what they are, not for where they sit.
     """
     quarter = vocab_size // 4
     _require(quarter >= 1 and num_kv_pairs <= quarter,
@@ -404,15 +407,18 @@ def long_recall(vocab_size: int = 256, seq_len: int = 256, num_kv_pairs: int = 8
              "distinct keys")
     _require(num_kv_pairs >= 1, f"num_kv_pairs must be >= 1, got {num_kv_pairs}")
     per_key = 4 if show_answers else 3
-    _require(seq_len >= per_key * num_kv_pairs, f"seq_len={seq_len} too short: need >= {per_key} * num_kv_pairs = "
-             f"{per_key * num_kv_pairs} (the pairs, then one query{' and its value' if show_answers else ''} per key)")
+    _require(lead >= 0, f"lead must be >= 0 (filler tokens before the pairs), got {lead}")
+    _require(seq_len >= lead + per_key * num_kv_pairs, f"seq_len={seq_len} too short: need >= "
+             f"{'lead + ' if lead else ''}{per_key} * num_kv_pairs = {lead + per_key * num_kv_pairs} "
+             f"({'the lead, ' if lead else ''}the pairs, then one query{' and its value' if show_answers else ''} "
+             "per key)")
     _check_count(num_examples)
     rng = np.random.default_rng(seed)
     n = num_kv_pairs
     keys = 1 + _sample_distinct(rng, num_examples, quarter, n)
     values = 1 + quarter + rng.integers(0, quarter, size=(num_examples, n))
     inputs = rng.integers(2 * quarter, vocab_size, size=(num_examples, seq_len))
-    inputs[:, 0 : 2 * n : 2], inputs[:, 1 : 2 * n : 2] = keys, values
+    inputs[:, lead : lead + 2 * n : 2], inputs[:, lead + 1 : lead + 2 * n : 2] = keys, values
     return _to_torch(inputs, _ask_every_key(rng, inputs, keys, values, show_answers))
 
 

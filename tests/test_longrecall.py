@@ -93,6 +93,23 @@ def test_command_reads_another_task_with_a_row_per_variant(saved, cli, tmp_path)
     assert "| bmojo_store horizon (exact) | " in (out / "results.md").read_text()
 
 
+def test_variant_moves_the_eidetic_tokens_of_a_model_without_a_store(saved, cli, tmp_path):
+    """`--variant edge:eidetic_position=edge` reads a B'MOJO model without a store again with its eidetic tokens at
+    the chunk edge (a setting that holds no weights): a row each, the accuracy of loading it so."""
+    plain = save_model(tmp_path / "plain", "bmojo", num_fading_tokens=2, num_eidetic_tokens=2)
+    out = tmp_path / "out"
+    assert cli("longrecall", plain, saved[1], "--lengths", "96", "--variant", "own", "--variant",
+               "edge:eidetic_position=edge", "--examples", "4", "--piece", "16", "--threads", "1", "--out", out) == 0
+    records = json.loads((out / "results.json").read_text())
+    assert [(r["model"], r["variant"], r["overrides"]) for r in records] == [
+        ("bmojo", "own", {}), ("bmojo", "edge", {"eidetic_position": "edge"}), ("swa", None, {})]
+    _, (inputs, targets) = tasks.train_test_split("long_recall", 1, 4, 0, **{**SETTINGS, "seq_len": 96})
+    for record, position in zip(records[:2], ["original", "edge"], strict=True):
+        model = bmojo.BMojoForCausalLM.from_pretrained(plain, eidetic_position=position).eval()
+        assert record["accuracy"] == accuracy_through_cache(model, inputs, targets, 16)[0]
+    assert "| bmojo edge | " in (out / "results.md").read_text()
+
+
 def test_bad_input_is_refused(saved, cli_exit, tmp_path, capsys):
     assert cli_exit("longrecall", saved[0], "--lengths", "64", "--backends", "hnsw", "--out", tmp_path) == 2
     assert "--backends 'hnsw': choose from exact, faiss" in capsys.readouterr().err

@@ -7,8 +7,9 @@ decoding cache in pieces (chunked prefill: equal to the parallel forward, in mem
 bounded models reach lengths whose parallel forward would not fit. A model with a storage tier is evaluated with
 each search backend of `--backends`; for "faiss" the recall of its searches against the exact search is measured
 on the keys the model stores. `--task` reads another task than the one trained on (with the model's task settings
-and `--task-set`), `--variant` reads the model again with other storage-tier settings (`STORE_FIELDS`, which hold no
-weights: e.g. the store's retention). Writes results.json, results.md and recall_vs_length.png.
+and `--task-set`), `--variant` reads each model with an eidetic memory again with other settings that hold no weights
+(`READ_FIELDS`: the storage tier's, e.g. its retention, and `eidetic_position`). Writes results.json, results.md and
+recall_vs_length.png.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 from . import tasks as task_lib
 from .cli import check_writable, parse_assignments
 from .models import BMojoConfig, BMojoForCausalLM
-from .models.configuration import STORE_BACKENDS, STORE_FIELDS
+from .models.configuration import READ_FIELDS, STORE_BACKENDS
 from .ops.ann import measuring_recall
 from .plotting import pyplot
 
@@ -56,22 +57,22 @@ def read_task(model_dir: Path) -> dict:
 
 def load_recall_model(model_dir: Path, backend: str | None, **overrides) -> BMojoForCausalLM:
     """The model saved in `model_dir`, with store_backend set to `backend` when it has a store, and `overrides` of
-    its STORE_FIELDS."""
+    its READ_FIELDS."""
     overrides = {**overrides, "store_backend": backend} if backend else overrides
     return BMojoForCausalLM.from_pretrained(model_dir, config=BMojoConfig.from_saved(model_dir, **overrides)).eval()
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
     """`NAME` or `NAME:FIELD=VALUE[,FIELD=VALUE...]` -> (NAME, {FIELD: VALUE}), values JSON where they parse (else
-    strings); ValueError for a field outside STORE_FIELDS (one that shapes weights cannot change after training)."""
+    strings); ValueError for a field outside READ_FIELDS (one that shapes weights cannot change after training)."""
     name, _, body = text.partition(":")
     if not name:
         raise ValueError(f"--variant {text!r}: write NAME or NAME:FIELD=VALUE,..., e.g. horizon:store_horizon=512")
     items = [x.strip() for x in body.split(",") if x.strip()]
     for item in items:
-        if item.partition("=")[0] not in STORE_FIELDS or "=" not in item:
+        if item.partition("=")[0] not in READ_FIELDS or "=" not in item:
             raise ValueError(f"--variant {text!r}: {item!r} is not FIELD=VALUE with FIELD one of "
-                             f"{', '.join(STORE_FIELDS)} (the storage tier's settings, which hold no weights)")
+                             f"{', '.join(READ_FIELDS)} (settings that hold no weights)")
     return name, parse_assignments(items, "--variant")
 
 
@@ -81,13 +82,14 @@ def evaluate(model_dirs: list[Path], lengths: list[int], backends: list[str], ex
     """One record per (model, variant, backend, length): accuracy, cache bytes (working, stored), seconds, and for
     "faiss" with `search_recall` the recall of its searches against the exact search, which then runs beside each of
     them (None when no search went through an index). `task` (default: each model's own) is generated with the
-    model's task settings updated by `task_settings`; `variants` [(name, STORE_FIELDS overrides)] (default: one, the
-    model as trained) apply to the models with a store."""
+    model's task settings updated by `task_settings`; `variants` [(name, READ_FIELDS overrides)] (default: one, the
+    model as trained) apply to the models with an eidetic memory (the 'bmojo' kind, the only one with a store)."""
     records = []
     plan = []  # (model folder, task.json, variant, backend): every folder and variant checked before the first run
     for model_dir in model_dirs:
-        saved, stores = read_task(model_dir), BMojoConfig.from_pretrained(model_dir).stores_tokens
-        for variant in (variants or [(None, {})]) if stores else [(None, {})]:
+        saved, config = read_task(model_dir), BMojoConfig.from_pretrained(model_dir)
+        stores, eidetic = config.stores_tokens, any(map(config.eidetic_tokens, range(config.num_hidden_layers)))
+        for variant in (variants or [(None, {})]) if eidetic else [(None, {})]:
             BMojoConfig.from_saved(model_dir, **variant[1])  # a bad value: ValueError naming it, before any run
             plan += [(model_dir, saved, variant, backend) for backend in (backends if stores else [None])]
         check_task(task or saved["task"], {**saved["settings"], **(task_settings or {})}, lengths)
@@ -196,9 +198,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task-set", action="append", default=[], metavar="KEY=VALUE",
                         help="a setting of --task's generator (JSON value), e.g. shift=false; repeatable")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME[:FIELD=VALUE,...]",
-                        help="read each model with a store again with these storage-tier settings (fields of "
-                             f"{', '.join(STORE_FIELDS)}), a row each, e.g. regime:store_regime_threshold=2; "
-                             "repeatable; NAME alone: the model as trained")
+                        help="read each model with an eidetic memory again with these settings, which hold no "
+                             f"weights (fields of {', '.join(READ_FIELDS)}), a row each, e.g. "
+                             "regime:store_regime_threshold=2 or edge:eidetic_position=edge; repeatable; NAME alone: "
+                             "the model as trained")
     parser.add_argument("--out", type=Path, required=True, help="folder for results.json, results.md and the plot")
 
 

@@ -24,6 +24,9 @@ STORE_BACKENDS = ("exact", "faiss")  # how decoding searches the storage tier (s
 # the storage tier's fields: none shapes a weight, so a trained model can be read with other values of them
 STORE_FIELDS = ("num_retrieved_tokens", "store_write", "store_backend", "retrieved_position", "store_horizon",
                 "store_regime_threshold", "store_regime_chunks", "store_dtype")
+# fields that hold no weights, so a trained model can be read with other values of them: the storage tier's, and
+# where the eidetic tokens sit (their RoPE position)
+READ_FIELDS = (*STORE_FIELDS, "eidetic_position")
 STORE_DTYPES = ("model", "bfloat16", "float16")  # what the storage tier keeps keys and values in (see store_dtype)
 ATTENTION_KINDS = frozenset({"attn", "swa", "bmojo_f", "bmojo"})  # kinds with q/k/v heads
 WINDOW_KINDS = frozenset({"swa", "bmojo_f", "bmojo"})  # kinds that read window_size

@@ -276,6 +276,18 @@ def test_long_preset_is_the_shown_answers_spec_with_the_answers_hidden_and_the_q
         long, presets=["transformer", "bmojo_store"])
 
 
+def test_eidetic_edge_experiment_is_the_long_preset_with_its_bmojo_rows_at_the_edge():
+    """experiments/long_recall_eidetic_edge.toml (docs/recall.md, "Eidetic tokens at the edge") is the long preset's
+    two B'MOJO rows, with and without the store, their eidetic tokens at the chunk edge, two seeds."""
+    long = SPECS["long"]
+    edge = {"eidetic_position": "edge"}
+    expected = dataclasses.replace(
+        long, presets=["bmojo_store_edge", "bmojo_edge"], seeds=[0, 1],
+        variants={"bmojo_store_edge": {**long.variants["bmojo_store"], **edge},
+                  "bmojo_edge": {"preset": "bmojo", **edge}})
+    assert CompareSpec.from_file(EXPERIMENTS / "long_recall_eidetic_edge.toml") == expected
+
+
 def test_long_recall_experiment_is_the_long_preset_trained_twice_as_long():
     """experiments/long_recall_3000.toml (docs/recall.md) is long_recall_shown.toml's transformer and bmojo_store
     rows with 3000 training steps instead of 1500."""

@@ -445,6 +445,29 @@ def test_long_recall_lead_moves_the_pairs_after_filler_and_keeps_every_draw():
         long_recall(V, L, n, 5, lead=-1)
 
 
+@pytest.mark.parametrize("show_answers", [True, False])
+def test_long_recall_random_lead_puts_each_examples_pairs_anywhere_before_its_queries(show_answers):
+    """random_lead=True: each row holds the pairs of the fixed-lead data (the same draws before the lead's) at its own
+    lead, every lead from 0 to the last that leaves room for the queries, filler elsewhere; the same queries and
+    targets. It cannot be combined with a fixed lead."""
+    n, V, L = 3, 48, 24
+    per_key = 4 if show_answers else 3
+    x, y = np_pair(long_recall(V, L, n, 400, seed=2, show_answers=show_answers))
+    r, ry = np_pair(long_recall(V, L, n, 400, seed=2, show_answers=show_answers, random_lead=True))
+    assert (ry == y).all() and (r[:, L - (per_key - 2) * n :] == x[:, L - (per_key - 2) * n :]).all()
+    leads = []
+    for row, fixed in zip(r[:, : L - (per_key - 2) * n], x, strict=True):
+        starts = [k for k in range(L - per_key * n + 1) if (row[k : k + 2 * n] == fixed[: 2 * n]).all()]
+        assert len(starts) == 1
+        (k,) = starts
+        rest = np.concatenate([row[:k], row[k + 2 * n :]])
+        assert (rest >= V // 2).all()
+        leads.append(k)
+    assert sorted(set(leads)) == list(range(L - per_key * n + 1))
+    with pytest.raises(ValueError, match="lead=2 and random_lead=True: choose one"):
+        long_recall(V, L, n, 5, lead=2, random_lead=True)
+
+
 @pytest.mark.parametrize("shift", [True, False])
 def test_regime_recall_rebinds_every_key_and_asks_for_the_fresh_value(shift):
     """First pairs, uniform filler, from L // 2 one filler token repeated (uniform with shift=False), the same keys

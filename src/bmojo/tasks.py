@@ -381,7 +381,7 @@ def induction_heads(vocab_size: int = 64, seq_len: int = 256, num_examples: int 
 
 
 def long_recall(vocab_size: int = 256, seq_len: int = 256, num_kv_pairs: int = 8, num_examples: int = 1000,
-                seed: int = 0, show_answers: bool = True, lead: int = 0) -> Batch:
+                seed: int = 0, show_answers: bool = True, lead: int = 0, random_lead: bool = False) -> Batch:
     """Long-context multi-key recall (the storage tier's benchmark, docs/recall.md): ``num_kv_pairs`` key-value
     pairs at the start, filler, then every key again (shuffled), each followed by its value.
 
@@ -400,6 +400,9 @@ def long_recall(vocab_size: int = 256, seq_len: int = 256, num_kv_pairs: int = 8
 
     ``lead`` > 0 puts the pairs after that many filler tokens instead of at the start (the same draws, so the same
     pairs, filler and queries): a check that a model reads the pairs for what they are, not for where they sit.
+    ``random_lead=True`` draws each example's lead uniformly from ``0 .. seq_len - 3n`` (``4n`` with the answers
+    shown), after every other draw: the pairs anywhere before the queries, so that neither their place nor the
+    innovation test's first picks can stand in for reading them.
     """
     quarter = vocab_size // 4
     _require(quarter >= 1 and num_kv_pairs <= quarter,
@@ -408,6 +411,7 @@ def long_recall(vocab_size: int = 256, seq_len: int = 256, num_kv_pairs: int = 8
     _require(num_kv_pairs >= 1, f"num_kv_pairs must be >= 1, got {num_kv_pairs}")
     per_key = 4 if show_answers else 3
     _require(lead >= 0, f"lead must be >= 0 (filler tokens before the pairs), got {lead}")
+    _require(not (lead and random_lead), f"lead={lead} and random_lead=True: choose one (a fixed lead or a random one)")
     _require(seq_len >= lead + per_key * num_kv_pairs, f"seq_len={seq_len} too short: need >= "
              f"{'lead + ' if lead else ''}{per_key} * num_kv_pairs = {lead + per_key * num_kv_pairs} "
              f"({'the lead, ' if lead else ''}the pairs, then one query{' and its value' if show_answers else ''} "
@@ -418,8 +422,12 @@ def long_recall(vocab_size: int = 256, seq_len: int = 256, num_kv_pairs: int = 8
     keys = 1 + _sample_distinct(rng, num_examples, quarter, n)
     values = 1 + quarter + rng.integers(0, quarter, size=(num_examples, n))
     inputs = rng.integers(2 * quarter, vocab_size, size=(num_examples, seq_len))
-    inputs[:, lead : lead + 2 * n : 2], inputs[:, lead + 1 : lead + 2 * n : 2] = keys, values
-    return _to_torch(inputs, _ask_every_key(rng, inputs, keys, values, show_answers))
+    targets = _ask_every_key(rng, inputs, keys, values, show_answers)  # the last n (2n) positions: never a pair's
+    leads = rng.integers(0, seq_len - per_key * n + 1, size=(num_examples, 1)) if random_lead else lead
+    at = leads + np.arange(0, 2 * n, 2)  # (rows, n) or (n,): each key's position
+    rows = np.arange(num_examples)[:, None]
+    inputs[rows, at], inputs[rows, at + 1] = keys, values
+    return _to_torch(inputs, targets)
 
 
 def _in_random_order(rng: np.random.Generator, keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

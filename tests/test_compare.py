@@ -288,6 +288,16 @@ def test_eidetic_edge_experiment_is_the_long_preset_with_its_bmojo_rows_at_the_e
     assert CompareSpec.from_file(EXPERIMENTS / "long_recall_eidetic_edge.toml") == expected
 
 
+def test_random_lead_experiment_is_the_edge_store_row_with_the_pairs_anywhere():
+    """experiments/long_recall_random_lead.toml (docs/recall.md, "Pairs anywhere") is the edge experiment's store row
+    on the long preset's task with random_lead, two seeds."""
+    edge = CompareSpec.from_file(EXPERIMENTS / "long_recall_eidetic_edge.toml")
+    expected = dataclasses.replace(
+        edge, tasks=[{**edge.tasks[0], "random_lead": True}], presets=["bmojo_store_edge"],
+        variants={"bmojo_store_edge": edge.variants["bmojo_store_edge"]})
+    assert CompareSpec.from_file(EXPERIMENTS / "long_recall_random_lead.toml") == expected
+
+
 def test_long_recall_experiment_is_the_long_preset_trained_twice_as_long():
     """experiments/long_recall_3000.toml (docs/recall.md) is long_recall_shown.toml's transformer and bmojo_store
     rows with 3000 training steps instead of 1500."""

@@ -298,6 +298,15 @@ def test_random_lead_experiment_is_the_edge_store_row_with_the_pairs_anywhere():
     assert CompareSpec.from_file(EXPERIMENTS / "long_recall_random_lead.toml") == expected
 
 
+def test_random_lead_512_experiment_is_the_random_lead_spec_with_a_second_stage_at_512():
+    """experiments/long_recall_random_lead_512.toml (docs/recall.md, "Pairs anywhere") is the random-lead spec with
+    the length curriculum's second stage: 300 steps at L 512, lr 5e-4, 5000 new examples."""
+    random_lead = CompareSpec.from_file(EXPERIMENTS / "long_recall_random_lead.toml")
+    expected = dataclasses.replace(random_lead, second_stage={"seq_len": 512, "max_steps": 300, "lr": 5e-4,
+                                                              "num_train": 5000})
+    assert CompareSpec.from_file(EXPERIMENTS / "long_recall_random_lead_512.toml") == expected
+
+
 def test_long_recall_experiment_is_the_long_preset_trained_twice_as_long():
     """experiments/long_recall_3000.toml (docs/recall.md) is long_recall_shown.toml's transformer and bmojo_store
     rows with 3000 training steps instead of 1500."""
@@ -435,6 +444,14 @@ def test_spec_values_are_checked(tmp_path):
         (dict(preset_lrs={"mambo": [3e-3]}), "unknown preset_lrs entry(s) ['mambo']; valid preset_lrs entrys: "),
         (dict(preset_lrs={"mamba": []}), "preset_lrs['mamba'] must be a non-empty list of learning rates, got []"),
         (dict(preset_lrs={"mamba": [0.0]}), "preset_lrs['mamba'] must be > 0, got 0.0"),
+        (dict(second_stage={"max_steps": 3}), "second_stage needs 'seq_len', the task's length in the second stage"),
+        (dict(second_stage={"seq_len": 0}), "second_stage.seq_len must be an integer >= 1, got 0"),
+        (dict(second_stage={"seq_len": 64, "seed": 1}), "unknown second_stage field(s) ['seed']; valid second_stage "
+                                                        "fields: seq_len, num_train, max_steps"),
+        (dict(second_stage={"seq_len": 64, "lr": -1.0}), "second_stage.lr must be > 0, got -1.0"),
+        (dict(second_stage={"seq_len": 64, "max_steps": "3"}), "second_stage.max_steps must be int, got '3'"),
+        (dict(second_stage={"seq_len": 64, "batch_size": 32}), "second_stage: batch_size=32 exceeds its num_train=16"),
+        (dict(second_stage={"seq_len": 64}, time_budget_s=60.0), "second_stage with time_budget_s: the budget is "),
     ]:
         path.write_text(json.dumps({**TINY_SPEC, **change}))
         with pytest.raises(ValueError, match=re.escape(f"{path}: {message}")):
@@ -656,6 +673,64 @@ def test_variants_and_accuracy_by_length(tmp_path, png_signature):
     assert "## Test accuracy by context length" in table and "L = 96" in table and "| bmojo_store |" in table
     png = tmp_path / "recall_vs_length_long_recall__seq_len_32__num_kv_pairs_2.png"
     assert png.read_bytes()[:8] == png_signature
+
+
+def test_second_stage_trains_the_chosen_model_on_at_the_longer_length(tmp_path):
+    """second_stage: the first stage is the one-stage run's (same sweep, same test accuracy before); then the saved
+    model equals that run's model trained on by hand on the task made longer, data from seed + SECOND_STAGE_SEED,
+    and the record's accuracies are that model's."""
+    from bmojo import tasks
+    from bmojo.compare import SECOND_STAGE_SEED, _TaskDataset, evaluate_accuracy
+    from bmojo.training import TrainConfig, Trainer
+
+    one = CompareSpec(
+        tasks=[dict(task="long_recall", vocab_size=64, seq_len=32, num_kv_pairs=2, random_lead=True)],
+        presets=["bmojo_store"], variants={"bmojo_store": {"preset": "bmojo", "num_retrieved_tokens": 2}},
+        budgets=[], seeds=[1],
+        model=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, window_size=8, ssm_state_size=8,
+                   ssm_head_dim=16, ssm_chunk_size=8, num_fading_tokens=2, num_eidetic_tokens=2),
+        train=dict(max_steps=2, batch_size=8), num_train=64, num_test=8, num_val=8, eval_lengths=[32, 64],
+    )
+    two = dataclasses.replace(one, second_stage={"seq_len": 64, "max_steps": 3, "lr": 5e-4, "num_train": 16})
+    (first,) = run_compare(one, tmp_path / "one", progress=False, save_models=True)
+    (second,) = run_compare(two, tmp_path / "two", progress=False, save_models=True)
+    assert _without_timing(second["sweep"]) == _without_timing(first["sweep"])
+    assert second["accuracy_before_second_stage"] == first["accuracy"]
+    stage = second["second_stage"]
+    assert (stage["seq_len"], stage["lr"], stage["steps"]) == (64, 5e-4, 3)
+
+    model = BMojoForCausalLM.from_pretrained(first["model_dir"])
+    settings = {**one.tasks[0], "seq_len": 64}
+    del settings["task"]
+    train = tasks.train_test_split("long_recall", 16, 1, 1 + SECOND_STAGE_SEED, **settings)[0]
+    val = tasks.validation_split("long_recall", 8, 1 + SECOND_STAGE_SEED, **settings)
+    cfg = TrainConfig(max_steps=3, batch_size=8, lr=5e-4, weight_decay=0.1, seed=1, cpu=True, progress=False)
+    Trainer(model, _TaskDataset(*train), cfg, evaluate=lambda m: {"accuracy": evaluate_accuracy(m, *val)}).fit()
+    saved = BMojoForCausalLM.from_pretrained(second["model_dir"])
+    theirs = saved.state_dict()
+    assert list(theirs) == list(model.state_dict())
+    for name, mine in model.state_dict().items():
+        torch.testing.assert_close(theirs[name], mine, rtol=0, atol=0, msg=name)
+    test = tasks.train_test_split("long_recall", 1, 8, 1, **settings)[1]
+    assert second["accuracy_by_length"]["64"] == evaluate_accuracy(model, *test)
+    assert stage["val_accuracy"] == evaluate_accuracy(model, *val)
+    assert json.loads((tmp_path / "two" / "models" / Path(second["model_dir"]).name / "task.json").read_text())[
+        "second_stage"] == stage
+
+
+def test_a_folder_from_before_a_new_spec_field_resumes(tmp_path):
+    """A results folder whose spec.json predates a spec field (second_stage) resumes under a spec that leaves the
+    field at its default."""
+    from bmojo.compare import open_out_dir
+
+    spec = CompareSpec(**TINY_SPEC)
+    open_out_dir(tmp_path, spec, resume=False)
+    saved = json.loads((tmp_path / "spec.json").read_text())
+    del saved["second_stage"]
+    (tmp_path / "spec.json").write_text(json.dumps(saved))
+    assert open_out_dir(tmp_path, spec, resume=True) == []
+    with pytest.raises(ValueError, match="differs in second_stage"):
+        open_out_dir(tmp_path, dataclasses.replace(spec, second_stage={"seq_len": 64}), resume=True)
 
 
 @pytest.mark.parametrize("variants, message", [

@@ -74,6 +74,7 @@ VALUE_RULES: dict[str, tuple[Callable, str]] = {
 # TrainConfig fields compare sets for each run itself -> what sets them (so a spec's `train` may not)
 SET_PER_RUN = {"lr": "lrs", "weight_decay": "weight_decays", "seed": "seeds", "time_budget_s": "time_budget_s",
                "cpu": "--device", "progress": "compare's own progress bar"}
+SECOND_STAGE_SEED = 100  # a run of seed s reads its second stage's data from seed s + 100 (not its own splits)
 NON_EMPTY = ("tasks", "presets", "seeds", "lrs", "weight_decays")  # spec lists that need an entry for anything to run
 DEVICES = ("cpu", "cuda")
 SPEC_FILE = "spec.json"  # in the output folder: the spec its runs belong to (what --resume checks)
@@ -102,6 +103,10 @@ class CompareSpec:
     eval_lengths: list[int] = field(default_factory=list)  # test accuracy also at these seq_len (the task made longer)
     # a row's own learning rates: preset or variant name -> lrs swept for it instead of `lrs` (e.g. Mamba's higher one)
     preset_lrs: dict = field(default_factory=dict)
+    # a length curriculum: {"seq_len": L, "num_train": n, train field: value, ...}. The sweep's best model trains on
+    # with the task made L long (new training and validation data, from seed + SECOND_STAGE_SEED; the train fields
+    # given here over `train`, lr by default the one chosen), then every test accuracy is measured. {} = one stage
+    second_stage: dict = field(default_factory=dict)
 
     def lrs_of(self, preset: str) -> list[float]:
         """The learning rates swept for row `preset`: its `preset_lrs` entry, else `lrs`."""
@@ -178,6 +183,34 @@ class CompareSpec:
         batch_size = TrainConfig(**self.train).batch_size
         if batch_size > self.num_train:
             raise ValueError(f"{where}train.batch_size={batch_size} exceeds num_train={self.num_train}")
+        if self.second_stage:
+            self._check_second_stage(where, train_hints)
+
+    def _check_second_stage(self, where: str, train_hints: dict) -> None:
+        """ValueError naming what is wrong in `second_stage` (see the field)."""
+        stage, name = self.second_stage, f"{where}second_stage"
+        settable = ["seq_len", "num_train", *(k for k in train_hints if k in ("lr", "weight_decay")
+                                               or k not in SET_PER_RUN)]
+        _check_names("second_stage field", list(stage), settable, where)
+        for key in ("seq_len", "num_train"):
+            value = stage.get(key, 1)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}.{key} must be an integer >= 1, got {value!r}")
+        if "seq_len" not in stage:
+            raise ValueError(f"{name} needs 'seq_len', the task's length in the second stage, e.g. {{seq_len = 512}}")
+        for key, value in stage.items():
+            if key in train_hints and not has_type(value, train_hints[key]):
+                raise ValueError(f"{name}.{key} must be {type_name(train_hints[key])}, got {value!r}")
+            if key in VALUE_RULES:
+                check_value(f"{name}.{key}", value, key)
+            elif key in ("lr", "weight_decay"):
+                check_value(f"{name}.{key}", value, f"{key}s")
+        config = TrainConfig(**{**self.train, **{k: v for k, v in stage.items() if k in train_hints}})
+        if config.batch_size > stage.get("num_train", self.num_train):
+            raise ValueError(f"{name}: batch_size={config.batch_size} exceeds its num_train="
+                             f"{stage.get('num_train', self.num_train)}")
+        if self.time_budget_s is not None:
+            raise ValueError(f"{name} with time_budget_s: the budget is split over first stages only; remove one")
 
     @classmethod
     def from_file(cls, path: str | Path) -> CompareSpec:
@@ -446,6 +479,13 @@ def _read_records(path: Path) -> list[dict]:
     return records
 
 
+def _default_of(name: str):
+    """The default of CompareSpec field `name` (None where it has none), as JSON data."""
+    f = next(f for f in dataclasses.fields(CompareSpec) if f.name == name)
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else \
+        None if f.default is dataclasses.MISSING else f.default
+
+
 def open_out_dir(out_dir: Path, spec: CompareSpec, resume: bool) -> list[dict]:
     """Make `out_dir` the folder of `spec`'s runs; returns the runs it already recorded. A new run needs an empty
     or absent folder; `resume` needs the folder of the same spec (or an empty one). ValueError otherwise."""
@@ -461,7 +501,7 @@ def open_out_dir(out_dir: Path, spec: CompareSpec, resume: bool) -> list[dict]:
         except json.JSONDecodeError as err:
             raise ValueError(f"{spec_file} is not valid JSON ({err}); cannot resume, choose a new --out") from err
         wanted = json.loads(json.dumps(spec.to_dict()))
-        differ = [k for k in wanted if saved.get(k) != wanted[k]]
+        differ = [k for k in wanted if saved.get(k, _default_of(k)) != wanted[k]]  # a field newer than the folder
         if differ:
             raise ValueError(f"{out_dir} holds results of another spec (differs in {', '.join(differ)}); "
                              "resume it with the same spec, or choose a new --out")
@@ -640,6 +680,12 @@ def _train_and_measure(record: dict, config: BMojoConfig, seq_len: int, data: tu
             if best_model is None or result["val_accuracy"] > max(r["val_accuracy"] for r in sweep[:-1]):
                 best_model = model
     best = max(sweep, key=lambda r: r["val_accuracy"])
+    stage = {}
+    if spec.second_stage:
+        stage = {"second_stage": second_stage(best_model, record, spec, best["lr"], best["weight_decay"],
+                                                device),
+                 "accuracy_before_second_stage": best["accuracy"]}
+        best = {**best, "accuracy": evaluate_accuracy(best_model, *test)}
     num_bytes, tokens = memory_of(config, seq_len)
     by_length = {}
     for length in spec.eval_lengths:  # the test split's seed, the task made longer (for long_recall: more filler)
@@ -655,7 +701,7 @@ def _train_and_measure(record: dict, config: BMojoConfig, seq_len: int, data: tu
             best_model.save_pretrained(folder)
         (folder / "task.json").write_text(json.dumps({"task": record["task"], "settings": record["task_settings"],
                                                       "seed": record["seed"], "lr": best["lr"],
-                                                      "preset": record["preset"]}, indent=1))
+                                                      "preset": record["preset"], **stage}, indent=1))
         saved = {"model_dir": str(folder)}
     return {
         **record, "accuracy": best["accuracy"], "val_accuracy": best["val_accuracy"],
@@ -665,8 +711,28 @@ def _train_and_measure(record: dict, config: BMojoConfig, seq_len: int, data: tu
         "knob": {name: getattr(config, name) for name in MEMORY_KNOBS[preset_of(record["preset"], spec)[0]]},
         "parameters": parameter_count(config),
         "train_seconds": sum(r["train_seconds"] for r in sweep), "steps": best["steps"], "stopped": best["stopped"],
-        "sweep": sweep, **lengths, **saved,
+        "sweep": sweep, **stage, **lengths, **saved,
     }
+
+
+def second_stage(model: BMojoForCausalLM, record: dict, spec: CompareSpec, lr: float, weight_decay: float,
+                 device: str) -> dict:
+    """Train `model` on (in place) as `spec.second_stage` says: the run's task made `seq_len` long, training and
+    validation data from seed + SECOND_STAGE_SEED, `lr` and `weight_decay` unless the stage sets them; what that stage
+    did (its validation accuracy at that length)."""
+    stage = dict(spec.second_stage)
+    seq_len, num_train = stage.pop("seq_len"), stage.pop("num_train", spec.num_train)
+    settings, seed = {**record["task_settings"], "seq_len": seq_len}, record["seed"] + SECOND_STAGE_SEED
+    train = task_lib.train_test_split(record["task"], num_train, 1, seed, **settings)[0]
+    val = task_lib.validation_split(record["task"], spec.num_val, seed, **settings)
+    test = task_lib.train_test_split(record["task"], 1, spec.num_test, record["seed"], **settings)[1]
+    cfg = TrainConfig(**{**spec.train, "lr": lr, "weight_decay": weight_decay, **stage,
+                         "seed": record["seed"], "cpu": device == "cpu", "progress": False})
+    result = Trainer(model, _TaskDataset(*train), cfg,
+                     evaluate=lambda m: {"accuracy": evaluate_accuracy(m, *val)}).fit()
+    return {"seq_len": seq_len, "lr": cfg.lr, "val_accuracy": result.evals[-1]["accuracy"], "steps": result.steps,
+            "train_seconds": result.seconds, "stopped": result.stopped,
+            "test_sequences_seen_in_training": task_lib.check_leakage(train[0], test[0])}
 
 
 def model_folder_name(record: dict) -> str:

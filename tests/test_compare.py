@@ -716,6 +716,7 @@ def test_second_stage_trains_the_chosen_model_on_at_the_longer_length(tmp_path):
     assert stage["val_accuracy"] == evaluate_accuracy(model, *val)
     assert json.loads((tmp_path / "two" / "models" / Path(second["model_dir"]).name / "task.json").read_text())[
         "second_stage"] == stage
+    assert "| 2 + 3 at L 64 |" in (tmp_path / "two" / "results.md").read_text()
 
 
 def test_a_folder_from_before_a_new_spec_field_resumes(tmp_path):

@@ -759,14 +759,16 @@ def write_tables(records: list[dict], out_dir: Path, spec: CompareSpec) -> None:
 
 def results_markdown(records: list[dict]) -> str:
     """The results table (accuracy mean and min-max over seeds; the learning rates the validation split chose;
-    runs the time budget stopped flagged) and the verdict (`bmojo.verdict`)."""
+    runs the time budget stopped flagged; a second stage's steps and length) and the verdict (`bmojo.verdict`)."""
     shown = label_settings(records)
-    config_of, lrs_of = {}, {}
+    config_of, lrs_of, stages_of = {}, {}, {}
     for r in records:
         if "skipped" not in r:
             key = (task_label(r, shown), r["budget_tokens"], r["preset"])
             config_of[key] = r
             lrs_of.setdefault(key, set()).add(r["lr"])
+            if "second_stage" in r:
+                stages_of.setdefault(key, set()).add((r["second_stage"]["steps"], r["second_stage"]["seq_len"]))
     lines = ["| task | budget (tok) | preset | knob | memory (tok) | params | lr | seeds | accuracy mean [min, max] "
              "| steps |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in summarize(records):
@@ -782,6 +784,8 @@ def results_markdown(records: list[dict]) -> str:
             f"{min(row['steps'])}-{max(row['steps'])}"
         if row["time_stopped"]:
             steps += f" ({row['time_stopped']} stopped by the time budget)"
+        for stage_steps, stage_len in sorted(stages_of.get(key, ())):
+            steps += f" + {stage_steps} at L {stage_len}"
         lines.append(f"{head} {knob} | {row['memory_tokens']:.1f} | {r['parameters']:,} | {lrs} | "
                      f"{len(row['seeds'])} | {row['mean']:.3f} [{row['min']:.3f}, {row['max']:.3f}] | {steps} |")
     return "\n".join([*lines, *length_markdown(records), "", "## Verdict", "", *verdict_markdown(records)]) + "\n"

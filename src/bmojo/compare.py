@@ -668,8 +668,8 @@ def _in_plan_order(plan: list[tuple], done: dict[str, dict]) -> list[dict]:
 def _train_and_measure(record: dict, config: BMojoConfig, seq_len: int, data: tuple, spec: CompareSpec,
                        device: str, time_budget: float | None, models_dir: Path | None = None) -> dict:
     """`record` completed by training `config` over its row's lr x weight-decay sweep on `data` = (train, val,
-    test, leaked count), keeping the run best on the validation split (its test accuracy is the record's), and
-    measuring its memory. With `models_dir`, the best run's model is saved there (save_pretrained, plus task.json
+    test, leaked count), keeping the run best on the validation split, training it on in `spec.second_stage` if
+    any (`second_stage`), then measuring its test accuracy (the record's) and its memory. With `models_dir`, the best run's model is saved there (save_pretrained, plus task.json
     naming its task and settings, what `bmojo inspect` reads)."""
     train, val, test, leaked = data
     sweep, best_model = [], None

@@ -451,7 +451,9 @@ def test_spec_values_are_checked(tmp_path):
         (dict(second_stage={"seq_len": 64, "lr": -1.0}), "second_stage.lr must be > 0, got -1.0"),
         (dict(second_stage={"seq_len": 64, "max_steps": "3"}), "second_stage.max_steps must be int, got '3'"),
         (dict(second_stage={"seq_len": 64, "batch_size": 32}), "second_stage: batch_size=32 exceeds its num_train=16"),
-        (dict(second_stage={"seq_len": 64}, time_budget_s=60.0), "second_stage with time_budget_s: the budget is "),
+        (dict(second_stage={"seq_len": 64}, time_budget_s=60.0), "second_stage with a time budget (time_budget_s, "),
+        (dict(second_stage={"seq_len": 64, "num_train": 0}), "second_stage.num_train must be an integer >= 1, got 0"),
+        (dict(second_stage={"seq_len": 64, "weight_decay": -0.1}), "second_stage.weight_decay must be >= 0, got -0.1"),
     ]:
         path.write_text(json.dumps({**TINY_SPEC, **change}))
         with pytest.raises(ValueError, match=re.escape(f"{path}: {message}")):
@@ -716,7 +718,13 @@ def test_second_stage_trains_the_chosen_model_on_at_the_longer_length(tmp_path):
     assert stage["val_accuracy"] == evaluate_accuracy(model, *val)
     assert json.loads((tmp_path / "two" / "models" / Path(second["model_dir"]).name / "task.json").read_text())[
         "second_stage"] == stage
+    assert second["accuracy"] == evaluate_accuracy(model, *tasks.train_test_split(
+        "long_recall", 1, 8, 1, **{**settings, "seq_len": 32})[1])
     assert "| 2 + 3 at L 64 |" in (tmp_path / "two" / "results.md").read_text()
+    too_short = dataclasses.replace(two, second_stage={"seq_len": 6})
+    with pytest.raises(ValueError, match="second_stage: task 'long_recall' at seq_len=6: "):
+        run_compare(too_short, tmp_path / "three", progress=False)
+    assert not (tmp_path / "three").exists()  # refused before anything ran or was written
 
 
 def test_a_folder_from_before_a_new_spec_field_resumes(tmp_path):

@@ -210,7 +210,8 @@ class CompareSpec:
             raise ValueError(f"{name}: batch_size={config.batch_size} exceeds its num_train="
                              f"{stage.get('num_train', self.num_train)}")
         if self.time_budget_s is not None:
-            raise ValueError(f"{name} with time_budget_s: the budget is split over first stages only; remove one")
+            raise ValueError(f"{name} with a time budget (time_budget_s, --time-budget): the budget is split over "
+                             "first stages only; drop second_stage or the time budget")
 
     @classmethod
     def from_file(cls, path: str | Path) -> CompareSpec:
@@ -413,6 +414,12 @@ def _plan(spec: CompareSpec) -> list[tuple[dict, int, BMojoConfig | None]]:
     for task in spec.tasks:
         settings = {k: v for k, v in task.items() if k != "task"}
         sample = task_lib.make_task(task["task"], num_examples=1, seed=0, **settings)  # checks the settings' values
+        if spec.second_stage:  # and the second stage's length, before hours of first stages
+            longer = {**settings, "seq_len": spec.second_stage["seq_len"]}
+            try:
+                task_lib.make_task(task["task"], num_examples=1, seed=0, **longer)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"second_stage: task {task['task']!r} at seq_len={longer['seq_len']}: {err}") from err
         seq_len = settings.get("seq_len") or sample[0].shape[1]
         vocab = task_lib.task_vocab_size(task["task"], **settings)
         for budget in spec.budgets or [None]:
@@ -668,9 +675,10 @@ def _in_plan_order(plan: list[tuple], done: dict[str, dict]) -> list[dict]:
 def _train_and_measure(record: dict, config: BMojoConfig, seq_len: int, data: tuple, spec: CompareSpec,
                        device: str, time_budget: float | None, models_dir: Path | None = None) -> dict:
     """`record` completed by training `config` over its row's lr x weight-decay sweep on `data` = (train, val,
-    test, leaked count), keeping the run best on the validation split, training it on in `spec.second_stage` if
-    any (`second_stage`), then measuring its test accuracy (the record's) and its memory. With `models_dir`, the best run's model is saved there (save_pretrained, plus task.json
-    naming its task and settings, what `bmojo inspect` reads)."""
+    test, leaked count), keeping the run best on the validation split, then, if `spec.second_stage` is set, training
+    it further (`second_stage`), then measuring its test accuracy (the record's) and its memory. The record's
+    `val_accuracy`, `steps` and `train_seconds` are the first stage's. With `models_dir`, the best run's model is
+    saved there (save_pretrained, plus task.json naming its task and settings, what `bmojo inspect` reads)."""
     train, val, test, leaked = data
     sweep, best_model = [], None
     for lr in spec.lrs_of(record["preset"]):
@@ -768,7 +776,7 @@ def results_markdown(records: list[dict]) -> str:
             config_of[key] = r
             lrs_of.setdefault(key, set()).add(r["lr"])
             if "second_stage" in r:
-                stages_of.setdefault(key, set()).add((r["second_stage"]["steps"], r["second_stage"]["seq_len"]))
+                stages_of.setdefault(key, []).append(r["second_stage"])
     lines = ["| task | budget (tok) | preset | knob | memory (tok) | params | lr | seeds | accuracy mean [min, max] "
              "| steps |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in summarize(records):
@@ -784,8 +792,10 @@ def results_markdown(records: list[dict]) -> str:
             f"{min(row['steps'])}-{max(row['steps'])}"
         if row["time_stopped"]:
             steps += f" ({row['time_stopped']} stopped by the time budget)"
-        for stage_steps, stage_len in sorted(stages_of.get(key, ())):
-            steps += f" + {stage_steps} at L {stage_len}"
+        if key in stages_of:  # the second stage's steps over seeds, at its one length
+            stage_steps = sorted(st["steps"] for st in stages_of[key])
+            span = f"{stage_steps[0]}" if stage_steps[0] == stage_steps[-1] else f"{stage_steps[0]}-{stage_steps[-1]}"
+            steps += f" + {span} at L {stages_of[key][0]['seq_len']}"
         lines.append(f"{head} {knob} | {row['memory_tokens']:.1f} | {r['parameters']:,} | {lrs} | "
                      f"{len(row['seeds'])} | {row['mean']:.3f} [{row['min']:.3f}, {row['max']:.3f}] | {steps} |")
     return "\n".join([*lines, *length_markdown(records), "", "## Verdict", "", *verdict_markdown(records)]) + "\n"

@@ -74,7 +74,9 @@ VALUE_RULES: dict[str, tuple[Callable, str]] = {
 # TrainConfig fields compare sets for each run itself -> what sets them (so a spec's `train` may not)
 SET_PER_RUN = {"lr": "lrs", "weight_decay": "weight_decays", "seed": "seeds", "time_budget_s": "time_budget_s",
                "cpu": "--device", "progress": "compare's own progress bar"}
-SECOND_STAGE_SEED = 100  # a run of seed s reads its second stage's data from seed s + 100 (not its own splits)
+# a run of seed s reads its second stage's data from seed s + 100, not its own splits (with seeds s and s + 100 in one
+# spec, s's second stage shares a seed with s + 100's first stage, whose data is at another length)
+SECOND_STAGE_SEED = 100
 NON_EMPTY = ("tasks", "presets", "seeds", "lrs", "weight_decays")  # spec lists that need an entry for anything to run
 DEVICES = ("cpu", "cuda")
 SPEC_FILE = "spec.json"  # in the output folder: the spec its runs belong to (what --resume checks)

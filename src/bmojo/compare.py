@@ -790,17 +790,19 @@ def results_markdown(records: list[dict]) -> str:
         key = (row["task_label"], row["budget_tokens"], row["preset"])
         r, lrs = config_of[key], ", ".join(f"{lr:g}" for lr in sorted(lrs_of[key]))
         knob = ", ".join(f"{k}={v}" for k, v in r["knob"].items()) or "-"
-        steps = f"{min(row['steps'])}" if min(row["steps"]) == max(row["steps"]) else \
-            f"{min(row['steps'])}-{max(row['steps'])}"
+        steps = _steps_range(row["steps"])
         if row["time_stopped"]:
             steps += f" ({row['time_stopped']} stopped by the time budget)"
         if key in stages_of:  # the second stage's steps over seeds, at its one length
-            stage_steps = sorted(st["steps"] for st in stages_of[key])
-            span = f"{stage_steps[0]}" if stage_steps[0] == stage_steps[-1] else f"{stage_steps[0]}-{stage_steps[-1]}"
-            steps += f" + {span} at L {stages_of[key][0]['seq_len']}"
+            steps += f" + {_steps_range([st['steps'] for st in stages_of[key]])} at L {stages_of[key][0]['seq_len']}"
         lines.append(f"{head} {knob} | {row['memory_tokens']:.1f} | {r['parameters']:,} | {lrs} | "
                      f"{len(row['seeds'])} | {row['mean']:.3f} [{row['min']:.3f}, {row['max']:.3f}] | {steps} |")
     return "\n".join([*lines, *length_markdown(records), "", "## Verdict", "", *verdict_markdown(records)]) + "\n"
+
+
+def _steps_range(steps: list[int]) -> str:
+    """Steps over seeds as a table cell: "300", or "200-300" where the seeds differ."""
+    return f"{min(steps)}" if min(steps) == max(steps) else f"{min(steps)}-{max(steps)}"
 
 
 def length_summary(records: list[dict]) -> list[dict]:

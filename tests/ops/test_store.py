@@ -114,10 +114,11 @@ def test_store_forget_lines_follow_the_horizon_and_the_latest_regime():
 def test_store_search_equals_one_search_over_all_stored_tokens():
     torch.manual_seed(0)
     store = TokenStore([])
-    for i in range(5):
+    for i in range(7):  # blocks of 16, 8 and 4 slots: three searches merged
         pos = torch.arange(4 * i, 4 * i + 4).expand(2, -1).clone()
         pos[1, :2] = EMPTY  # row 1 stores fewer
         store = store.append(KVSlots(torch.randn(2, 2, 4, 8), torch.randn(2, 2, 4, 8), pos))
+    assert [block.pos.shape[1] for block in store.blocks] == [16, 8, 4]
     q = torch.randn(2, 4, 3, 8)
     found = store.search(q, 6)
     keys = torch.cat([block.k for block in store.blocks], 2)
@@ -127,7 +128,8 @@ def test_store_search_equals_one_search_over_all_stored_tokens():
     expected = pos.gather(1, index.flatten(1)).view_as(index)
     assert (found.pos.sort(-1).values == expected.sort(-1).values).all()
     torch.testing.assert_close(found.v.sum(3), gather_heads(values, index).sum(3))
-    assert (store.search(q[:, :, :1], 12).pos[1] == EMPTY).sum().item() == 4 * 2  # row 1 holds 10 of 12
+    torch.testing.assert_close(found.k.sum(3), gather_heads(keys, index).sum(3))
+    assert (store.search(q[:, :, :1], 16).pos[1] == EMPTY).sum().item() == 4 * 2  # row 1 holds 14 of 16
     empty = TokenStore([]).search(q, 3)
     assert (empty.pos == EMPTY).all() and empty.k.shape == (2, 4, 3, 3, 8)
 

@@ -10,7 +10,7 @@ import torch
 import bmojo
 from bmojo import tasks
 from bmojo.compare import evaluate_accuracy
-from bmojo.longrecall import accuracy_through_cache
+from bmojo.longrecall import accuracy_through_cache, stored_bytes_per_token
 
 SETTINGS = dict(vocab_size=32, seq_len=24, num_kv_pairs=3)
 TINY = dict(vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -40,6 +40,20 @@ def test_reading_through_the_cache_equals_the_parallel_forward(saved):
     with torch.no_grad():
         assert by_pieces == evaluate_accuracy(model, inputs, targets)
     assert cache.seen_tokens == 100 and cache.stored_nbytes > 0
+
+
+def test_reading_in_batches_gives_the_same_predictions_and_one_batchs_bytes(saved):
+    """Rows never interact: 7 examples read 3 at a time (batches of 3, 3, 1) predict what one batch of 7 predicts;
+    the cache returned is the first batch's, and the estimate of stored bytes is what it stores per token."""
+    model = bmojo.BMojoForCausalLM.from_pretrained(saved[0]).eval()
+    _, (inputs, targets) = tasks.train_test_split("long_recall", 1, 7, 0, **{**SETTINGS, "seq_len": 100})
+    whole, whole_cache = accuracy_through_cache(model, inputs, targets, piece=32)
+    batched, cache = accuracy_through_cache(model, inputs, targets, piece=32, batch=3)
+    assert batched == whole and cache.seen_tokens == 100
+    slots = [sum(block.pos.shape[1] for block in s.store.blocks) for s in cache._states if s.store is not None]
+    assert len(slots) == 2 and slots[0] == slots[1] > 0  # both layers store every token that left the window
+    assert cache.stored_nbytes * 7 == whole_cache.stored_nbytes * 3  # bytes per row: the first batch holds 3 rows
+    assert cache.stored_nbytes == 3 * slots[0] * stored_bytes_per_token(model.config, None)
 
 
 def test_command_rows_per_model_and_backend(saved, cli, tmp_path, monkeypatch, png_signature):
@@ -129,3 +143,18 @@ def test_bad_input_is_refused(saved, cli_exit, tmp_path, capsys):
     short = ("--variant", "h:store_horizon=3")
     assert cli_exit("longrecall", saved[0], "--lengths", "64", *short, "--out", tmp_path) == 2
     assert "store_horizon" in capsys.readouterr().err and not (tmp_path / "results.json").exists()
+    assert cli_exit("longrecall", saved[0], "--lengths", "64", "--batch", "0", "--out", tmp_path) == 2
+    assert "--examples, --piece and --batch must be >= 1, got 20, 2048 and 0" in capsys.readouterr().err
+
+
+def test_a_store_larger_than_memory_is_refused_with_a_batch_that_fits(saved, cli_exit, tmp_path, capsys,
+                                                                      monkeypatch):
+    """20 examples x 10^6 tokens of the tiny store (2 layers x (2 x 2 kv heads x 8 x 4 bytes + 8) = 272 bytes per
+    token) against a machine of 5 GB: 5.44 GB at once, over 80%; 14 examples fit (3.8 GB). Refused before any run."""
+    sysconf = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 5 * 10**9 // 4096}
+    monkeypatch.setattr("bmojo.longrecall.os.sysconf", sysconf.__getitem__)
+    assert cli_exit("longrecall", saved[0], "--lengths", "1000000", "--out", tmp_path / "o") == 2
+    assert ("store: 20 examples of 1,000,000 tokens at once would store about 5.4 GB (0.27 GB per example, keys and "
+            "values of every storing layer), more than 80% of this machine's 5.0 GB: pass --batch 14 (about 3.8 GB)"
+            ) in capsys.readouterr().err
+    assert not (tmp_path / "o" / "results.json").exists()

@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import inspect
 import json
+import os
 import time
 from pathlib import Path
 
@@ -33,17 +34,53 @@ from .plotting import pyplot
 
 
 @torch.no_grad()
-def accuracy_through_cache(model, inputs: torch.Tensor, targets: torch.Tensor, piece: int) -> tuple[float, object]:
-    """Accuracy of greedy predictions on the scored positions of (inputs, targets) (n, L), the inputs read through
-    one cache in pieces of `piece` tokens; returns (accuracy, the cache after the last token)."""
+def accuracy_through_cache(model, inputs: torch.Tensor, targets: torch.Tensor, piece: int,
+                           batch: int | None = None) -> tuple[float, object]:
+    """Accuracy of greedy predictions on the scored positions of (inputs, targets) (n, L), the inputs read `batch`
+    rows at a time (default: all n), each batch through its own cache in pieces of `piece` tokens; returns (accuracy,
+    the first batch's cache after its last token). Rows never interact: the batch size changes memory, not results."""
     device = next(model.parameters()).device
-    cache = model.new_cache(inputs.shape[0])
     preds = torch.full_like(targets, -1)
-    for a in range(0, inputs.shape[1], piece):
-        e = min(inputs.shape[1], a + piece)
-        logits = model(inputs[:, a:e].to(device), cache=cache).logits
-        preds[:, a:e] = logits.argmax(-1).cpu()
-    return task_lib.accuracy(preds, targets), cache
+    first = None
+    for rows in torch.arange(inputs.shape[0]).split(batch or inputs.shape[0]):
+        cache = model.new_cache(len(rows))
+        for a in range(0, inputs.shape[1], piece):
+            e = min(inputs.shape[1], a + piece)
+            logits = model(inputs[rows, a:e].to(device), cache=cache).logits
+            preds[rows, a:e] = logits.argmax(-1).cpu()
+        first = cache if first is None else first
+    return task_lib.accuracy(preds, targets), first
+
+
+def stored_bytes_per_token(config: BMojoConfig, backend: str | None) -> int:
+    """Bytes one example's storage tier grows by per token read, over all layers: each storing layer keeps a content
+    key and a value per kv head and a position (`stored_nbytes`), and the faiss backend's indexes another fp32 copy of
+    the keys and an id per kv head (not in `stored_nbytes`)."""
+    if not config.stores_tokens:
+        return 0
+    hk, hd = config.num_key_value_heads, config.hidden_size // config.num_attention_heads
+    element = 4 if config.store_dtype == "model" else 2  # the recall models are fp32; float16 / bfloat16 stores
+    per_layer = 2 * hk * hd * element + 8 + (hk * (hd * 4 + 8) if backend == "faiss" else 0)
+    storing = sum(1 for i in range(config.num_hidden_layers) if config.eidetic_tokens(i))
+    return storing * per_layer
+
+
+def check_memory(config: BMojoConfig, backend: str | None, length: int, batch: int, where: str) -> None:
+    """ValueError when one batch's storage tier would outgrow this machine's memory, naming a --batch that fits.
+    Only for store_write="window", where every token that leaves the window is stored (the estimate is then the
+    store's size to within a window); "evicted" stores fewer, by how many the data decides."""
+    if config.store_write != "window" or not (per_example := stored_bytes_per_token(config, backend) * length):
+        return
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if batch * per_example > 0.8 * memory:
+        fits = int(0.8 * memory // per_example)
+        hint = f"pass --batch {fits} (about {fits * per_example / 1e9:.1f} GB)" if fits else \
+            "no batch fits: a float16 store halves it (--variant half:store_dtype=float16)"
+        indexes = ", with the faiss indexes" if backend == "faiss" else ""
+        raise ValueError(f"{where}: {batch} examples of {length:,} tokens at once would store about "
+                         f"{batch * per_example / 1e9:.1f} GB ({per_example / 1e9:.2f} GB per example, keys and values "
+                         f"of every storing layer{indexes}), more than 80% of this machine's {memory / 1e9:.1f} GB: "
+                         f"{hint}")
 
 
 def read_task(model_dir: Path) -> dict:
@@ -78,20 +115,25 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 def evaluate(model_dirs: list[Path], lengths: list[int], backends: list[str], examples: int, piece: int,
              search_recall: bool = True, progress: bool = True, task: str | None = None,
-             task_settings: dict | None = None, variants: list[tuple[str, dict]] | None = None) -> list[dict]:
+             task_settings: dict | None = None, variants: list[tuple[str, dict]] | None = None,
+             batch: int | None = None) -> list[dict]:
     """One record per (model, variant, backend, length): accuracy, cache bytes (working, stored), seconds, and for
     "faiss" with `search_recall` the recall of its searches against the exact search, which then runs beside each of
     them (None when no search went through an index). `task` (default: each model's own) is generated with the
     model's task settings updated by `task_settings`; `variants` [(name, READ_FIELDS overrides)] (default: one, the
-    model as trained) apply to the models with an eidetic memory (the 'bmojo' kind, the only one with a store)."""
+    model as trained) apply to the models with an eidetic memory (the 'bmojo' kind, the only one with a store).
+    `batch`: examples read at a time (default all); the bytes recorded are one batch's."""
+    batch = min(batch or examples, examples)
     records = []
     plan = []  # (model folder, task.json, variant, backend): every folder and variant checked before the first run
     for model_dir in model_dirs:
         saved, config = read_task(model_dir), BMojoConfig.from_pretrained(model_dir)
         stores, eidetic = config.stores_tokens, any(map(config.eidetic_tokens, range(config.num_hidden_layers)))
         for variant in (variants or [(None, {})]) if eidetic else [(None, {})]:
-            BMojoConfig.from_saved(model_dir, **variant[1])  # a bad value: ValueError naming it, before any run
-            plan += [(model_dir, saved, variant, backend) for backend in (backends if stores else [None])]
+            read = BMojoConfig.from_saved(model_dir, **variant[1])  # a bad value: ValueError naming it, before any run
+            for backend in backends if stores else [None]:
+                check_memory(read, backend, max(lengths), batch, f"{model_dir.name} {variant[0] or ''}".rstrip())
+                plan.append((model_dir, saved, variant, backend))
         check_task(task or saved["task"], {**saved["settings"], **(task_settings or {})}, lengths)
     bar = tqdm(total=len(plan) * len(lengths), desc="longrecall", disable=not progress)
     for model_dir, saved, (variant, overrides), backend in plan:
@@ -104,10 +146,11 @@ def evaluate(model_dirs: list[Path], lengths: list[int], backends: list[str], ex
                                                              **{**settings, "seq_len": n})
             start = time.perf_counter()
             with measuring_recall() if measure else contextlib.nullcontext() as meter:
-                accuracy, cache = accuracy_through_cache(model, inputs, targets, piece)
+                accuracy, cache = accuracy_through_cache(model, inputs, targets, piece, batch)
             records.append(dict(model=saved.get("preset", model_dir.name), model_dir=str(model_dir), task=name,
                                 settings=settings, variant=variant, overrides=overrides, backend=backend, length=n,
-                                examples=examples, accuracy=accuracy, working_bytes=cache.working_nbytes,
+                                examples=examples, batch=batch, accuracy=accuracy,
+                                working_bytes=cache.working_nbytes,
                                 stored_bytes=cache.stored_nbytes, seconds=time.perf_counter() - start,
                                 search_recall=meter.recall if measure else None))
             bar.update()
@@ -137,13 +180,16 @@ def results_markdown(records: list[dict]) -> str:
     rows = list(dict.fromkeys(row_label(r) for r in records))
     by = {(row_label(r), r["length"]): r for r in records}
     first = records[0]
-    lines = [f"# Long recall: {first['task']} {first['settings']}, {first['examples']} test examples per length", "",
+    batch = first.get("batch") or first["examples"]
+    lines = [f"# Long recall: {first['task']} {first['settings']}, {first['examples']} test examples per length, "
+             f"read {batch} at a time", "",
              "Test accuracy on the scored positions, read through the decoding cache.", "",
              "| model | " + " | ".join(f"L {n:,}" for n in lengths) + " |",
              "|---|" + "---:|" * len(lengths)]
     lines += [f"| {row} | " + " | ".join(f"{by[row, n]['accuracy']:.3f}" if (row, n) in by else "-" for n in lengths)
               + " |" for row in rows]
-    lines += ["", "| model | L | working MB | stored MB | seconds | faiss search recall vs exact |",
+    lines += ["", f"Working and stored bytes: one batch's cache ({batch} examples).", "",
+              "| model | L | working MB | stored MB | seconds | faiss search recall vs exact |",
               "|---|---:|---:|---:|---:|---:|"]
     for r in records:
         recall = "-" if r["search_recall"] is None else f"{r['search_recall']:.3f}"
@@ -188,7 +234,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backends", default="exact",
                         help=f"search backends for models with a store, comma-separated, of {','.join(STORE_BACKENDS)} "
                              "(default exact)")
-    parser.add_argument("--examples", type=int, default=20, help="test examples per length, in one batch (default 20)")
+    parser.add_argument("--examples", type=int, default=20, help="test examples per length (default 20)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="examples read at a time, each batch through its own cache (default: all at once); "
+                             "the same accuracies in less memory")
     parser.add_argument("--piece", type=int, default=2048, help="tokens per call while reading (default 2048)")
     parser.add_argument("--no-search-recall", action="store_true",
                         help="do not measure the faiss search's recall (it runs the exact search beside every faiss "
@@ -211,8 +260,9 @@ def run(args: argparse.Namespace) -> int:
     if unknown or not backends:
         raise ValueError(f"--backends {args.backends!r}: choose from {', '.join(STORE_BACKENDS)} (faiss needs "
                          "pip install 'bmojo[ann]')")
-    if args.examples < 1 or args.piece < 1:
-        raise ValueError(f"--examples and --piece must be >= 1, got {args.examples} and {args.piece}")
+    if args.examples < 1 or args.piece < 1 or (args.batch is not None and args.batch < 1):
+        raise ValueError(f"--examples, --piece and --batch must be >= 1, got {args.examples}, {args.piece} and "
+                         f"{args.batch}")
     for model_dir in args.model_dirs:
         if not model_dir.is_dir():
             raise FileNotFoundError(f"model folder {str(model_dir)!r} does not exist")
@@ -220,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
     task_settings = parse_assignments(args.task_set, "--task-set")
     check_writable(args.out)
     records = evaluate(args.model_dirs, args.lengths, backends, args.examples, args.piece, not args.no_search_recall,
-                       task=args.task, task_settings=task_settings, variants=variants)
+                       task=args.task, task_settings=task_settings, variants=variants, batch=args.batch)
     (args.out / "results.json").write_text(json.dumps(records, indent=1))
     table = results_markdown(records)
     (args.out / "results.md").write_text(table)

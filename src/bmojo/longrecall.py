@@ -71,7 +71,10 @@ def check_memory(config: BMojoConfig, backend: str | None, length: int, batch: i
     store's size to within a window); "evicted" stores fewer, by how many the data decides."""
     if config.store_write != "window" or not (per_example := stored_bytes_per_token(config, backend) * length):
         return
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such name: memory unknown, not checked
+        return
     if batch * per_example > 0.8 * memory:
         fits = int(0.8 * memory // per_example)
         hint = f"pass --batch {fits} (about {fits * per_example / 1e9:.1f} GB)" if fits else \

@@ -36,24 +36,28 @@ def saved(tmp_path_factory):
 def test_reading_through_the_cache_equals_the_parallel_forward(saved):
     model = bmojo.BMojoForCausalLM.from_pretrained(saved[0]).eval()
     _, (inputs, targets) = tasks.train_test_split("long_recall", 1, 16, 0, **{**SETTINGS, "seq_len": 100})
-    by_pieces, cache = accuracy_through_cache(model, inputs, targets, piece=13)  # pieces across chunk boundaries
+    by_pieces, sizes = accuracy_through_cache(model, inputs, targets, piece=13)  # pieces across chunk boundaries
     with torch.no_grad():
         assert by_pieces == evaluate_accuracy(model, inputs, targets)
-    assert cache.seen_tokens == 100 and cache.stored_nbytes > 0
+    assert sizes["stored_bytes"] > 0 and sizes["working_bytes"] > 0
 
 
 def test_reading_in_batches_gives_the_same_predictions_and_one_batchs_bytes(saved):
     """Rows never interact: 7 examples read 3 at a time (batches of 3, 3, 1) predict what one batch of 7 predicts;
-    the cache returned is the first batch's, and the estimate of stored bytes is what it stores per token."""
+    the bytes reported are the first batch's, and the estimate of stored bytes is what a cache stores per token."""
     model = bmojo.BMojoForCausalLM.from_pretrained(saved[0]).eval()
     _, (inputs, targets) = tasks.train_test_split("long_recall", 1, 7, 0, **{**SETTINGS, "seq_len": 100})
-    whole, whole_cache = accuracy_through_cache(model, inputs, targets, piece=32)
-    batched, cache = accuracy_through_cache(model, inputs, targets, piece=32, batch=3)
-    assert batched == whole and cache.seen_tokens == 100
+    whole, whole_sizes = accuracy_through_cache(model, inputs, targets, piece=32)
+    batched, sizes = accuracy_through_cache(model, inputs, targets, piece=32, batch=3)
+    assert batched == whole
+    assert sizes["stored_bytes"] * 7 == whole_sizes["stored_bytes"] * 3  # bytes per row: the first batch holds 3
+    assert sizes["working_bytes"] * 7 == whole_sizes["working_bytes"] * 3
+    cache = model.new_cache(3)
+    with torch.no_grad():
+        model(inputs[:3], cache=cache)
     slots = [sum(block.pos.shape[1] for block in s.store.blocks) for s in cache._states if s.store is not None]
     assert len(slots) == 2 and slots[0] == slots[1] > 0  # both layers store every token that left the window
-    assert cache.stored_nbytes * 7 == whole_cache.stored_nbytes * 3  # bytes per row: the first batch holds 3 rows
-    assert cache.stored_nbytes == 3 * slots[0] * stored_bytes_per_token(model.config, None)
+    assert sizes["stored_bytes"] == cache.stored_nbytes == 3 * slots[0] * stored_bytes_per_token(model.config, None)
 
 
 def test_command_rows_per_model_and_backend(saved, cli, tmp_path, monkeypatch, png_signature):

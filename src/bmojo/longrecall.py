@@ -35,21 +35,23 @@ from .plotting import pyplot
 
 @torch.no_grad()
 def accuracy_through_cache(model, inputs: torch.Tensor, targets: torch.Tensor, piece: int,
-                           batch: int | None = None) -> tuple[float, object]:
+                           batch: int | None = None) -> tuple[float, dict]:
     """Accuracy of greedy predictions on the scored positions of (inputs, targets) (n, L), the inputs read `batch`
-    rows at a time (default: all n), each batch through its own cache in pieces of `piece` tokens; returns (accuracy,
-    the first batch's cache after its last token). Rows never interact: the batch size changes memory, not results."""
+    rows at a time (default: all n), each batch through a cache of its own in pieces of `piece` tokens, made when the
+    batch before is done with, so memory holds one batch's cache; returns (accuracy, the first batch's cache bytes
+    after its last token: {"working_bytes", "stored_bytes"}). Rows never interact: the batch size changes memory, not
+    results."""
     device = next(model.parameters()).device
     preds = torch.full_like(targets, -1)
-    first = None
+    sizes = None
     for rows in torch.arange(inputs.shape[0]).split(batch or inputs.shape[0]):
         cache = model.new_cache(len(rows))
         for a in range(0, inputs.shape[1], piece):
             e = min(inputs.shape[1], a + piece)
             logits = model(inputs[rows, a:e].to(device), cache=cache).logits
             preds[rows, a:e] = logits.argmax(-1).cpu()
-        first = cache if first is None else first
-    return task_lib.accuracy(preds, targets), first
+        sizes = sizes or dict(working_bytes=cache.working_nbytes, stored_bytes=cache.stored_nbytes)
+    return task_lib.accuracy(preds, targets), sizes
 
 
 def stored_bytes_per_token(config: BMojoConfig, backend: str | None) -> int:
@@ -149,12 +151,11 @@ def evaluate(model_dirs: list[Path], lengths: list[int], backends: list[str], ex
                                                              **{**settings, "seq_len": n})
             start = time.perf_counter()
             with measuring_recall() if measure else contextlib.nullcontext() as meter:
-                accuracy, cache = accuracy_through_cache(model, inputs, targets, piece, batch)
+                accuracy, sizes = accuracy_through_cache(model, inputs, targets, piece, batch)
             records.append(dict(model=saved.get("preset", model_dir.name), model_dir=str(model_dir), task=name,
                                 settings=settings, variant=variant, overrides=overrides, backend=backend, length=n,
-                                examples=examples, batch=batch, accuracy=accuracy,
-                                working_bytes=cache.working_nbytes,
-                                stored_bytes=cache.stored_nbytes, seconds=time.perf_counter() - start,
+                                examples=examples, batch=batch, accuracy=accuracy, **sizes,
+                                seconds=time.perf_counter() - start,
                                 search_recall=meter.recall if measure else None))
             bar.update()
     bar.close()

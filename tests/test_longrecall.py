@@ -3,6 +3,7 @@ parallel forward's accuracy; the command writes a row per model and store backen
 list agrees with the exact one, search recall 1); bad input is refused with a message."""
 
 import json
+import weakref
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch
 import bmojo
 from bmojo import tasks
 from bmojo.compare import evaluate_accuracy
-from bmojo.longrecall import accuracy_through_cache, stored_bytes_per_token
+from bmojo.longrecall import accuracy_through_cache, check_memory, predict_through_cache, store_bytes_per_token
 
 SETTINGS = dict(vocab_size=32, seq_len=24, num_kv_pairs=3)
 TINY = dict(vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -42,22 +43,58 @@ def test_reading_through_the_cache_equals_the_parallel_forward(saved):
     assert sizes["stored_bytes"] > 0 and sizes["working_bytes"] > 0
 
 
-def test_reading_in_batches_gives_the_same_predictions_and_one_batchs_bytes(saved):
-    """Rows never interact: 7 examples read 3 at a time (batches of 3, 3, 1) predict what one batch of 7 predicts;
-    the bytes reported are the first batch's, and the estimate of stored bytes is what a cache stores per token."""
+def test_reading_in_batches_gives_the_same_predictions_and_one_batchs_bytes(saved, monkeypatch):
+    """Rows never interact: 7 examples read 3 at a time (batches of 3, 3, 1) predict what one batch of 7 predicts,
+    and a batch's cache is gone once the next is in use; the bytes reported are the first batch's, and the estimate
+    of stored bytes is what a cache stores per token."""
     model = bmojo.BMojoForCausalLM.from_pretrained(saved[0]).eval()
     _, (inputs, targets) = tasks.train_test_split("long_recall", 1, 7, 0, **{**SETTINGS, "seq_len": 100})
-    whole, whole_sizes = accuracy_through_cache(model, inputs, targets, piece=32)
-    batched, sizes = accuracy_through_cache(model, inputs, targets, piece=32, batch=3)
-    assert batched == whole
+    whole, whole_sizes = predict_through_cache(model, inputs, piece=32)
+    made, new_cache = [], model.new_cache
+
+    def tracked_cache(batch_size):
+        assert all(ref() is None for ref in made), "an earlier batch's cache is still held"
+        cache = new_cache(batch_size)
+        made.append(weakref.ref(cache))
+        return cache
+
+    monkeypatch.setattr(model, "new_cache", tracked_cache)
+    batched, sizes = predict_through_cache(model, inputs, piece=32, batch=3)
+    assert len(made) == 3 and torch.equal(batched, whole)
     assert sizes["stored_bytes"] * 7 == whole_sizes["stored_bytes"] * 3  # bytes per row: the first batch holds 3
     assert sizes["working_bytes"] * 7 == whole_sizes["working_bytes"] * 3
-    cache = model.new_cache(3)
+    cache = new_cache(3)
     with torch.no_grad():
         model(inputs[:3], cache=cache)
     slots = [sum(block.pos.shape[1] for block in s.store.blocks) for s in cache._states if s.store is not None]
     assert len(slots) == 2 and slots[0] == slots[1] > 0  # both layers store every token that left the window
-    assert sizes["stored_bytes"] == cache.stored_nbytes == 3 * slots[0] * stored_bytes_per_token(model.config, None)
+    assert sizes["stored_bytes"] == cache.stored_nbytes == 3 * slots[0] * store_bytes_per_token(model.config, None)[0]
+
+
+def test_memory_check_names_what_fits_and_steps_aside_where_the_store_is_bounded(saved, monkeypatch):
+    """The tiny store: 2 layers x (2 x 2 kv heads x 8 x 4 bytes + 8) = 272 bytes per token, at its merge peak 408;
+    the faiss indexes 2 x 2 x (8 x 4 + 8) = 160 more. Against a machine of 1 GB (900 MB usable)."""
+    config = bmojo.BMojoConfig.from_pretrained(saved[0])
+    assert store_bytes_per_token(config, "faiss") == (272, 160) and store_bytes_per_token(config, "exact") == (272, 0)
+    monkeypatch.setattr("bmojo.longrecall.os.sysconf", {"SC_PAGE_SIZE": 1000, "SC_PHYS_PAGES": 10**6}.__getitem__)
+    check_memory(config, "faiss", 10**6, 1, "m")  # 0.57 GB
+    with pytest.raises(ValueError, match=r"m: 2 examples of 1,000,000 tokens at once would hold about 1.1 GB \(0.57 "
+                       r"GB per example: the keys and values of every storing layer at their merge peak and the faiss "
+                       r"indexes\), more than 90% of this machine's 1.0 GB: pass --batch 1 \(about 0.6 GB\)"):
+        check_memory(config, "faiss", 10**6, 2, "m")
+    with pytest.raises(ValueError, match=r"no batch fits: read a shorter length or a float16 store \(--variant "
+                       r"half:store_dtype=float16\)"):
+        check_memory(config, "exact", 3 * 10**6, 1, "m")
+    half = bmojo.BMojoConfig.from_pretrained(saved[0], store_dtype="float16")
+    with pytest.raises(ValueError, match=r"no batch fits: read a shorter length$"):
+        check_memory(half, "exact", 6 * 10**6, 1, "m")
+    for bounded in (dict(store_horizon=64), dict(store_regime_threshold=2.0), dict(store_write="evicted")):
+        check_memory(bmojo.BMojoConfig.from_pretrained(saved[0], **bounded), "faiss", 10**9, 20, "m")  # not checked
+    def unknown(name):
+        raise ValueError(f"unrecognized configuration name {name!r}")  # what os.sysconf raises for a missing name
+
+    monkeypatch.setattr("bmojo.longrecall.os.sysconf", unknown)  # memory unknown: not checked
+    check_memory(config, "faiss", 10**9, 20, "m")
 
 
 def test_command_rows_per_model_and_backend(saved, cli, tmp_path, monkeypatch, png_signature):
@@ -151,14 +188,13 @@ def test_bad_input_is_refused(saved, cli_exit, tmp_path, capsys):
     assert "--examples, --piece and --batch must be >= 1, got 20, 2048 and 0" in capsys.readouterr().err
 
 
-def test_a_store_larger_than_memory_is_refused_with_a_batch_that_fits(saved, cli_exit, tmp_path, capsys,
-                                                                      monkeypatch):
-    """20 examples x 10^6 tokens of the tiny store (2 layers x (2 x 2 kv heads x 8 x 4 bytes + 8) = 272 bytes per
-    token) against a machine of 5 GB: 5.44 GB at once, over 80%; 14 examples fit (3.8 GB). Refused before any run."""
+def test_a_store_larger_than_memory_is_refused_before_any_run(saved, cli_exit, tmp_path, capsys, monkeypatch):
+    """20 examples x 10^6 tokens of the tiny store, 408 bytes per token at its merge peak: 8.2 GB at once against a
+    machine of 5 GB; 11 examples fit (4.5 GB)."""
     sysconf = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 5 * 10**9 // 4096}
     monkeypatch.setattr("bmojo.longrecall.os.sysconf", sysconf.__getitem__)
     assert cli_exit("longrecall", saved[0], "--lengths", "1000000", "--out", tmp_path / "o") == 2
-    assert ("store: 20 examples of 1,000,000 tokens at once would store about 5.4 GB (0.27 GB per example, keys and "
-            "values of every storing layer), more than 80% of this machine's 5.0 GB: pass --batch 14 (about 3.8 GB)"
-            ) in capsys.readouterr().err
+    assert ("store: 20 examples of 1,000,000 tokens at once would hold about 8.2 GB (0.41 GB per example: the keys and "
+            "values of every storing layer at their merge peak), more than 90% of this machine's 5.0 GB: pass --batch "
+            "11 (about 4.5 GB)") in capsys.readouterr().err
     assert not (tmp_path / "o" / "results.json").exists()

@@ -34,58 +34,75 @@ from .plotting import pyplot
 
 
 @torch.no_grad()
-def accuracy_through_cache(model, inputs: torch.Tensor, targets: torch.Tensor, piece: int,
-                           batch: int | None = None) -> tuple[float, dict]:
-    """Accuracy of greedy predictions on the scored positions of (inputs, targets) (n, L), the inputs read `batch`
-    rows at a time (default: all n), each batch through a cache of its own in pieces of `piece` tokens, made when the
-    batch before is done with, so memory holds one batch's cache; returns (accuracy, the first batch's cache bytes
-    after its last token: {"working_bytes", "stored_bytes"}). Rows never interact: the batch size changes memory, not
-    results."""
+def predict_through_cache(model, inputs: torch.Tensor, piece: int,
+                          batch: int | None = None) -> tuple[torch.Tensor, dict]:
+    """Greedy predictions (n, L) for inputs (n, L), read `batch` rows at a time (default: all n), each batch through a
+    cache of its own in pieces of `piece` tokens, made once the batch before has let its cache go (memory holds one
+    batch's cache); returns (predictions, the first batch's cache bytes after its last token: {"working_bytes",
+    "stored_bytes"}). Rows never interact: the batch size changes memory, not predictions."""
     device = next(model.parameters()).device
-    preds = torch.full_like(targets, -1)
+    preds = torch.full_like(inputs, -1)
     sizes = None
     for rows in torch.arange(inputs.shape[0]).split(batch or inputs.shape[0]):
+        cache = None  # the last batch's cache goes before this batch's is made
         cache = model.new_cache(len(rows))
         for a in range(0, inputs.shape[1], piece):
             e = min(inputs.shape[1], a + piece)
             logits = model(inputs[rows, a:e].to(device), cache=cache).logits
             preds[rows, a:e] = logits.argmax(-1).cpu()
         sizes = sizes or dict(working_bytes=cache.working_nbytes, stored_bytes=cache.stored_nbytes)
+    return preds, sizes
+
+
+def accuracy_through_cache(model, inputs: torch.Tensor, targets: torch.Tensor, piece: int,
+                           batch: int | None = None) -> tuple[float, dict]:
+    """Accuracy of `predict_through_cache` on the scored positions of (inputs, targets) (n, L), and its bytes."""
+    preds, sizes = predict_through_cache(model, inputs, piece, batch)
     return task_lib.accuracy(preds, targets), sizes
 
 
-def stored_bytes_per_token(config: BMojoConfig, backend: str | None) -> int:
-    """Bytes one example's storage tier grows by per token read, over all layers: each storing layer keeps a content
-    key and a value per kv head and a position (`stored_nbytes`), and the faiss backend's indexes another fp32 copy of
-    the keys and an id per kv head (not in `stored_nbytes`)."""
+def store_bytes_per_token(config: BMojoConfig, backend: str | None) -> tuple[int, int]:
+    """(store, index): the bytes one example's storage tier grows by per token read, over all layers. Each storing
+    layer keeps a content key and a value per kv head and a position (what the cache's `stored_nbytes` counts); the
+    faiss backend's indexes keep another fp32 copy of the keys and an id per kv head (not in `stored_nbytes`)."""
     if not config.stores_tokens:
-        return 0
+        return 0, 0
     hk, hd = config.num_key_value_heads, config.hidden_size // config.num_attention_heads
     element = 4 if config.store_dtype == "model" else 2  # the recall models are fp32; float16 / bfloat16 stores
-    per_layer = 2 * hk * hd * element + 8 + (hk * (hd * 4 + 8) if backend == "faiss" else 0)
     storing = sum(1 for i in range(config.num_hidden_layers) if config.eidetic_tokens(i))
-    return storing * per_layer
+    return storing * (2 * hk * hd * element + 8), storing * (hk * (hd * 4 + 8) if backend == "faiss" else 0)
+
+
+# A store's blocks merge by copying (ops.store.TokenStore.append): while the merged block is made, its parts are held
+# too. Measured (docs/recall.md, 262,144 tokens): two batches of 5 x 262,144 tokens, the first kept by mistake (4.1 GB
+# of store and indexes estimated each), peaked at 10.2 GB resident: the second batch at about 1.5x its estimate.
+MERGE_PEAK = 1.5
+MEMORY_SHARE = 0.9  # of the machine's physical memory, for one process
 
 
 def check_memory(config: BMojoConfig, backend: str | None, length: int, batch: int, where: str) -> None:
-    """ValueError when one batch's storage tier would outgrow this machine's memory, naming a --batch that fits.
-    Only for store_write="window", where every token that leaves the window is stored (the estimate is then the
-    store's size to within a window); "evicted" stores fewer, by how many the data decides."""
-    if config.store_write != "window" or not (per_example := stored_bytes_per_token(config, backend) * length):
+    """ValueError when one batch's storage tier, at its merge peak, would pass MEMORY_SHARE of this machine's physical
+    memory, naming a --batch that fits. Checked only where the store's size is known in advance: store_write="window"
+    (every token that leaves the window is stored) without retention (store_horizon, store_regime_threshold: they
+    bound it); "evicted" stores what the data decides. One process: runs side by side share the memory."""
+    store, index = store_bytes_per_token(config, backend)
+    if config.store_write != "window" or config.store_horizon or config.store_regime_threshold or not store:
         return
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such name: memory unknown, not checked
         return
-    if batch * per_example > 0.8 * memory:
-        fits = int(0.8 * memory // per_example)
+    per_example = (MERGE_PEAK * store + index) * length
+    if batch * per_example > MEMORY_SHARE * memory:
+        fits = int(MEMORY_SHARE * memory // per_example)
+        half = " or a float16 store (--variant half:store_dtype=float16)" if config.store_dtype == "model" else ""
         hint = f"pass --batch {fits} (about {fits * per_example / 1e9:.1f} GB)" if fits else \
-            "no batch fits: a float16 store halves it (--variant half:store_dtype=float16)"
-        indexes = ", with the faiss indexes" if backend == "faiss" else ""
-        raise ValueError(f"{where}: {batch} examples of {length:,} tokens at once would store about "
-                         f"{batch * per_example / 1e9:.1f} GB ({per_example / 1e9:.2f} GB per example, keys and values "
-                         f"of every storing layer{indexes}), more than 80% of this machine's {memory / 1e9:.1f} GB: "
-                         f"{hint}")
+            f"no batch fits: read a shorter length{half}"
+        indexes = " and the faiss indexes" if index else ""
+        raise ValueError(f"{where}: {batch} examples of {length:,} tokens at once would hold about "
+                         f"{batch * per_example / 1e9:.1f} GB ({per_example / 1e9:.2f} GB per example: the keys and "
+                         f"values of every storing layer at their merge peak{indexes}), more than "
+                         f"{MEMORY_SHARE:.0%} of this machine's {memory / 1e9:.1f} GB: {hint}")
 
 
 def read_task(model_dir: Path) -> dict:

@@ -57,6 +57,16 @@ def test_gather_heads_reads_each_query_heads_kv_head():
     assert out[0, 2, 0].tolist() == [k[0, 1, 2].tolist(), k[0, 1, 3].tolist()]  # head 2 reads kv head 1
 
 
+@pytest.mark.parametrize("hq, hk", [(4, 2), (3, 3)])
+def test_gather_heads_equals_repeat_and_gather_on_several_rows(hq, hk):
+    """The row-wise index_select equals the plain form: kv heads repeated to the query heads, gathered along slots."""
+    torch.manual_seed(0)
+    k = torch.randn(2, hk, 9, 5).transpose(2, 3).contiguous().transpose(2, 3)  # not contiguous, as a transposed view
+    index = torch.randint(0, 9, (2, hq, 3, 4))
+    plain = k.repeat_interleave(hq // hk, 1).gather(2, index.reshape(2, hq, 12, 1).expand(-1, -1, -1, 5))
+    assert torch.equal(gather_heads(k, index), plain.view(2, hq, 3, 4, 5))
+
+
 def slots(pos: list[list[int]], hk: int = 2, d: int = 4) -> KVSlots:
     p = torch.tensor(pos)
     return KVSlots(torch.randn(p.shape[0], hk, p.shape[1], d), torch.randn(p.shape[0], hk, p.shape[1], d), p)

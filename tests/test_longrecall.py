@@ -10,8 +10,9 @@ import torch
 
 import bmojo
 from bmojo import tasks
+from bmojo.accounting import stored_bytes_per_token
 from bmojo.compare import evaluate_accuracy
-from bmojo.longrecall import accuracy_through_cache, check_memory, predict_through_cache, store_bytes_per_token
+from bmojo.longrecall import accuracy_through_cache, check_memory, predict_through_cache
 
 SETTINGS = dict(vocab_size=32, seq_len=24, num_kv_pairs=3)
 TINY = dict(vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -68,14 +69,14 @@ def test_reading_in_batches_gives_the_same_predictions_and_one_batchs_bytes(save
         model(inputs[:3], cache=cache)
     slots = [sum(block.pos.shape[1] for block in s.store.blocks) for s in cache._states if s.store is not None]
     assert len(slots) == 2 and slots[0] == slots[1] > 0  # both layers store every token that left the window
-    assert sizes["stored_bytes"] == cache.stored_nbytes == 3 * slots[0] * store_bytes_per_token(model.config, None)[0]
+    assert sizes["stored_bytes"] == cache.stored_nbytes == 3 * slots[0] * stored_bytes_per_token(model.config, None)[0]
 
 
 def test_memory_check_names_what_fits_and_steps_aside_where_the_store_is_bounded(saved, monkeypatch):
     """The tiny store: 2 layers x (2 x 2 kv heads x 8 x 4 bytes + 8) = 272 bytes per token, at its merge peak 408;
     the faiss indexes 2 x 2 x (8 x 4 + 8) = 160 more. Against a machine of 1 GB (900 MB usable)."""
     config = bmojo.BMojoConfig.from_pretrained(saved[0])
-    assert store_bytes_per_token(config, "faiss") == (272, 160) and store_bytes_per_token(config, "exact") == (272, 0)
+    assert stored_bytes_per_token(config, "faiss") == (272, 160) and stored_bytes_per_token(config, "exact") == (272, 0)
     monkeypatch.setattr("bmojo.longrecall.os.sysconf", {"SC_PAGE_SIZE": 1000, "SC_PHYS_PAGES": 10**6}.__getitem__)
     check_memory(config, "faiss", 10**6, 1, "m")  # 0.57 GB
     with pytest.raises(ValueError, match=r"m: 2 examples of 1,000,000 tokens at once would hold about 1.1 GB \(0.57 "

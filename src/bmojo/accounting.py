@@ -29,9 +29,28 @@ def decoding_state_bytes(config: BMojoConfig, seq_len: int, batch_size: int = 1,
             state = block.mixer.init_state(batch_size, "meta", dtype)
             size = BMojoCache([state], [block.kind]).nbytes
             if block.kind == "attn":  # keys and values (b, hk, L, hd) plus positions (b, L) int64 grow with L
-                size += seq_len * batch_size * (2 * config.num_key_value_heads * block.mixer.head_dim * elem + 8)
+                size += seq_len * batch_size * kv_bytes_per_token(config, elem)
             per_layer.append(size)
     return {"total": sum(per_layer), "per_layer": per_layer}
+
+
+def kv_bytes_per_token(config: BMojoConfig, elem: int) -> int:
+    """Bytes one token adds to a layer's growing cache, per batch row: a key and a value per kv head (`elem` bytes per
+    element) and an int64 position. Full attention's KV and B'MOJO's storage tier both grow by it."""
+    return 2 * config.num_key_value_heads * (config.hidden_size // config.num_attention_heads) * elem + 8
+
+
+def stored_bytes_per_token(config: BMojoConfig, backend: str | None = None, dtype=torch.float32) -> tuple[int, int]:
+    """(store, index): the bytes one batch row's storage tier grows by per token read, over all layers. The store is
+    what `BMojoCache.stored_nbytes` counts (`kv_bytes_per_token` per storing layer, at `store_dtype` when set); the
+    faiss backend's indexes (`backend="faiss"`) keep another fp32 copy of the keys and an int64 id per kv head."""
+    if not config.stores_tokens:
+        return 0, 0
+    store_dtype = dtype if config.store_dtype == "model" else getattr(torch, config.store_dtype)
+    storing = sum(1 for i in range(config.num_hidden_layers) if config.eidetic_tokens(i))
+    head_dim = config.hidden_size // config.num_attention_heads
+    index = config.num_key_value_heads * (head_dim * 4 + 8) if backend == "faiss" else 0
+    return storing * kv_bytes_per_token(config, torch.empty((), dtype=store_dtype).element_size()), storing * index
 
 
 def token_equivalents(num_bytes: int, config: BMojoConfig, dtype=torch.float32) -> float:

@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import tasks as task_lib
+from .accounting import stored_bytes_per_token
 from .cli import check_writable, parse_assignments
 from .models import BMojoConfig, BMojoForCausalLM
 from .models.configuration import READ_FIELDS, STORE_BACKENDS
@@ -61,18 +62,6 @@ def accuracy_through_cache(model, inputs: torch.Tensor, targets: torch.Tensor, p
     return task_lib.accuracy(preds, targets), sizes
 
 
-def store_bytes_per_token(config: BMojoConfig, backend: str | None) -> tuple[int, int]:
-    """(store, index): the bytes one example's storage tier grows by per token read, over all layers. Each storing
-    layer keeps a content key and a value per kv head and a position (what the cache's `stored_nbytes` counts); the
-    faiss backend's indexes keep another fp32 copy of the keys and an id per kv head (not in `stored_nbytes`)."""
-    if not config.stores_tokens:
-        return 0, 0
-    hk, hd = config.num_key_value_heads, config.hidden_size // config.num_attention_heads
-    element = 4 if config.store_dtype == "model" else 2  # the recall models are fp32; float16 / bfloat16 stores
-    storing = sum(1 for i in range(config.num_hidden_layers) if config.eidetic_tokens(i))
-    return storing * (2 * hk * hd * element + 8), storing * (hk * (hd * 4 + 8) if backend == "faiss" else 0)
-
-
 # A store's blocks merge by copying (ops.store.TokenStore.append): while the merged block is made, its parts are held
 # too. Measured (docs/recall.md, 262,144 tokens): two batches of 5 x 262,144 tokens, the first kept by mistake (4.1 GB
 # of store and indexes estimated each), peaked at 10.2 GB resident: the second batch at about 1.5x its estimate.
@@ -85,7 +74,7 @@ def check_memory(config: BMojoConfig, backend: str | None, length: int, batch: i
     memory, naming a --batch that fits. Checked only where the store's size is known in advance: store_write="window"
     (every token that leaves the window is stored) without retention (store_horizon, store_regime_threshold: they
     bound it); "evicted" stores what the data decides. One process: runs side by side share the memory."""
-    store, index = store_bytes_per_token(config, backend)
+    store, index = stored_bytes_per_token(config, backend)
     if config.store_write != "window" or config.store_horizon or config.store_regime_threshold or not store:
         return
     try:

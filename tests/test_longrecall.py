@@ -11,7 +11,6 @@ import torch
 import bmojo
 from bmojo import tasks
 from bmojo.accounting import stored_bytes_per_token
-from bmojo.compare import evaluate_accuracy
 from bmojo.longrecall import accuracy_through_cache, check_memory, predict_through_cache
 
 SETTINGS = dict(vocab_size=32, seq_len=24, num_kv_pairs=3)
@@ -38,9 +37,11 @@ def saved(tmp_path_factory):
 def test_reading_through_the_cache_equals_the_parallel_forward(saved):
     model = bmojo.BMojoForCausalLM.from_pretrained(saved[0]).eval()
     _, (inputs, targets) = tasks.train_test_split("long_recall", 1, 16, 0, **{**SETTINGS, "seq_len": 100})
-    by_pieces, sizes = accuracy_through_cache(model, inputs, targets, piece=13)  # pieces across chunk boundaries
+    correct, scored, sizes = accuracy_through_cache(model, inputs, targets, piece=13)  # pieces across chunk edges
     with torch.no_grad():
-        assert by_pieces == evaluate_accuracy(model, inputs, targets)
+        parallel = model(inputs).logits.argmax(-1)
+    scored_positions = targets != -100
+    assert (correct, scored) == (int((parallel == targets)[scored_positions].sum()), int(scored_positions.sum()))
     assert sizes["stored_bytes"] > 0 and sizes["working_bytes"] > 0
 
 
@@ -62,6 +63,13 @@ def test_reading_in_batches_gives_the_same_predictions_and_one_batchs_bytes(save
     monkeypatch.setattr(model, "new_cache", tracked_cache)
     batched, sizes = predict_through_cache(model, inputs, piece=32, batch=3)
     assert len(made) == 3 and torch.equal(batched, whole)
+    lines = []
+    correct, scored, _ = accuracy_through_cache(model, inputs, targets, piece=32, batch=3, log=lines.append)
+    scored_positions = targets != -100
+    running = [((whole == targets) & scored_positions)[:n].sum() for n in (3, 6, 7)]
+    assert [line.split(" right")[0] for line in lines] == [
+        f"  rows {n}/7: {int(c)}/{int(scored_positions[:n].sum())}" for n, c in zip((3, 6, 7), running, strict=True)]
+    assert (correct, scored) == (int(running[-1]), int(scored_positions.sum()))
     assert sizes["stored_bytes"] * 7 == whole_sizes["stored_bytes"] * 3  # bytes per row: the first batch holds 3
     assert sizes["working_bytes"] * 7 == whole_sizes["working_bytes"] * 3
     cache = new_cache(3)
@@ -125,6 +133,9 @@ def test_command_rows_per_model_and_backend(saved, cli, tmp_path, monkeypatch, p
     assert fast["search_recall"] is None and fast["accuracy"] == rows["bmojo_store", "faiss", 96]["accuracy"]
     table = (out / "results.md").read_text()
     assert "| bmojo_store (faiss) | " in table and "| swa | " in table
+    swa = rows["swa", None, 96]
+    assert swa["accuracy"] == swa["correct"] / swa["scored"] and swa["scored"] == 3 * SETTINGS["num_kv_pairs"]
+    assert f"| swa | 96 | {swa['correct']} / {swa['scored']} | " in table  # the counts behind the accuracy
     assert (out / "recall_vs_length.png").read_bytes().startswith(png_signature)
 
 
@@ -143,7 +154,8 @@ def test_command_reads_another_task_with_a_row_per_variant(saved, cli, tmp_path)
     _, (inputs, targets) = tasks.train_test_split("regime_recall", 1, 4, 0, **settings)
     for record, overrides in zip(records[:2], [{}, dict(store_horizon=24)], strict=True):
         model = bmojo.BMojoForCausalLM.from_pretrained(saved[0], **overrides).eval()
-        assert record["accuracy"] == accuracy_through_cache(model, inputs, targets, 16)[0]
+        correct, scored, _ = accuracy_through_cache(model, inputs, targets, 16)
+        assert (record["correct"], record["scored"], record["accuracy"]) == (correct, scored, correct / scored)
         assert record["overrides"] == overrides
     assert records[1]["stored_bytes"] < records[0]["stored_bytes"]  # the horizon forgot the oldest stored tokens
     assert "| bmojo_store horizon (exact) | " in (out / "results.md").read_text()
@@ -162,7 +174,8 @@ def test_variant_moves_the_eidetic_tokens_of_a_model_without_a_store(saved, cli,
     _, (inputs, targets) = tasks.train_test_split("long_recall", 1, 4, 0, **{**SETTINGS, "seq_len": 96})
     for record, position in zip(records[:2], ["original", "edge"], strict=True):
         model = bmojo.BMojoForCausalLM.from_pretrained(plain, eidetic_position=position).eval()
-        assert record["accuracy"] == accuracy_through_cache(model, inputs, targets, 16)[0]
+        correct, scored, _ = accuracy_through_cache(model, inputs, targets, 16)
+        assert (record["correct"], record["scored"], record["accuracy"]) == (correct, scored, correct / scored)
     assert "| bmojo edge | " in (out / "results.md").read_text()
 
 

@@ -20,6 +20,7 @@ import inspect
 import json
 import os
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -35,31 +36,50 @@ from .plotting import pyplot
 
 
 @torch.no_grad()
-def predict_through_cache(model, inputs: torch.Tensor, piece: int,
-                          batch: int | None = None) -> tuple[torch.Tensor, dict]:
-    """Greedy predictions (n, L) for inputs (n, L), read `batch` rows at a time (default: all n), each batch through a
-    cache of its own in pieces of `piece` tokens, made once the batch before has let its cache go (memory holds one
-    batch's cache); returns (predictions, the first batch's cache bytes after its last token: {"working_bytes",
-    "stored_bytes"}). Rows never interact: the batch size changes memory, not predictions."""
+def read_through_cache(model, inputs: torch.Tensor, piece: int,
+                       batch: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
+    """Reads inputs (n, L) `batch` rows at a time (default: all n), each batch through a cache of its own in pieces of
+    `piece` tokens, made once the batch before has let its cache go (memory holds one batch's cache). Yields, per
+    batch: (its row numbers, its greedy predictions (rows, L), its cache's bytes after its last token:
+    {"working_bytes", "stored_bytes"}). Rows never interact: the batch size changes memory, not predictions."""
     device = next(model.parameters()).device
-    preds = torch.full_like(inputs, -1)
-    sizes = None
     for rows in torch.arange(inputs.shape[0]).split(batch or inputs.shape[0]):
         cache = None  # the last batch's cache goes before this batch's is made
         cache = model.new_cache(len(rows))
+        preds = torch.full_like(inputs[rows], -1)
         for a in range(0, inputs.shape[1], piece):
             e = min(inputs.shape[1], a + piece)
-            logits = model(inputs[rows, a:e].to(device), cache=cache).logits
-            preds[rows, a:e] = logits.argmax(-1).cpu()
-        sizes = sizes or dict(working_bytes=cache.working_nbytes, stored_bytes=cache.stored_nbytes)
+            preds[:, a:e] = model(inputs[rows, a:e].to(device), cache=cache).logits.argmax(-1).cpu()
+        yield rows, preds, dict(working_bytes=cache.working_nbytes, stored_bytes=cache.stored_nbytes)
+
+
+def predict_through_cache(model, inputs: torch.Tensor, piece: int,
+                          batch: int | None = None) -> tuple[torch.Tensor, dict]:
+    """Greedy predictions (n, L) of `read_through_cache`, and the first batch's cache bytes."""
+    preds, sizes = torch.full_like(inputs, -1), None
+    for rows, batch_preds, batch_sizes in read_through_cache(model, inputs, piece, batch):
+        preds[rows], sizes = batch_preds, sizes or batch_sizes
     return preds, sizes
 
 
-def accuracy_through_cache(model, inputs: torch.Tensor, targets: torch.Tensor, piece: int,
-                           batch: int | None = None) -> tuple[float, dict]:
-    """Accuracy of `predict_through_cache` on the scored positions of (inputs, targets) (n, L), and its bytes."""
-    preds, sizes = predict_through_cache(model, inputs, piece, batch)
-    return task_lib.accuracy(preds, targets), sizes
+def accuracy_through_cache(model, inputs: torch.Tensor, targets: torch.Tensor, piece: int, batch: int | None = None,
+                           log: Callable[[str], None] | None = None) -> tuple[int, int, dict]:
+    """(correct, scored, the first batch's bytes): the scored positions (targets != -100) of (inputs, targets) (n, L)
+    that `read_through_cache` predicts right, and their number. `log` gets a line per batch with the running count,
+    so a long run shows what it has read before it ends."""
+    correct = scored = 0
+    sizes, start = None, time.perf_counter()
+    for rows, preds, batch_sizes in read_through_cache(model, inputs, piece, batch):
+        mask = targets[rows] != -100
+        correct += int((preds == targets[rows])[mask].sum())
+        scored += int(mask.sum())
+        sizes = sizes or batch_sizes
+        if log:
+            log(f"  rows {int(rows[-1]) + 1}/{len(inputs)}: {correct}/{scored} right "
+                f"({time.perf_counter() - start:,.0f} s)")
+    if not scored:
+        raise ValueError("no position is scored: the targets hold only -100")
+    return correct, scored, sizes
 
 
 # A store's blocks merge by copying (ops.store.TokenStore.append): while the merged block is made, its parts are held
@@ -157,10 +177,12 @@ def evaluate(model_dirs: list[Path], lengths: list[int], backends: list[str], ex
                                                              **{**settings, "seq_len": n})
             start = time.perf_counter()
             with measuring_recall() if measure else contextlib.nullcontext() as meter:
-                accuracy, sizes = accuracy_through_cache(model, inputs, targets, piece, batch)
+                log = bar.write if progress and batch < examples else None
+                correct, scored, sizes = accuracy_through_cache(model, inputs, targets, piece, batch, log)
             records.append(dict(model=saved.get("preset", model_dir.name), model_dir=str(model_dir), task=name,
                                 settings=settings, variant=variant, overrides=overrides, backend=backend, length=n,
-                                examples=examples, batch=batch, accuracy=accuracy, **sizes,
+                                examples=examples, batch=batch, accuracy=correct / scored, correct=correct,
+                                scored=scored, **sizes,
                                 seconds=time.perf_counter() - start,
                                 search_recall=meter.recall if measure else None))
             bar.update()
@@ -185,7 +207,8 @@ def row_label(record: dict) -> str:
 
 
 def results_markdown(records: list[dict]) -> str:
-    """A table: a row per model (and backend), accuracy per length; then bytes, seconds and search recall."""
+    """A table: a row per model (and backend), accuracy per length; then the counts behind it, bytes, seconds and
+    search recall."""
     lengths = sorted({r["length"] for r in records})
     rows = list(dict.fromkeys(row_label(r) for r in records))
     by = {(row_label(r), r["length"]): r for r in records}
@@ -199,11 +222,12 @@ def results_markdown(records: list[dict]) -> str:
     lines += [f"| {row} | " + " | ".join(f"{by[row, n]['accuracy']:.3f}" if (row, n) in by else "-" for n in lengths)
               + " |" for row in rows]
     lines += ["", f"Working and stored bytes: one batch's cache ({batch} examples).", "",
-              "| model | L | working MB | stored MB | seconds | faiss search recall vs exact |",
-              "|---|---:|---:|---:|---:|---:|"]
+              "| model | L | right / scored | working MB | stored MB | seconds | faiss search recall vs exact |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in records:
         recall = "-" if r["search_recall"] is None else f"{r['search_recall']:.3f}"
-        lines.append(f"| {row_label(r)} | {r['length']:,} | {r['working_bytes'] / 1e6:.2f} | "
+        lines.append(f"| {row_label(r)} | {r['length']:,} | {r['correct']} / {r['scored']} | "
+                     f"{r['working_bytes'] / 1e6:.2f} | "
                      f"{r['stored_bytes'] / 1e6:.2f} | {r['seconds']:.1f} | {recall} |")
     return "\n".join(lines) + "\n"
 

@@ -11,7 +11,8 @@ import torch
 import bmojo
 from bmojo import tasks
 from bmojo.accounting import stored_bytes_per_token
-from bmojo.longrecall import accuracy_through_cache, check_memory, predict_through_cache
+from bmojo.longrecall import check_memory, count_right, predict_through_cache, read_batches
+from bmojo.records import read_records
 
 SETTINGS = dict(vocab_size=32, seq_len=24, num_kv_pairs=3)
 TINY = dict(vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -37,15 +38,15 @@ def saved(tmp_path_factory):
 def test_reading_through_the_cache_equals_the_parallel_forward(saved):
     model = bmojo.BMojoForCausalLM.from_pretrained(saved[0]).eval()
     _, (inputs, targets) = tasks.train_test_split("long_recall", 1, 16, 0, **{**SETTINGS, "seq_len": 100})
-    correct, scored, sizes = accuracy_through_cache(model, inputs, targets, piece=13)  # pieces across chunk edges
+    preds, sizes = predict_through_cache(model, inputs, piece=13)  # pieces across chunk edges
     with torch.no_grad():
-        parallel = model(inputs).logits.argmax(-1)
-    scored_positions = targets != -100
-    assert (correct, scored) == (int((parallel == targets)[scored_positions].sum()), int(scored_positions.sum()))
+        assert torch.equal(preds, model(inputs).logits.argmax(-1))
+    scored = targets != -100
+    assert count_right(preds, targets) == (int((preds == targets)[scored].sum()), int(scored.sum()))
     assert sizes["stored_bytes"] > 0 and sizes["working_bytes"] > 0
 
 
-def test_reading_in_batches_gives_the_same_predictions_and_one_batchs_bytes(saved, monkeypatch):
+def test_reading_in_batches_gives_the_same_predictions_and_one_batchs_bytes(saved, monkeypatch, tmp_path):
     """Rows never interact: 7 examples read 3 at a time (batches of 3, 3, 1) predict what one batch of 7 predicts,
     and a batch's cache is gone once the next is in use; the bytes reported are the first batch's, and the estimate
     of stored bytes is what a cache stores per token."""
@@ -63,15 +64,19 @@ def test_reading_in_batches_gives_the_same_predictions_and_one_batchs_bytes(save
     monkeypatch.setattr(model, "new_cache", tracked_cache)
     batched, sizes = predict_through_cache(model, inputs, piece=32, batch=3)
     assert len(made) == 3 and torch.equal(batched, whole)
-    lines = []
-    correct, scored, _ = accuracy_through_cache(model, inputs, targets, piece=32, batch=3, log=lines.append)
-    scored_positions = targets != -100
-    running = [((whole == targets) & scored_positions)[:n].sum() for n in (3, 6, 7)]
-    assert [line.split(" right")[0] for line in lines] == [
-        f"  rows {n}/7: {int(c)}/{int(scored_positions[:n].sum())}" for n, c in zip((3, 6, 7), running, strict=True)]
-    assert (correct, scored) == (int(running[-1]), int(scored_positions.sum()))
-    assert sizes["stored_bytes"] * 7 == whole_sizes["stored_bytes"] * 3  # bytes per row: the first batch holds 3
-    assert sizes["working_bytes"] * 7 == whole_sizes["working_bytes"] * 3
+    journal, lines = tmp_path / "batches.jsonl", []
+    batches = read_batches(model, inputs, targets, 32, 3, False, {"k": 1}, [], journal, lines.append)
+    running = [count_right(whole[:n], targets[:n]) for n in (3, 6, 7)]
+    assert [line.split(" right")[0] for line in lines] == [f"rows {n}/7: {c}/{s}" for n, (c, s) in
+                                                           zip((3, 6, 7), running, strict=True)]
+    assert [(b["rows"], b["correct"], b["scored"]) for b in batches] == [
+        (3, *running[0]), (3, running[1][0] - running[0][0], running[1][1] - running[0][1]),
+        (1, running[2][0] - running[1][0], running[2][1] - running[1][1])]
+    assert read_records(journal) == batches  # each batch on disk as it ended
+    # an earlier run's first two batches are kept and only the rest is read: one more cache, the same counts
+    made.clear()
+    again = read_batches(model, inputs, targets, 32, 3, False, {"k": 1}, batches[:2], None)
+    assert len(made) == 1 and [b["correct"] for b in again] == [b["correct"] for b in batches]
     cache = new_cache(3)
     with torch.no_grad():
         model(inputs[:3], cache=cache)
@@ -154,7 +159,7 @@ def test_command_reads_another_task_with_a_row_per_variant(saved, cli, tmp_path)
     _, (inputs, targets) = tasks.train_test_split("regime_recall", 1, 4, 0, **settings)
     for record, overrides in zip(records[:2], [{}, dict(store_horizon=24)], strict=True):
         model = bmojo.BMojoForCausalLM.from_pretrained(saved[0], **overrides).eval()
-        correct, scored, _ = accuracy_through_cache(model, inputs, targets, 16)
+        correct, scored = count_right(predict_through_cache(model, inputs, 16)[0], targets)
         assert (record["correct"], record["scored"], record["accuracy"]) == (correct, scored, correct / scored)
         assert record["overrides"] == overrides
     assert records[1]["stored_bytes"] < records[0]["stored_bytes"]  # the horizon forgot the oldest stored tokens
@@ -174,9 +179,30 @@ def test_variant_moves_the_eidetic_tokens_of_a_model_without_a_store(saved, cli,
     _, (inputs, targets) = tasks.train_test_split("long_recall", 1, 4, 0, **{**SETTINGS, "seq_len": 96})
     for record, position in zip(records[:2], ["original", "edge"], strict=True):
         model = bmojo.BMojoForCausalLM.from_pretrained(plain, eidetic_position=position).eval()
-        correct, scored, _ = accuracy_through_cache(model, inputs, targets, 16)
+        correct, scored = count_right(predict_through_cache(model, inputs, 16)[0], targets)
         assert (record["correct"], record["scored"], record["accuracy"]) == (correct, scored, correct / scored)
     assert "| bmojo edge | " in (out / "results.md").read_text()
+
+
+def test_an_interrupted_run_resumes_from_its_finished_batches(saved, cli, cli_exit, tmp_path, capsys):
+    """Each batch is journaled as it ends; `--resume` keeps the batches of the same reading (a damaged last line is
+    read again) and reads only the rest, for the records of a run that was never interrupted; without --resume a
+    folder that holds batches is refused."""
+    args = ("longrecall", saved[0], "--lengths", "40", "--examples", "5", "--batch", "2", "--piece", "16",
+            "--threads", "1")
+    assert cli(*args, "--out", tmp_path / "whole") == 0
+    lines = (tmp_path / "whole" / "batches.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "batches.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][:30])  # died mid-line
+    assert cli_exit(*args, "--out", tmp_path / "cut") == 2
+    assert "holds the batches of a longrecall run (batches.jsonl): pass --resume" in capsys.readouterr().err
+    assert cli(*args, "--out", tmp_path / "cut", "--resume") == 0
+    (whole,), (resumed,) = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("whole", "cut"))
+    assert (resumed["resumed_batches"], whole["resumed_batches"], resumed["batches"]) == (2, 0, 3)
+    same = ("accuracy", "correct", "scored", "working_bytes", "stored_bytes")
+    assert [resumed[k] for k in same] == [whole[k] for k in same]
+    assert len(read_records(tmp_path / "cut" / "batches.jsonl")) == 3  # the damaged line dropped, the batch redone
 
 
 def test_bad_input_is_refused(saved, cli_exit, tmp_path, capsys):

@@ -21,7 +21,6 @@ import functools
 import inspect
 import json
 import math
-import os
 import signal
 import sys
 import time
@@ -41,6 +40,7 @@ from .cli import check_writable
 from .models import PRESETS, BMojoConfig, BMojoForCausalLM
 from .models.configuration import has_type, type_name
 from .plotting import pyplot
+from .records import append_record, read_records, reopen_records, write_atomically
 from .training import TrainConfig, Trainer, quiet_hf_progress
 from .verdict import label_settings, summarize, task_label, verdict_markdown
 
@@ -455,39 +455,6 @@ def check_device(device: str) -> None:
                          "use --device cpu")
 
 
-def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """Write `path` through `write(temporary path)`, flushed to disk, then renamed over `path`: a reader finds the
-    old file or the new one, never a part."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _append_record(path: Path, record: dict) -> None:
-    """Append one finished run to the runs.jsonl file `path` as a line, flushed to disk before returning."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _read_records(path: Path) -> list[dict]:
-    """The runs recorded in the runs.jsonl file `path`. A damaged last line (the command died while writing it)
-    is dropped, so that run runs again; a damaged line before it raises ValueError."""
-    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-    records = []
-    for i, line in enumerate(lines, 1):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if i < len(lines):
-                raise ValueError(f"{path}: line {i} is not valid JSON ({err}); remove that run's line to resume") \
-                    from err
-    return records
-
-
 def _default_of(name: str):
     """The default of CompareSpec field `name` (None where it has none), as JSON data."""
     f = next(f for f in dataclasses.fields(CompareSpec) if f.name == name)
@@ -514,13 +481,11 @@ def open_out_dir(out_dir: Path, spec: CompareSpec, resume: bool) -> list[dict]:
         if differ:
             raise ValueError(f"{out_dir} holds results of another spec (differs in {', '.join(differ)}); "
                              "resume it with the same spec, or choose a new --out")
-        records = _read_records(runs_file)
-        _write_atomically(runs_file, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in records)))
-        return records
+        return reopen_records(runs_file)
     if out_dir.is_dir() and any(out_dir.iterdir()):
         raise ValueError(f"{out_dir} is not empty and holds no compare results ({SPEC_FILE}); choose a new --out")
     check_writable(out_dir)
-    _write_atomically(spec_file, lambda tmp: tmp.write_text(json.dumps(spec.to_dict(), indent=1)))
+    write_atomically(spec_file, lambda tmp: tmp.write_text(json.dumps(spec.to_dict(), indent=1)))
     runs_file.touch()
     return []
 
@@ -557,7 +522,7 @@ def run_compare(spec: CompareSpec, out_dir: Path, device: str = "cpu", progress:
                dynamic_ncols=True)
 
     def finished(record: dict) -> None:
-        _append_record(out_dir / RUNS_FILE, record)
+        append_record(out_dir / RUNS_FILE, record)
         done[_run_key(record)] = record
         write_tables(_in_plan_order(plan, done), out_dir, spec)
         bar.set_postfix(task=record["task"], preset=record["preset"], budget=record["budget_tokens"])
@@ -763,8 +728,8 @@ def write_tables(records: list[dict], out_dir: Path, spec: CompareSpec) -> None:
     """results.json (spec and records) and results.md (one row per task, budget and preset over its seeds, then the
     verdict), each replaced atomically."""
     results = json.dumps({"spec": spec.to_dict(), "runs": records}, indent=1)
-    _write_atomically(out_dir / "results.json", lambda tmp: tmp.write_text(results))
-    _write_atomically(out_dir / "results.md", lambda tmp: tmp.write_text(results_markdown(records)))
+    write_atomically(out_dir / "results.json", lambda tmp: tmp.write_text(results))
+    write_atomically(out_dir / "results.md", lambda tmp: tmp.write_text(results_markdown(records)))
 
 
 def results_markdown(records: list[dict]) -> str:
@@ -873,7 +838,7 @@ def plot_recall_vs_memory(records: list[dict], out_dir: Path) -> list[Path]:
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = out_dir / ("recall_vs_memory_" + "".join(c if c.isalnum() else "_" for c in label).strip("_") + ".png")
-        _write_atomically(path, functools.partial(fig.savefig, dpi=110, format="png"))
+        write_atomically(path, functools.partial(fig.savefig, dpi=110, format="png"))
         plt.close(fig)
         paths.append(path)
     return paths
@@ -907,7 +872,7 @@ def plot_recall_vs_length(records: list[dict], out_dir: Path) -> list[Path]:
         fig.tight_layout()
         name = label if budget is None else f"{label}_budget{budget:g}"
         path = out_dir / ("recall_vs_length_" + "".join(c if c.isalnum() else "_" for c in name).strip("_") + ".png")
-        _write_atomically(path, functools.partial(fig.savefig, dpi=110, format="png"))
+        write_atomically(path, functools.partial(fig.savefig, dpi=110, format="png"))
         plt.close(fig)
         paths.append(path)
     return paths
@@ -973,7 +938,7 @@ def run(args: argparse.Namespace) -> int:
         run_compare(spec, args.out, device=args.device, resume=args.resume, save_models=args.save_models,
                     jobs=args.jobs)
     except KeyboardInterrupt:
-        recorded = len(_read_records(args.out / RUNS_FILE))
+        recorded = len(read_records(args.out / RUNS_FILE))
         print(f"bmojo compare: interrupted; {recorded} finished run(s) are recorded in {args.out / RUNS_FILE}. "
               "Run the same command with --resume to finish.", file=sys.stderr)
         return 130

@@ -33,6 +33,7 @@ from .models import BMojoConfig, BMojoForCausalLM
 from .models.configuration import READ_FIELDS, STORE_BACKENDS
 from .ops.ann import measuring_recall
 from .plotting import pyplot
+from .records import append_record, reopen_records
 
 
 @torch.no_grad()
@@ -41,9 +42,10 @@ def read_through_cache(model, inputs: torch.Tensor, piece: int,
     """Reads inputs (n, L) `batch` rows at a time (default: all n), each batch through a cache of its own in pieces of
     `piece` tokens, made once the batch before has let its cache go (memory holds one batch's cache). Yields, per
     batch: (its row numbers, its greedy predictions (rows, L), its cache's bytes after its last token:
-    {"working_bytes", "stored_bytes"}). Rows never interact: the batch size changes memory, not predictions."""
+    {"working_bytes", "stored_bytes"}); nothing for no rows. Rows never interact: the batch size changes memory, not
+    predictions."""
     device = next(model.parameters()).device
-    for rows in torch.arange(inputs.shape[0]).split(batch or inputs.shape[0]):
+    for rows in torch.arange(inputs.shape[0]).split(batch or inputs.shape[0]) if len(inputs) else ():
         cache = None  # the last batch's cache goes before this batch's is made
         cache = model.new_cache(len(rows))
         preds = torch.full_like(inputs[rows], -1)
@@ -62,25 +64,14 @@ def predict_through_cache(model, inputs: torch.Tensor, piece: int,
     return preds, sizes
 
 
-def accuracy_through_cache(model, inputs: torch.Tensor, targets: torch.Tensor, piece: int, batch: int | None = None,
-                           log: Callable[[str], None] | None = None) -> tuple[int, int, dict]:
-    """(correct, scored, the first batch's bytes): the scored positions (targets != -100) of (inputs, targets) (n, L)
-    that `read_through_cache` predicts right, and their number. `log` gets a line per batch with the running count,
-    so a long run shows what it has read before it ends."""
-    correct = scored = 0
-    sizes, start = None, time.perf_counter()
-    for rows, preds, batch_sizes in read_through_cache(model, inputs, piece, batch):
-        mask = targets[rows] != -100
-        correct += int((preds == targets[rows])[mask].sum())
-        scored += int(mask.sum())
-        sizes = sizes or batch_sizes
-        if log:
-            log(f"  rows {int(rows[-1]) + 1}/{len(inputs)}: {correct}/{scored} right "
-                f"({time.perf_counter() - start:,.0f} s)")
-    if not scored:
-        raise ValueError("no position is scored: the targets hold only -100")
-    return correct, scored, sizes
+def count_right(preds: torch.Tensor, targets: torch.Tensor) -> tuple[int, int]:
+    """(right, scored): how many scored positions (targets != -100) of targets (n, L) preds (n, L) predicts right,
+    and how many there are."""
+    scored = targets != -100
+    return int((preds == targets)[scored].sum()), int(scored.sum())
 
+
+BATCHES_FILE = "batches.jsonl"  # in the output folder: one finished batch per line, appended as each ends
 
 # A store's blocks merge by copying (ops.store.TokenStore.append): while the merged block is made, its parts are held
 # too. Measured (docs/recall.md, 262,144 tokens): two batches of 5 x 262,144 tokens, the first kept by mistake (4.1 GB
@@ -144,16 +135,59 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return name, parse_assignments(items, "--variant")
 
 
+def read_batches(model, inputs: torch.Tensor, targets: torch.Tensor, piece: int, batch: int, measure: bool,
+                 key: dict, earlier: list[dict], journal: Path | None = None,
+                 log: Callable[[str], None] | None = None) -> list[dict]:
+    """The batches of (inputs, targets) (n, L), read through the cache (`read_through_cache`), one entry each: {key,
+    rows, correct, scored, working_bytes, stored_bytes, seconds, search_found, search_total} (the last two count the
+    faiss searches' exact top-r slots found, when `measure`). `earlier`: the entries of `key` a run before this one
+    finished (a prefix: batches are read in order), kept; only the rows after them are read. Each new entry is
+    appended to `journal` as its batch ends, and `log` gets the running count."""
+    batches, start = list(earlier), sum(entry["rows"] for entry in earlier)
+    with measuring_recall() if measure else contextlib.nullcontext() as meter:
+        tick, before = time.perf_counter(), (0, 0)
+        for rows, preds, sizes in read_through_cache(model, inputs[start:], piece, batch):
+            right, scored = count_right(preds, targets[start:][rows])
+            now = (meter.found, meter.total) if measure else (0, 0)
+            batches.append(dict(key=key, rows=len(rows), correct=right, scored=scored, **sizes,
+                                seconds=time.perf_counter() - tick, search_found=now[0] - before[0],
+                                search_total=now[1] - before[1]))
+            if journal:
+                append_record(journal, batches[-1])
+            if log:
+                totals = batch_totals(batches, measure)
+                log(f"rows {start + int(rows[-1]) + 1}/{len(inputs)}: {totals['correct']}/{totals['scored']} right "
+                    f"({totals['seconds']:,.0f} s)")
+            tick, before = time.perf_counter(), now
+    return batches
+
+
+def batch_totals(batches: list[dict], measure: bool) -> dict:
+    """The record fields of a length's batches (`read_batches`): accuracy = correct / scored over all of them, the
+    first batch's cache bytes, the seconds they took together, and the faiss search's recall (None when not
+    measured or no search went through an index)."""
+    correct, scored = sum(e["correct"] for e in batches), sum(e["scored"] for e in batches)
+    if not scored:
+        raise ValueError("no position is scored: every target is -100")
+    total = sum(e["search_total"] for e in batches)
+    return dict(accuracy=correct / scored, correct=correct, scored=scored,
+                working_bytes=batches[0]["working_bytes"], stored_bytes=batches[0]["stored_bytes"],
+                seconds=sum(e["seconds"] for e in batches), batches=len(batches),
+                search_recall=sum(e["search_found"] for e in batches) / total if measure and total else None)
+
+
 def evaluate(model_dirs: list[Path], lengths: list[int], backends: list[str], examples: int, piece: int,
              search_recall: bool = True, progress: bool = True, task: str | None = None,
              task_settings: dict | None = None, variants: list[tuple[str, dict]] | None = None,
-             batch: int | None = None) -> list[dict]:
+             batch: int | None = None, journal: Path | None = None) -> list[dict]:
     """One record per (model, variant, backend, length): accuracy, cache bytes (working, stored), seconds, and for
     "faiss" with `search_recall` the recall of its searches against the exact search, which then runs beside each of
     them (None when no search went through an index). `task` (default: each model's own) is generated with the
     model's task settings updated by `task_settings`; `variants` [(name, READ_FIELDS overrides)] (default: one, the
     model as trained) apply to the models with an eidetic memory (the 'bmojo' kind, the only one with a store).
-    `batch`: examples read at a time (default all); the bytes recorded are one batch's."""
+    `batch`: examples read at a time (default all); the bytes recorded are one batch's. `journal`: a JSON-lines file
+    to which each finished batch is appended; the batches it already holds for the same reading are not read again
+    (a record's `resumed_batches` counts them)."""
     batch = min(batch or examples, examples)
     records = []
     plan = []  # (model folder, task.json, variant, backend): every folder and variant checked before the first run
@@ -166,6 +200,7 @@ def evaluate(model_dirs: list[Path], lengths: list[int], backends: list[str], ex
                 check_memory(read, backend, max(lengths), batch, f"{model_dir.name} {variant[0] or ''}".rstrip())
                 plan.append((model_dir, saved, variant, backend))
         check_task(task or saved["task"], {**saved["settings"], **(task_settings or {})}, lengths)
+    finished = reopen_records(journal) if journal and journal.is_file() else []
     bar = tqdm(total=len(plan) * len(lengths), desc="longrecall", disable=not progress)
     for model_dir, saved, (variant, overrides), backend in plan:
         model = load_recall_model(model_dir, backend, **overrides)
@@ -175,16 +210,18 @@ def evaluate(model_dirs: list[Path], lengths: list[int], backends: list[str], ex
             bar.set_postfix_str(f"{model_dir.name[-40:]} {variant or ''} {backend or ''} L={n}")
             _, (inputs, targets) = task_lib.train_test_split(name, 1, examples, saved["seed"],
                                                              **{**settings, "seq_len": n})
-            start = time.perf_counter()
-            with measuring_recall() if measure else contextlib.nullcontext() as meter:
-                log = bar.write if progress and batch < examples else None
-                correct, scored, sizes = accuracy_through_cache(model, inputs, targets, piece, batch, log)
+            key = json.loads(json.dumps(dict(model_dir=str(model_dir), variant=variant, overrides=overrides,
+                                             backend=backend, task=name, settings=settings, length=n,
+                                             examples=examples, batch=batch, piece=piece, search_recall=measure)))
+            earlier = [entry for entry in finished if entry["key"] == key]
+            label = f"{model_dir.name} {variant or ''} {backend or ''} L={n:,}"
+            log = (lambda line, label=label: bar.write(f"  {label}: {line}")) if progress and batch < examples \
+                else None
+            batches = read_batches(model, inputs, targets, piece, batch, measure, key, earlier, journal, log)
             records.append(dict(model=saved.get("preset", model_dir.name), model_dir=str(model_dir), task=name,
                                 settings=settings, variant=variant, overrides=overrides, backend=backend, length=n,
-                                examples=examples, batch=batch, accuracy=correct / scored, correct=correct,
-                                scored=scored, **sizes,
-                                seconds=time.perf_counter() - start,
-                                search_recall=meter.recall if measure else None))
+                                examples=examples, batch=batch, **batch_totals(batches, measure),
+                                resumed_batches=len(earlier)))
             bar.update()
     bar.close()
     return records
@@ -285,7 +322,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"weights (fields of {', '.join(READ_FIELDS)}), a row each, e.g. "
                              "regime:store_regime_threshold=2 or edge:eidetic_position=edge; repeatable; NAME alone: "
                              "the model as trained")
-    parser.add_argument("--out", type=Path, required=True, help="folder for results.json, results.md and the plot")
+    parser.add_argument("--out", type=Path, required=True,
+                        help=f"folder for results.json, results.md, the plot and {BATCHES_FILE} (each finished "
+                             "batch, as it ends)")
+    parser.add_argument("--resume", action="store_true",
+                        help=f"go on from the batches that --out's {BATCHES_FILE} holds (an interrupted run of the "
+                             "same command): only the others are read")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -303,8 +345,13 @@ def run(args: argparse.Namespace) -> int:
     variants = [parse_variant(text) for text in args.variant]
     task_settings = parse_assignments(args.task_set, "--task-set")
     check_writable(args.out)
+    journal = args.out / BATCHES_FILE
+    if journal.is_file() and not args.resume:
+        raise ValueError(f"{args.out} already holds the batches of a longrecall run ({BATCHES_FILE}): pass --resume "
+                         "to go on from them, or choose a new --out")
     records = evaluate(args.model_dirs, args.lengths, backends, args.examples, args.piece, not args.no_search_recall,
-                       task=args.task, task_settings=task_settings, variants=variants, batch=args.batch)
+                       task=args.task, task_settings=task_settings, variants=variants, batch=args.batch,
+                       journal=journal)
     (args.out / "results.json").write_text(json.dumps(records, indent=1))
     table = results_markdown(records)
     (args.out / "results.md").write_text(table)

@@ -49,7 +49,8 @@ def test_reading_through_the_cache_equals_the_parallel_forward(saved):
 def test_reading_in_batches_gives_the_same_predictions_and_one_batchs_bytes(saved, monkeypatch, tmp_path):
     """Rows never interact: 7 examples read 3 at a time (batches of 3, 3, 1) predict what one batch of 7 predicts,
     and a batch's cache is gone once the next is in use; the bytes reported are the first batch's, and the estimate
-    of stored bytes is what a cache stores per token."""
+    of stored bytes is what a cache stores per token. Each batch's counts reach the journal and the log as it ends;
+    given an earlier run's first batches, only the rest is read."""
     model = bmojo.BMojoForCausalLM.from_pretrained(saved[0]).eval()
     _, (inputs, targets) = tasks.train_test_split("long_recall", 1, 7, 0, **{**SETTINGS, "seq_len": 100})
     whole, whole_sizes = predict_through_cache(model, inputs, piece=32)

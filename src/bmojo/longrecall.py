@@ -9,7 +9,8 @@ each search backend of `--backends`; for "faiss" the recall of its searches agai
 on the keys the model stores. `--task` reads another task than the one trained on (with the model's task settings
 and `--task-set`), `--variant` reads each model with an eidetic memory again with other settings that hold no weights
 (`READ_FIELDS`: the storage tier's, e.g. its retention, and `eidetic_position`). Writes results.json, results.md and
-recall_vs_length.png.
+recall_vs_length.png, and, as each batch of examples ends, its counts to batches.jsonl, from which `--resume` goes on
+after an interruption.
 """
 
 from __future__ import annotations

@@ -11,12 +11,20 @@ import torch
 import bmojo
 from bmojo import tasks
 from bmojo.accounting import stored_bytes_per_token
-from bmojo.longrecall import check_memory, count_right, predict_through_cache, read_batches
+from bmojo.longrecall import check_memory, count_right, read_batches, read_through_cache
 from bmojo.records import read_records
 
 SETTINGS = dict(vocab_size=32, seq_len=24, num_kv_pairs=3)
 TINY = dict(vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             window_size=8, ssm_state_size=8, ssm_head_dim=16, intermediate_size=48)
+
+
+def predict_through_cache(model, inputs, piece, batch=None):
+    """Greedy predictions (n, L) of `read_through_cache`, and the first batch's cache bytes."""
+    preds, sizes = torch.full_like(inputs, -1), None
+    for rows, batch_preds, batch_sizes in read_through_cache(model, inputs, piece, batch):
+        preds[rows], sizes = batch_preds, sizes or batch_sizes
+    return preds, sizes
 
 
 def save_model(folder, preset, **overrides):
@@ -65,6 +73,8 @@ def test_reading_in_batches_gives_the_same_predictions_and_one_batchs_bytes(save
     monkeypatch.setattr(model, "new_cache", tracked_cache)
     batched, sizes = predict_through_cache(model, inputs, piece=32, batch=3)
     assert len(made) == 3 and torch.equal(batched, whole)
+    assert sizes["stored_bytes"] * 7 == whole_sizes["stored_bytes"] * 3  # bytes per row: the first batch holds 3
+    assert sizes["working_bytes"] * 7 == whole_sizes["working_bytes"] * 3
     journal, lines = tmp_path / "batches.jsonl", []
     batches = read_batches(model, inputs, targets, 32, 3, False, {"k": 1}, [], journal, lines.append)
     running = [count_right(whole[:n], targets[:n]) for n in (3, 6, 7)]
@@ -78,6 +88,8 @@ def test_reading_in_batches_gives_the_same_predictions_and_one_batchs_bytes(save
     made.clear()
     again = read_batches(model, inputs, targets, 32, 3, False, {"k": 1}, batches[:2], None)
     assert len(made) == 1 and [b["correct"] for b in again] == [b["correct"] for b in batches]
+    with pytest.raises(ValueError, match=r"hold \[3, 1\] rows, not the first batches of 7 examples read 3 at a time"):
+        read_batches(model, inputs, targets, 32, 3, False, {"k": 1}, [batches[0], batches[2]], None)
     cache = new_cache(3)
     with torch.no_grad():
         model(inputs[:3], cache=cache)
@@ -204,6 +216,31 @@ def test_an_interrupted_run_resumes_from_its_finished_batches(saved, cli, cli_ex
     same = ("accuracy", "correct", "scored", "working_bytes", "stored_bytes")
     assert [resumed[k] for k in same] == [whole[k] for k in same]
     assert len(read_records(tmp_path / "cut" / "batches.jsonl")) == 3  # the damaged line dropped, the batch redone
+    assert cli(*args, "--out", tmp_path / "whole", "--resume") == 0  # all done: nothing read, nothing journaled
+    (again,) = json.loads((tmp_path / "whole" / "results.json").read_text())
+    assert again["resumed_batches"] == 3 and [again[k] for k in same] == [whole[k] for k in same]
+    assert (tmp_path / "whole" / "batches.jsonl").read_text().splitlines() == lines
+    twice = ("longrecall", saved[0], "--lengths", "40,40", *args[4:])
+    assert cli(*twice, "--out", tmp_path / "twice") == 0  # a reading asked for twice is read (and journaled) once
+    first, second = json.loads((tmp_path / "twice" / "results.json").read_text())
+    assert (first["resumed_batches"], second["resumed_batches"], second["correct"]) == (0, 3, whole["correct"])
+    assert len(read_records(tmp_path / "twice" / "batches.jsonl")) == 3
+
+
+def test_search_recall_is_the_same_read_in_batches(saved, cli, tmp_path, monkeypatch):
+    """The faiss search's recall counts each batch's own searches: read one example at a time, it is the recall of
+    reading all at once (one list probed: under 1, so a count carried over between batches would show)."""
+    pytest.importorskip("faiss")
+    monkeypatch.setattr("bmojo.ops.store.ANN_MIN_BLOCK", 16)
+    monkeypatch.setattr("bmojo.ops.ann.ANN_NPROBE", 1)
+    args = ("longrecall", saved[0], "--lengths", "96", "--backends", "faiss", "--examples", "3", "--piece", "16",
+            "--threads", "1")
+    assert cli(*args, "--out", tmp_path / "all") == 0 and cli(*args, "--batch", "1", "--out", tmp_path / "one") == 0
+    (together,), (apart,) = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("all", "one"))
+    assert apart["batches"] == 3 and together["search_recall"] < 1
+    assert apart["search_recall"] == pytest.approx(together["search_recall"], abs=1e-12)
+    journal = read_records(tmp_path / "one" / "batches.jsonl")
+    assert sum(b["search_found"] for b in journal) / sum(b["search_total"] for b in journal) == apart["search_recall"]
 
 
 def test_bad_input_is_refused(saved, cli_exit, tmp_path, capsys):

@@ -34,15 +34,17 @@ from .models import BMojoConfig, BMojoForCausalLM
 from .models.configuration import READ_FIELDS, STORE_BACKENDS
 from .ops.ann import measuring_recall
 from .plotting import pyplot
-from .records import append_record, reopen_records
+from .records import append_record, reopen_records, write_atomically
+
+BATCHES_FILE = "batches.jsonl"  # in the output folder: one finished batch per line, appended as each ends
 
 
 @torch.no_grad()
 def read_through_cache(model, inputs: torch.Tensor, piece: int,
                        batch: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
-    """Reads inputs (n, L) `batch` rows at a time (default: all n), each batch through a cache of its own in pieces of
-    `piece` tokens, made once the batch before has let its cache go (memory holds one batch's cache). Yields, per
-    batch: (its row numbers, its greedy predictions (rows, L), its cache's bytes after its last token:
+    """Batches of inputs (n, L) read `batch` rows at a time (default: all n), each through a cache of its own in
+    pieces of `piece` tokens, made once the batch before has let its cache go (memory holds one batch's cache).
+    Yields, per batch: (its row numbers, its greedy predictions (rows, L), its cache's bytes after its last token:
     {"working_bytes", "stored_bytes"}); nothing for no rows. Rows never interact: the batch size changes memory, not
     predictions."""
     device = next(model.parameters()).device
@@ -56,23 +58,12 @@ def read_through_cache(model, inputs: torch.Tensor, piece: int,
         yield rows, preds, dict(working_bytes=cache.working_nbytes, stored_bytes=cache.stored_nbytes)
 
 
-def predict_through_cache(model, inputs: torch.Tensor, piece: int,
-                          batch: int | None = None) -> tuple[torch.Tensor, dict]:
-    """Greedy predictions (n, L) of `read_through_cache`, and the first batch's cache bytes."""
-    preds, sizes = torch.full_like(inputs, -1), None
-    for rows, batch_preds, batch_sizes in read_through_cache(model, inputs, piece, batch):
-        preds[rows], sizes = batch_preds, sizes or batch_sizes
-    return preds, sizes
-
-
 def count_right(preds: torch.Tensor, targets: torch.Tensor) -> tuple[int, int]:
     """(right, scored): how many scored positions (targets != -100) of targets (n, L) preds (n, L) predicts right,
     and how many there are."""
     scored = targets != -100
     return int((preds == targets)[scored].sum()), int(scored.sum())
 
-
-BATCHES_FILE = "batches.jsonl"  # in the output folder: one finished batch per line, appended as each ends
 
 # A store's blocks merge by copying (ops.store.TokenStore.append): while the merged block is made, its parts are held
 # too. Measured (docs/recall.md, 262,144 tokens): two batches of 5 x 262,144 tokens, the first kept by mistake (4.1 GB
@@ -145,6 +136,11 @@ def read_batches(model, inputs: torch.Tensor, targets: torch.Tensor, piece: int,
     finished (a prefix: batches are read in order), kept; only the rows after them are read. Each new entry is
     appended to `journal` as its batch ends, and `log` gets the running count."""
     batches, start = list(earlier), sum(entry["rows"] for entry in earlier)
+    whole = [min(batch, len(inputs) - i) for i in range(0, len(inputs), batch)][:len(earlier)]
+    if [entry["rows"] for entry in earlier] != whole:
+        raise ValueError(f"the journal's batches of this reading hold {[e['rows'] for e in earlier]} rows, not the "
+                         f"first batches of {len(inputs)} examples read {batch} at a time {whole}: it was edited or "
+                         "written by two runs at once; choose a new --out")
     with measuring_recall() if measure else contextlib.nullcontext() as meter:
         tick, before = time.perf_counter(), (0, 0)
         for rows, preds, sizes in read_through_cache(model, inputs[start:], piece, batch):
@@ -156,9 +152,8 @@ def read_batches(model, inputs: torch.Tensor, targets: torch.Tensor, piece: int,
             if journal:
                 append_record(journal, batches[-1])
             if log:
-                totals = batch_totals(batches, measure)
-                log(f"rows {start + int(rows[-1]) + 1}/{len(inputs)}: {totals['correct']}/{totals['scored']} right "
-                    f"({totals['seconds']:,.0f} s)")
+                log(f"rows {start + int(rows[-1]) + 1}/{len(inputs)}: {sum(e['correct'] for e in batches)}/"
+                    f"{sum(e['scored'] for e in batches)} right ({sum(e['seconds'] for e in batches):,.0f} s)")
             tick, before = time.perf_counter(), now
     return batches
 
@@ -211,14 +206,18 @@ def evaluate(model_dirs: list[Path], lengths: list[int], backends: list[str], ex
             bar.set_postfix_str(f"{model_dir.name[-40:]} {variant or ''} {backend or ''} L={n}")
             _, (inputs, targets) = task_lib.train_test_split(name, 1, examples, saved["seed"],
                                                              **{**settings, "seq_len": n})
-            key = json.loads(json.dumps(dict(model_dir=str(model_dir), variant=variant, overrides=overrides,
+            key = json.loads(json.dumps(dict(model_dir=str(model_dir.resolve()), variant=variant, overrides=overrides,
                                              backend=backend, task=name, settings=settings, length=n,
                                              examples=examples, batch=batch, piece=piece, search_recall=measure)))
             earlier = [entry for entry in finished if entry["key"] == key]
             label = f"{model_dir.name} {variant or ''} {backend or ''} L={n:,}"
             log = (lambda line, label=label: bar.write(f"  {label}: {line}")) if progress and batch < examples \
                 else None
+            if earlier and progress:
+                bar.write(f"  {label}: kept {len(earlier)} batch(es) of {sum(e['rows'] for e in earlier)} rows "
+                          f"from {journal}")
             batches = read_batches(model, inputs, targets, piece, batch, measure, key, earlier, journal, log)
+            finished += batches[len(earlier):]  # a reading asked for twice is read once
             records.append(dict(model=saved.get("preset", model_dir.name), model_dir=str(model_dir), task=name,
                                 settings=settings, variant=variant, overrides=overrides, backend=backend, length=n,
                                 examples=examples, batch=batch, **batch_totals(batches, measure),
@@ -353,9 +352,9 @@ def run(args: argparse.Namespace) -> int:
     records = evaluate(args.model_dirs, args.lengths, backends, args.examples, args.piece, not args.no_search_recall,
                        task=args.task, task_settings=task_settings, variants=variants, batch=args.batch,
                        journal=journal)
-    (args.out / "results.json").write_text(json.dumps(records, indent=1))
+    write_atomically(args.out / "results.json", lambda tmp: tmp.write_text(json.dumps(records, indent=1)))
     table = results_markdown(records)
-    (args.out / "results.md").write_text(table)
+    write_atomically(args.out / "results.md", lambda tmp: tmp.write_text(table))
     plot(records, args.out / "recall_vs_length.png")
     print(table)
     return 0

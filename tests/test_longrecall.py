@@ -204,6 +204,7 @@ def test_an_interrupted_run_resumes_from_its_finished_batches(saved, cli, cli_ex
     args = ("longrecall", saved[0], "--lengths", "40", "--examples", "5", "--batch", "2", "--piece", "16",
             "--threads", "1")
     assert cli(*args, "--out", tmp_path / "whole") == 0
+    assert "L=40: rows 4/5: " in capsys.readouterr().err  # the running count, unbuffered beside the bar
     lines = (tmp_path / "whole" / "batches.jsonl").read_text().splitlines()
     assert len(lines) == 3
     (tmp_path / "cut").mkdir()
@@ -211,6 +212,7 @@ def test_an_interrupted_run_resumes_from_its_finished_batches(saved, cli, cli_ex
     assert cli_exit(*args, "--out", tmp_path / "cut") == 2
     assert "holds the batches of a longrecall run (batches.jsonl): pass --resume" in capsys.readouterr().err
     assert cli(*args, "--out", tmp_path / "cut", "--resume") == 0
+    assert "L=40: kept 2 batch(es) of 4 rows from " in capsys.readouterr().err
     (whole,), (resumed,) = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("whole", "cut"))
     assert (resumed["resumed_batches"], whole["resumed_batches"], resumed["batches"]) == (2, 0, 3)
     same = ("accuracy", "correct", "scored", "working_bytes", "stored_bytes")

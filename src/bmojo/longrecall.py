@@ -20,6 +20,7 @@ import contextlib
 import inspect
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -211,11 +212,12 @@ def evaluate(model_dirs: list[Path], lengths: list[int], backends: list[str], ex
                                              examples=examples, batch=batch, piece=piece, search_recall=measure)))
             earlier = [entry for entry in finished if entry["key"] == key]
             label = f"{model_dir.name} {variant or ''} {backend or ''} L={n:,}"
-            log = (lambda line, label=label: bar.write(f"  {label}: {line}")) if progress and batch < examples \
-                else None
+            log = None
+            if progress and batch < examples:  # to stderr beside the bar: unbuffered, so a redirected log shows it
+                log = lambda line, label=label: bar.write(f"  {label}: {line}", file=sys.stderr)  # noqa: E731
             if earlier and progress:
                 bar.write(f"  {label}: kept {len(earlier)} batch(es) of {sum(e['rows'] for e in earlier)} rows "
-                          f"from {journal}")
+                          f"from {journal}", file=sys.stderr)
             batches = read_batches(model, inputs, targets, piece, batch, measure, key, earlier, journal, log)
             finished += batches[len(earlier):]  # a reading asked for twice is read once
             records.append(dict(model=saved.get("preset", model_dir.name), model_dir=str(model_dir), task=name,

@@ -34,6 +34,7 @@ from .cli import check_writable, parse_assignments
 from .models import BMojoConfig, BMojoForCausalLM
 from .models.configuration import READ_FIELDS, STORE_BACKENDS
 from .ops.ann import measuring_recall
+from .ops.loss import IGNORE_INDEX
 from .plotting import pyplot
 from .records import append_record, reopen_records, write_atomically
 
@@ -60,9 +61,9 @@ def read_through_cache(model, inputs: torch.Tensor, piece: int,
 
 
 def count_right(preds: torch.Tensor, targets: torch.Tensor) -> tuple[int, int]:
-    """(right, scored): how many scored positions (targets != -100) of targets (n, L) preds (n, L) predicts right,
-    and how many there are."""
-    scored = targets != -100
+    """(right, scored): how many scored positions (targets != IGNORE_INDEX) of targets (n, L) preds (n, L) predicts
+    right, and how many there are."""
+    scored = targets != IGNORE_INDEX
     return int((preds == targets)[scored].sum()), int(scored.sum())
 
 
@@ -159,10 +160,10 @@ def read_batches(model, inputs: torch.Tensor, targets: torch.Tensor, piece: int,
     return batches
 
 
-def batch_totals(batches: list[dict], measure: bool) -> dict:
+def batch_totals(batches: list[dict]) -> dict:
     """The record fields of a length's batches (`read_batches`): accuracy = correct / scored over all of them, the
-    first batch's cache bytes, the seconds they took together, and the faiss search's recall (None when not
-    measured or no search went through an index)."""
+    first batch's cache bytes, the seconds they took together, and the faiss search's recall (None when no search was
+    measured: unmeasured batches count 0 searched slots)."""
     correct, scored = sum(e["correct"] for e in batches), sum(e["scored"] for e in batches)
     if not scored:
         raise ValueError("no position is scored: every target is -100")
@@ -170,7 +171,7 @@ def batch_totals(batches: list[dict], measure: bool) -> dict:
     return dict(accuracy=correct / scored, correct=correct, scored=scored,
                 working_bytes=batches[0]["working_bytes"], stored_bytes=batches[0]["stored_bytes"],
                 seconds=sum(e["seconds"] for e in batches), batches=len(batches),
-                search_recall=sum(e["search_found"] for e in batches) / total if measure and total else None)
+                search_recall=sum(e["search_found"] for e in batches) / total if total else None)
 
 
 def evaluate(model_dirs: list[Path], lengths: list[int], backends: list[str], examples: int, piece: int,
@@ -222,7 +223,7 @@ def evaluate(model_dirs: list[Path], lengths: list[int], backends: list[str], ex
             finished += batches[len(earlier):]  # a reading asked for twice is read once
             records.append(dict(model=saved.get("preset", model_dir.name), model_dir=str(model_dir), task=name,
                                 settings=settings, variant=variant, overrides=overrides, backend=backend, length=n,
-                                examples=examples, batch=batch, **batch_totals(batches, measure),
+                                examples=examples, batch=batch, **batch_totals(batches),
                                 resumed_batches=len(earlier)))
             bar.update()
     bar.close()

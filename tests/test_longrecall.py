@@ -231,12 +231,12 @@ def test_an_interrupted_run_resumes_from_its_finished_batches(saved, cli, cli_ex
 
 def test_search_recall_is_the_same_read_in_batches(saved, cli, tmp_path, monkeypatch):
     """The faiss search's recall counts each batch's own searches: read one example at a time, it is the recall of
-    reading all at once (one list probed: under 1, so a count carried over between batches would show)."""
+    reading all at once (one list probed, by a --variant of store_nprobe: under 1, so a count carried over between
+    batches would show)."""
     pytest.importorskip("faiss")
     monkeypatch.setattr("bmojo.ops.store.ANN_MIN_BLOCK", 16)
-    monkeypatch.setattr("bmojo.ops.ann.ANN_NPROBE", 1)
     args = ("longrecall", saved[0], "--lengths", "96", "--backends", "faiss", "--examples", "3", "--piece", "16",
-            "--threads", "1")
+            "--threads", "1", "--variant", "one:store_nprobe=1")
     assert cli(*args, "--out", tmp_path / "all") == 0 and cli(*args, "--batch", "1", "--out", tmp_path / "one") == 0
     (together,), (apart,) = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("all", "one"))
     assert apart["batches"] == 3 and together["search_recall"] < 1

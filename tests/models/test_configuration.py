@@ -83,6 +83,8 @@ def test_storage_tier_settings_are_checked():
         bmojo.BMojoConfig.from_preset("bmojo", num_retrieved_tokens=4, store_regime_threshold=1.0)
     with pytest.raises(ValueError, match=r"store_regime_chunks=0 is invalid: must be >= 1"):
         bmojo.BMojoConfig.from_preset("bmojo", num_retrieved_tokens=4, store_regime_chunks=0)
+    with pytest.raises(ValueError, match=r"store_nprobe=0 is invalid: must be >= 1 \(inverted lists each faiss"):
+        bmojo.BMojoConfig.from_preset("bmojo", num_retrieved_tokens=4, store_nprobe=0)
     with pytest.raises(ValueError, match=r"store_dtype='int8' is invalid: must be one of \('model', 'bfloat16', "
                        r"'float16'\)"):
         bmojo.BMojoConfig.from_preset("bmojo", num_retrieved_tokens=4, store_dtype="int8")

@@ -111,16 +111,16 @@ def assert_decoding_equals_parallel_forward(model):
 
 
 def test_faiss_store_probing_every_list_equals_parallel_forward(tiny_model, monkeypatch):
-    """The approximate backend (indexes on blocks of >= 8 slots here) with every inverted list probed is exact:
-    decoding equals the parallel forward, as with the exact backend."""
+    """The approximate backend (indexes on blocks of >= 8 slots here) with every inverted list probed (the config's
+    store_nprobe) is exact: decoding equals the parallel forward, as with the exact backend."""
     pytest.importorskip("faiss")
     import bmojo.ops.store as store
 
     monkeypatch.setattr(store, "ANN_MIN_BLOCK", 8)
-    monkeypatch.setattr("bmojo.ops.ann.ANN_NPROBE", 10**6)
     calls = []
     monkeypatch.setattr(store, "ann_top_r", lambda *a, top=store.ann_top_r: calls.append(1) or top(*a))
-    assert_decoding_equals_parallel_forward(tiny_model("bmojo", num_retrieved_tokens=4, store_backend="faiss"))
+    assert_decoding_equals_parallel_forward(tiny_model("bmojo", num_retrieved_tokens=4, store_backend="faiss",
+                                                       store_nprobe=10**6))
     assert calls  # the indexes were searched
 
 

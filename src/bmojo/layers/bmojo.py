@@ -115,6 +115,7 @@ class BMojoMixer(nn.Module):
         self.num_retrieved = config.num_retrieved_tokens if num_eidetic else 0  # r; the store needs m_e > 0
         self.store_write = config.store_write
         self.store_backend = config.store_backend  # decoding's search of the store; the parallel form is exact
+        self.store_nprobe = config.store_nprobe  # lists a "faiss" search scans
         self.retrieved_position = config.retrieved_position
         self.store_horizon = config.store_horizon  # retention: forget stored tokens older than H, or
         self.store_regime_threshold = config.store_regime_threshold  # what came before a regime shift
@@ -376,7 +377,8 @@ class BMojoMixer(nn.Module):
             memory = self._memory(s, positions[:, a])
             extra = None
             if self.num_retrieved:  # the r stored tokens with the highest content score, for each query
-                found = s.store.search(content[0][:, :, a:e], self.num_retrieved, self.store_backend)
+                found = s.store.search(content[0][:, :, a:e], self.num_retrieved, self.store_backend,
+                                        self.store_nprobe)
                 logits = self._retrieved_logits(content[0][:, :, a:e], found.k, found.pos, positions[:, a:e])
                 extra = logits, found.v
             o, s.window, left = self.attn.attend_window(q[:, :, a:e], s.window, new.slots(a, e), memory, band,

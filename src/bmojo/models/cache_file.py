@@ -25,7 +25,7 @@ from .configuration import FIELD_TYPES
 FORMAT = "bmojo-cache/1"
 # config fields that do not shape the model's computation (a cache stays valid when they differ)
 NOT_MODEL_FIELDS = frozenset({"use_cache", "pad_token_id", "bos_token_id", "eos_token_id", "ssm_chunk_size",
-                              "store_backend"})
+                              "store_backend", "store_nprobe"})
 
 
 def weights_fingerprint(model) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from transformers import PreTrainedConfig
 
-from ..ops.ann import INSTALL_HINT
+from ..ops.ann import ANN_NPROBE, INSTALL_HINT
 
 MIXER_KINDS = ("attn", "swa", "ssm", "bmojo_f", "bmojo")
 POS_ENCODINGS = ("none", "rope")
@@ -22,8 +22,8 @@ STORE_WRITES = ("window", "evicted")  # what the storage tier keeps (see the fie
 RETRIEVED_POSITIONS = ("none", "original", "edge")  # where RoPE puts retrieved tokens (see retrieved_position)
 STORE_BACKENDS = ("exact", "faiss")  # how decoding searches the storage tier (see the field store_backend)
 # the storage tier's fields: none shapes a weight, so a trained model can be read with other values of them
-STORE_FIELDS = ("num_retrieved_tokens", "store_write", "store_backend", "retrieved_position", "store_horizon",
-                "store_regime_threshold", "store_regime_chunks", "store_dtype")
+STORE_FIELDS = ("num_retrieved_tokens", "store_write", "store_backend", "store_nprobe", "retrieved_position",
+                "store_horizon", "store_regime_threshold", "store_regime_chunks", "store_dtype")
 # fields that hold no weights, so a trained model can be read with other values of them: the storage tier's, and
 # where the eidetic tokens sit (their RoPE position)
 READ_FIELDS = (*STORE_FIELDS, "eidetic_position")
@@ -140,6 +140,7 @@ class BMojoConfig(PreTrainedConfig):
     num_retrieved_tokens: int = 0  # r <= MAX_MEMORY_TOKENS: stored tokens each query reads by content score; 0 = off
     store_write: str = "window"  # "window": every past token the eidetic memory lacks; "evicted": only its evictions
     store_backend: str = "exact"  # decoding's search of the store: "exact" or "faiss" (approximate; the extra "ann")
+    store_nprobe: int = ANN_NPROBE  # "faiss": inverted lists a query scans per block (fewer: faster, may miss more)
     retrieved_position: str = "none"  # a retrieved token's RoPE position: "none" (content score), "original", "edge"
     store_horizon: int = 0  # H > w: chunk c's store forgets tokens older than c w - H (oldest first); 0 = keep [tokens]
     store_regime_threshold: float = 0.0  # kappa > 1: a shift of the mean innovation by kappa (either way) starts a
@@ -242,6 +243,8 @@ class BMojoConfig(PreTrainedConfig):
                   f"{self.pos_encoding!r}); use 'none' without RoPE", self.retrieved_position)
             _need(self.store_backend in STORE_BACKENDS, "store_backend", f"must be one of {STORE_BACKENDS} (\"faiss\" "
                   f"needs {INSTALL_HINT})", self.store_backend)
+            _need(self.store_nprobe >= 1, "store_nprobe", "must be >= 1 (inverted lists each faiss search scans)",
+                  self.store_nprobe)
             _need(self.store_backend != "faiss" or importlib.util.find_spec("faiss") is not None, "store_backend",
                   f"'faiss' needs the faiss package, which is not installed: {INSTALL_HINT}", self.store_backend)
             _need(len(self.innovation_weights) == self.innovation_span, "innovation_weights",

@@ -64,17 +64,18 @@ class TokenStore:
         """Slots held (stored tokens, plus the slots of rows that stored fewer or forgot theirs)."""
         return sum(block.pos.shape[1] for block in self.blocks)
 
-    def search(self, q: torch.Tensor, r: int, backend: str = "exact") -> KVSlots:
+    def search(self, q: torch.Tensor, r: int, backend: str = "exact", nprobe: int | None = None) -> KVSlots:
         """The r stored tokens with the highest content score q . k for every query: keys and values (b, hq, T, r,
         d, in q's dtype whatever the store's), positions (b, hq, T, r), EMPTY where fewer than r are stored, and their
         scores (fp32, -inf where EMPTY).
         q: (b, hq, T, d). backend "exact" scans every block (top_r); "faiss" searches the blocks of >= ANN_MIN_BLOCK
-        slots through their approximate index (ops.ann) and the smaller ones exactly."""
+        slots through their approximate index (ops.ann), scanning `nprobe` lists per query (default ANN_NPROBE), and the
+        smaller ones exactly."""
         b, hq, T, d = q.shape
         hits = []
         for block in self.blocks:
             if backend == "faiss" and block.pos.shape[1] >= ANN_MIN_BLOCK:
-                scores, index = ann_top_r(q, block, r)
+                scores, index = ann_top_r(q, block, r, nprobe)
             else:
                 scores, index = top_r(q, block.k, r, lambda a, e, block=block: block.valid[:, None, None, a:e])
             pos = gather_positions(block.pos, index).masked_fill(scores == float("-inf"), EMPTY)

@@ -58,6 +58,15 @@ def test_cache_from_another_config_or_weights_is_refused(tiny_model, tmp_path):
         tiny_model("bmojo", seed=1, **STORE).load_cache(path)
 
 
+def test_cache_loads_under_other_search_settings(tiny_model, tmp_path):
+    """How decoding searches the store (store_backend, store_nprobe) is not part of a cache's identity: a cache saved
+    with the exact search loads into the same model set to search through faiss with 4 lists."""
+    pytest.importorskip("faiss")
+    path = saved_cache(tiny_model("bmojo", **STORE), tmp_path / "cache.safetensors")
+    loaded = tiny_model("bmojo", store_backend="faiss", store_nprobe=4, **STORE).load_cache(path)
+    assert loaded.seen_tokens == 30 and loaded.stored_nbytes > 0
+
+
 def test_truncated_cache_file_is_refused(tiny_model, tmp_path):
     model = tiny_model("bmojo", **STORE)
     path = saved_cache(model, tmp_path / "cache.safetensors")

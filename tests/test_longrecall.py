@@ -229,6 +229,28 @@ def test_an_interrupted_run_resumes_from_its_finished_batches(saved, cli, cli_ex
     assert len(read_records(tmp_path / "twice" / "batches.jsonl")) == 3
 
 
+def test_batches_read_side_by_side_equal_one_process(saved, cli, tmp_path, capsys):
+    """--jobs 2: two one-thread processes read the batches; the records and the journal equal a one-process run's
+    (but for the seconds), the journal in batch order, and --resume goes on from it the same way."""
+    args = ("longrecall", *saved, "--lengths", "40,72", "--examples", "5", "--batch", "2", "--piece", "16",
+            "--threads", "1")
+    assert cli(*args, "--out", tmp_path / "one") == 0 and cli(*args, "--jobs", "2", "--out", tmp_path / "two") == 0
+    assert "L=72: rows 5/5: " in capsys.readouterr().err
+    timeless = lambda entries: [{k: v for k, v in e.items() if k != "seconds"} for e in entries]  # noqa: E731
+    one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    assert timeless(one) == timeless(two) and len(one) == 4
+    journals = [read_records(tmp_path / d / "batches.jsonl") for d in ("one", "two")]
+    assert timeless(journals[0]) == timeless(journals[1]) and len(journals[1]) == 12
+    lines = (tmp_path / "two" / "batches.jsonl").read_text().splitlines()
+    (tmp_path / "two" / "batches.jsonl").write_text("\n".join(lines[:4]) + "\n")  # cut after 4 of 12 batches
+    assert cli(*args, "--jobs", "2", "--out", tmp_path / "two", "--resume") == 0
+    again = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert timeless(journals[0]) == timeless(read_records(tmp_path / "two" / "batches.jsonl"))
+    assert [r["resumed_batches"] for r in again] == [3, 1, 0, 0]
+    assert [{k: v for k, v in r.items() if k not in ("seconds", "resumed_batches")} for r in again] == \
+        [{k: v for k, v in r.items() if k not in ("seconds", "resumed_batches")} for r in one]
+
+
 def test_search_recall_is_the_same_read_in_batches(saved, cli, tmp_path, monkeypatch):
     """The faiss search's recall counts each batch's own searches: read one example at a time, it is the recall of
     reading all at once (one list probed, by a --variant of store_nprobe: under 1, so a count carried over between
@@ -265,7 +287,9 @@ def test_bad_input_is_refused(saved, cli_exit, tmp_path, capsys):
     assert cli_exit("longrecall", saved[0], "--lengths", "64", *short, "--out", tmp_path) == 2
     assert "store_horizon" in capsys.readouterr().err and not (tmp_path / "results.json").exists()
     assert cli_exit("longrecall", saved[0], "--lengths", "64", "--batch", "0", "--out", tmp_path) == 2
-    assert "--examples, --piece and --batch must be >= 1, got 20, 2048 and 0" in capsys.readouterr().err
+    assert "--examples, --piece, --jobs and --batch must be >= 1, got 20, 2048, 1 and 0" in capsys.readouterr().err
+    assert cli_exit("longrecall", saved[0], "--lengths", "64", "--jobs", "0", "--out", tmp_path) == 2
+    assert "--examples, --piece, --jobs and --batch must be >= 1, got 20, 2048, 0 and None" in capsys.readouterr().err
 
 
 def test_a_store_larger_than_memory_is_refused_before_any_run(saved, cli_exit, tmp_path, capsys, monkeypatch):

@@ -10,7 +10,7 @@ on the keys the model stores. `--task` reads another task than the one trained o
 and `--task-set`), `--variant` reads each model with an eidetic memory again with other settings that hold no weights
 (`READ_FIELDS`: the storage tier's, e.g. its retention, and `eidetic_position`). Writes results.json, results.md and
 recall_vs_length.png, and, as each batch of examples ends, its counts to batches.jsonl, from which `--resume` goes on
-after an interruption.
+after an interruption. `--jobs N` reads N batches side by side in one-thread processes.
 """
 
 from __future__ import annotations
@@ -129,34 +129,82 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return name, parse_assignments(items, "--variant")
 
 
+def read_batch(model, inputs: torch.Tensor, targets: torch.Tensor, piece: int, measure: bool) -> dict:
+    """One batch of (inputs, targets) (rows, L), read through one cache (`read_through_cache`), which is gone when this
+    returns: {rows, correct, scored, working_bytes, stored_bytes, seconds, search_found, search_total} (the last two
+    count the faiss searches' exact top-r slots found, when `measure`; else 0)."""
+    tick = time.perf_counter()
+    with measuring_recall() if measure else contextlib.nullcontext() as meter:
+        ((rows, preds, sizes),) = read_through_cache(model, inputs, piece)  # the generator ends: its cache goes
+    right, scored = count_right(preds, targets)
+    return dict(rows=len(rows), correct=right, scored=scored, **sizes, seconds=time.perf_counter() - tick,
+                search_found=meter.found if measure else 0, search_total=meter.total if measure else 0)
+
+
+_WORKER_MODELS: dict = {}  # in a --jobs worker: the model of each (folder, backend, overrides) read so far
+
+
+def _init_worker() -> None:
+    """A --jobs worker computes on one thread (faiss's searches too: ops.ann follows torch's thread count)."""
+    torch.set_num_threads(1)
+
+
+def _read_batch_in_worker(task: tuple) -> tuple[int, dict]:
+    """`read_batch` in a --jobs worker, which loads the model once: task (i, (model_dir, backend, overrides), inputs,
+    targets, piece, measure) -> (i, the batch's entry)."""
+    i, load, inputs, targets, piece, measure = task
+    name = json.dumps([str(load[0]), load[1], load[2]], sort_keys=True)
+    if name not in _WORKER_MODELS:
+        _WORKER_MODELS[name] = load_recall_model(load[0], load[1], **load[2])
+    return i, read_batch(_WORKER_MODELS[name], inputs, targets, piece, measure)
+
+
 def read_batches(model, inputs: torch.Tensor, targets: torch.Tensor, piece: int, batch: int, measure: bool,
                  key: dict, earlier: list[dict], journal: Path | None = None,
-                 log: Callable[[str], None] | None = None) -> list[dict]:
-    """The batches of (inputs, targets) (n, L), read through the cache (`read_through_cache`), one entry each: {key,
-    rows, correct, scored, working_bytes, stored_bytes, seconds, search_found, search_total} (the last two count the
-    faiss searches' exact top-r slots found, when `measure`). `earlier`: the entries of `key` a run before this one
-    finished (a prefix: batches are read in order), kept; only the rows after them are read. Each new entry is
-    appended to `journal` as its batch ends, and `log` gets the running count."""
+                 log: Callable[[str], None] | None = None, jobs: int = 1, load: tuple | None = None) -> list[dict]:
+    """The batches of (inputs, targets) (n, L), `batch` rows each, read by `read_batch`, one entry each ({key, ...}).
+    `earlier`: the entries of `key` a run before this one finished (a prefix: batches are journaled in order), kept;
+    only the rows after them are read. Each new entry is appended to `journal` in batch order as soon as it and the
+    batches before it have ended, and `log` gets the running count. `jobs` > 1: that many one-thread processes read
+    batches side by side, each loading the model from `load` = (model_dir, backend, READ_FIELDS overrides) (`model`
+    is then not used); the entries equal a one-process run's but for their seconds, and an interruption loses at most
+    the batches in flight."""
     batches, start = list(earlier), sum(entry["rows"] for entry in earlier)
     whole = [min(batch, len(inputs) - i) for i in range(0, len(inputs), batch)][:len(earlier)]
     if [entry["rows"] for entry in earlier] != whole:
         raise ValueError(f"the journal's batches of this reading hold {[e['rows'] for e in earlier]} rows, not the "
                          f"first batches of {len(inputs)} examples read {batch} at a time {whole}: it was edited or "
                          "written by two runs at once; choose a new --out")
-    with measuring_recall() if measure else contextlib.nullcontext() as meter:
-        tick, before = time.perf_counter(), (0, 0)
-        for rows, preds, sizes in read_through_cache(model, inputs[start:], piece, batch):
-            right, scored = count_right(preds, targets[start:][rows])
-            now = (meter.found, meter.total) if measure else (0, 0)
-            batches.append(dict(key=key, rows=len(rows), correct=right, scored=scored, **sizes,
-                                seconds=time.perf_counter() - tick, search_found=now[0] - before[0],
-                                search_total=now[1] - before[1]))
-            if journal:
-                append_record(journal, batches[-1])
-            if log:
-                log(f"rows {start + int(rows[-1]) + 1}/{len(inputs)}: {sum(e['correct'] for e in batches)}/"
-                    f"{sum(e['scored'] for e in batches)} right ({sum(e['seconds'] for e in batches):,.0f} s)")
-            tick, before = time.perf_counter(), now
+    firsts = range(start, len(inputs), batch)
+
+    def finished(entry: dict) -> None:
+        batches.append(dict(key=key, **entry))
+        if journal:
+            append_record(journal, batches[-1])
+        if log:
+            log(f"rows {sum(e['rows'] for e in batches)}/{len(inputs)}: {sum(e['correct'] for e in batches)}/"
+                f"{sum(e['scored'] for e in batches)} right ({sum(e['seconds'] for e in batches):,.0f} s)")
+
+    if jobs == 1 or len(firsts) < 2:
+        for a in firsts:
+            finished(read_batch(model, inputs[a:a + batch], targets[a:a + batch], piece, measure))
+        return batches
+    import multiprocessing
+
+    tasks = [(i, load, inputs[a:a + batch], targets[a:a + batch], piece, measure) for i, a in enumerate(firsts)]
+    pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(tasks)), initializer=_init_worker)
+    ended: dict[int, dict] = {}
+    try:
+        for i, entry in pool.imap_unordered(_read_batch_in_worker, tasks):
+            ended[i] = entry
+            while len(batches) - len(earlier) in ended:  # in batch order, so that the journal stays a prefix
+                finished(ended.pop(len(batches) - len(earlier)))
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
     return batches
 
 
@@ -177,7 +225,7 @@ def batch_totals(batches: list[dict]) -> dict:
 def evaluate(model_dirs: list[Path], lengths: list[int], backends: list[str], examples: int, piece: int,
              search_recall: bool = True, progress: bool = True, task: str | None = None,
              task_settings: dict | None = None, variants: list[tuple[str, dict]] | None = None,
-             batch: int | None = None, journal: Path | None = None) -> list[dict]:
+             batch: int | None = None, journal: Path | None = None, jobs: int = 1) -> list[dict]:
     """One record per (model, variant, backend, length): accuracy, cache bytes (working, stored), seconds, and for
     "faiss" with `search_recall` the recall of its searches against the exact search, which then runs beside each of
     them (None when no search went through an index). `task` (default: each model's own) is generated with the
@@ -185,7 +233,8 @@ def evaluate(model_dirs: list[Path], lengths: list[int], backends: list[str], ex
     model as trained) apply to the models with an eidetic memory (the 'bmojo' kind, the only one with a store).
     `batch`: examples read at a time (default all); the bytes recorded are one batch's. `journal`: a JSON-lines file
     to which each finished batch is appended; the batches it already holds for the same reading are not read again
-    (a record's `resumed_batches` counts them)."""
+    (a record's `resumed_batches` counts them). `jobs`: processes reading batches side by side (`read_batches`); the
+    memory check counts `jobs` batches at once."""
     batch = min(batch or examples, examples)
     records = []
     plan = []  # (model folder, task.json, variant, backend): every folder and variant checked before the first run
@@ -195,7 +244,8 @@ def evaluate(model_dirs: list[Path], lengths: list[int], backends: list[str], ex
         for variant in (variants or [(None, {})]) if eidetic else [(None, {})]:
             read = BMojoConfig.from_saved(model_dir, **variant[1])  # a bad value: ValueError naming it, before any run
             for backend in backends if stores else [None]:
-                check_memory(read, backend, max(lengths), batch, f"{model_dir.name} {variant[0] or ''}".rstrip())
+                at_once = batch * min(jobs, -(-examples // batch))  # the rows held together: one batch per process
+                check_memory(read, backend, max(lengths), at_once, f"{model_dir.name} {variant[0] or ''}".rstrip())
                 plan.append((model_dir, saved, variant, backend))
         check_task(task or saved["task"], {**saved["settings"], **(task_settings or {})}, lengths)
     finished = reopen_records(journal) if journal and journal.is_file() else []
@@ -219,7 +269,8 @@ def evaluate(model_dirs: list[Path], lengths: list[int], backends: list[str], ex
             if earlier and progress:
                 bar.write(f"  {label}: kept {len(earlier)} batch(es) of {sum(e['rows'] for e in earlier)} rows "
                           f"from {journal}", file=sys.stderr)
-            batches = read_batches(model, inputs, targets, piece, batch, measure, key, earlier, journal, log)
+            batches = read_batches(model, inputs, targets, piece, batch, measure, key, earlier, journal, log, jobs,
+                                   (model_dir, backend, overrides))
             finished += batches[len(earlier):]  # a reading asked for twice is read once
             records.append(dict(model=saved.get("preset", model_dir.name), model_dir=str(model_dir), task=name,
                                 settings=settings, variant=variant, overrides=overrides, backend=backend, length=n,
@@ -312,6 +363,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=None,
                         help="examples read at a time, each batch through its own cache (default: all at once); "
                              "the same accuracies in less memory")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="read N batches side by side in N one-thread processes (default 1); the same records "
+                             "but for their seconds, and N batches' memory at once")
     parser.add_argument("--piece", type=int, default=2048, help="tokens per call while reading (default 2048)")
     parser.add_argument("--no-search-recall", action="store_true",
                         help="do not measure the faiss search's recall (it runs the exact search beside every faiss "
@@ -339,9 +393,9 @@ def run(args: argparse.Namespace) -> int:
     if unknown or not backends:
         raise ValueError(f"--backends {args.backends!r}: choose from {', '.join(STORE_BACKENDS)} (faiss needs "
                          "pip install 'bmojo[ann]')")
-    if args.examples < 1 or args.piece < 1 or (args.batch is not None and args.batch < 1):
-        raise ValueError(f"--examples, --piece and --batch must be >= 1, got {args.examples}, {args.piece} and "
-                         f"{args.batch}")
+    if args.examples < 1 or args.piece < 1 or args.jobs < 1 or (args.batch is not None and args.batch < 1):
+        raise ValueError(f"--examples, --piece, --jobs and --batch must be >= 1, got {args.examples}, {args.piece}, "
+                         f"{args.jobs} and {args.batch}")
     for model_dir in args.model_dirs:
         if not model_dir.is_dir():
             raise FileNotFoundError(f"model folder {str(model_dir)!r} does not exist")
@@ -354,7 +408,7 @@ def run(args: argparse.Namespace) -> int:
                          "to go on from them, or choose a new --out")
     records = evaluate(args.model_dirs, args.lengths, backends, args.examples, args.piece, not args.no_search_recall,
                        task=args.task, task_settings=task_settings, variants=variants, batch=args.batch,
-                       journal=journal)
+                       journal=journal, jobs=args.jobs)
     write_atomically(args.out / "results.json", lambda tmp: tmp.write_text(json.dumps(records, indent=1)))
     table = results_markdown(records)
     write_atomically(args.out / "results.md", lambda tmp: tmp.write_text(table))

@@ -115,6 +115,13 @@ def test_memory_check_names_what_fits_and_steps_aside_where_the_store_is_bounded
     half = bmojo.BMojoConfig.from_pretrained(saved[0], store_dtype="float16")
     with pytest.raises(ValueError, match=r"no batch fits: read a shorter length$"):
         check_memory(half, "exact", 6 * 10**6, 1, "m")
+    with pytest.raises(ValueError, match=r"m: 2 examples of 1,000,000 tokens at once \(1 in each of 2 processes\) "
+                       r"would hold about 1.1 GB .* no batch fits: read a shorter length or a float16 store "
+                       r"\(--variant half:store_dtype=float16\) or pass fewer --jobs"):
+        check_memory(config, "faiss", 10**6, 1, "m", jobs=2)
+    with pytest.raises(ValueError, match=r"m: 6 examples .* \(3 in each of 2 processes\) .*: pass --batch 2 "
+                       r"\(about 0.8 GB\)"):
+        check_memory(config, "exact", 5 * 10**5, 3, "m", jobs=2)  # 0.204 GB per example: 4 fit, 2 per process
     for bounded in (dict(store_horizon=64), dict(store_regime_threshold=2.0), dict(store_write="evicted")):
         check_memory(bmojo.BMojoConfig.from_pretrained(saved[0], **bounded), "faiss", 10**9, 20, "m")  # not checked
     def unknown(name):

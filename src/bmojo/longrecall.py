@@ -74,11 +74,13 @@ MERGE_PEAK = 1.5
 MEMORY_SHARE = 0.9  # of the machine's physical memory, for one process
 
 
-def check_memory(config: BMojoConfig, backend: str | None, length: int, batch: int, where: str) -> None:
-    """ValueError when one batch's storage tier, at its merge peak, would pass MEMORY_SHARE of this machine's physical
-    memory, naming a --batch that fits. Checked only where the store's size is known in advance: store_write="window"
-    (every token that leaves the window is stored) without retention (store_horizon, store_regime_threshold: they
-    bound it); "evicted" stores what the data decides. One process: runs side by side share the memory."""
+def check_memory(config: BMojoConfig, backend: str | None, length: int, batch: int, where: str,
+                 jobs: int = 1) -> None:
+    """ValueError when the storage tiers of `jobs` batches read at once (one per --jobs process), at their merge peak,
+    would pass MEMORY_SHARE of this machine's physical memory, naming a --batch that fits. Checked only where the
+    store's size is known in advance: store_write="window" (every token that leaves the window is stored) without
+    retention (store_horizon, store_regime_threshold: they bound it); "evicted" stores what the data decides. Other
+    commands run side by side share the memory too."""
     store, index = stored_bytes_per_token(config, backend)
     if config.store_write != "window" or config.store_horizon or config.store_regime_threshold or not store:
         return
@@ -87,15 +89,16 @@ def check_memory(config: BMojoConfig, backend: str | None, length: int, batch: i
     except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such name: memory unknown, not checked
         return
     per_example = (MERGE_PEAK * store + index) * length
-    if batch * per_example > MEMORY_SHARE * memory:
-        fits = int(MEMORY_SHARE * memory // per_example)
+    if jobs * batch * per_example > MEMORY_SHARE * memory:
+        fits = int(MEMORY_SHARE * memory // per_example) // jobs  # examples per batch, jobs batches at once
         half = " or a float16 store (--variant half:store_dtype=float16)" if config.store_dtype == "model" else ""
-        hint = f"pass --batch {fits} (about {fits * per_example / 1e9:.1f} GB)" if fits else \
-            f"no batch fits: read a shorter length{half}"
+        processes = f" ({batch} in each of {jobs} processes)" if jobs > 1 else ""
+        hint = f"pass --batch {fits} (about {jobs * fits * per_example / 1e9:.1f} GB)" if fits else \
+            f"no batch fits: read a shorter length{half}" + (" or pass fewer --jobs" if jobs > 1 else "")
         indexes = " and the faiss indexes" if index else ""
-        raise ValueError(f"{where}: {batch} examples of {length:,} tokens at once would hold about "
-                         f"{batch * per_example / 1e9:.1f} GB ({per_example / 1e9:.2f} GB per example: the keys and "
-                         f"values of every storing layer at their merge peak{indexes}), more than "
+        raise ValueError(f"{where}: {jobs * batch} examples of {length:,} tokens at once{processes} would hold about "
+                         f"{jobs * batch * per_example / 1e9:.1f} GB ({per_example / 1e9:.2f} GB per example: the keys "
+                         f"and values of every storing layer at their merge peak{indexes}), more than "
                          f"{MEMORY_SHARE:.0%} of this machine's {memory / 1e9:.1f} GB: {hint}")
 
 
@@ -244,8 +247,8 @@ def evaluate(model_dirs: list[Path], lengths: list[int], backends: list[str], ex
         for variant in (variants or [(None, {})]) if eidetic else [(None, {})]:
             read = BMojoConfig.from_saved(model_dir, **variant[1])  # a bad value: ValueError naming it, before any run
             for backend in backends if stores else [None]:
-                at_once = batch * min(jobs, -(-examples // batch))  # the rows held together: one batch per process
-                check_memory(read, backend, max(lengths), at_once, f"{model_dir.name} {variant[0] or ''}".rstrip())
+                check_memory(read, backend, max(lengths), batch, f"{model_dir.name} {variant[0] or ''}".rstrip(),
+                             min(jobs, -(-examples // batch)))  # processes that hold a batch at once
                 plan.append((model_dir, saved, variant, backend))
         check_task(task or saved["task"], {**saved["settings"], **(task_settings or {})}, lengths)
     finished = reopen_records(journal) if journal and journal.is_file() else []

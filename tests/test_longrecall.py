@@ -4,6 +4,7 @@ list agrees with the exact one, search recall 1); bad input is refused with a me
 
 import json
 import weakref
+from concurrent.futures import Future
 
 import pytest
 import torch
@@ -122,6 +123,10 @@ def test_memory_check_names_what_fits_and_steps_aside_where_the_store_is_bounded
     with pytest.raises(ValueError, match=r"m: 6 examples .* \(3 in each of 2 processes\) .*: pass --batch 2 "
                        r"\(about 0.8 GB\)"):
         check_memory(config, "exact", 5 * 10**5, 3, "m", jobs=2)  # 0.204 GB per example: 4 fit, 2 per process
+    # 0.286 GB per example, 3 fit: one batch of 4 does not, and no smaller batch does with 4 --jobs (2 x 2, 4 x 1)
+    with pytest.raises(ValueError, match=r"m: 4 examples .* at once would hold .*: no batch fits: .* fewer --jobs"):
+        check_memory(config, "exact", 7 * 10**5, 4, "m", jobs=4, examples=4)
+    check_memory(config, "exact", 7 * 10**5, 3, "m", jobs=1, examples=4)  # one process: a batch of 3 fits
     for bounded in (dict(store_horizon=64), dict(store_regime_threshold=2.0), dict(store_write="evicted")):
         check_memory(bmojo.BMojoConfig.from_pretrained(saved[0], **bounded), "faiss", 10**9, 20, "m")  # not checked
     def unknown(name):
@@ -133,10 +138,10 @@ def test_memory_check_names_what_fits_and_steps_aside_where_the_store_is_bounded
 
 def test_command_rows_per_model_and_backend(saved, cli, tmp_path, monkeypatch, png_signature):
     """With every inverted list probed the faiss rows equal the exact rows, and their searches find every exact
-    top-r slot (recall 1); a model without a store gets one row."""
+    top-r slot (recall 1); a model without a store gets one row. (Blocks of at most 96 slots have at most
+    isqrt(96) = 9 lists, all probed by the default store_nprobe of 32.)"""
     pytest.importorskip("faiss")
     monkeypatch.setattr("bmojo.ops.store.ANN_MIN_BLOCK", 16)
-    monkeypatch.setattr("bmojo.ops.ann.ANN_NPROBE", 10**6)
     out = tmp_path / "out"
     assert cli("longrecall", *saved, "--lengths", "40,96", "--backends", "exact,faiss", "--examples", "3",
                "--piece", "16", "--threads", "1", "--out", out) == 0
@@ -234,6 +239,37 @@ def test_an_interrupted_run_resumes_from_its_finished_batches(saved, cli, cli_ex
     first, second = json.loads((tmp_path / "twice" / "results.json").read_text())
     assert (first["resumed_batches"], second["resumed_batches"], second["correct"]) == (0, 3, whole["correct"])
     assert len(read_records(tmp_path / "twice" / "batches.jsonl")) == 3
+
+
+def test_batches_that_end_out_of_order_are_journaled_in_order(saved, monkeypatch, tmp_path):
+    """With --jobs the batches may end in any order: each is journaled (and logged) only once the ones before it have
+    ended, so the journal is the one-process run's. Here the pool runs in this process and hands the results back in
+    reverse order."""
+    model = bmojo.BMojoForCausalLM.from_pretrained(saved[0]).eval()
+    _, (inputs, targets) = tasks.train_test_split("long_recall", 1, 7, 0, **{**SETTINGS, "seq_len": 100})
+    pools = []
+
+    class InProcess:
+        def __init__(self, workers, **options):
+            pools.append(workers)
+
+        def submit(self, fn, task):
+            future = Future()
+            future.set_result(fn(task))
+            return future
+
+        def shutdown(self, **options):
+            pass
+
+    monkeypatch.setattr("bmojo.longrecall.ProcessPoolExecutor", InProcess)
+    monkeypatch.setattr("bmojo.longrecall.as_completed", lambda futures: reversed(futures))
+    timeless = lambda entries: [{k: v for k, v in e.items() if k != "seconds"} for e in entries]  # noqa: E731
+    lines_one, lines_two, journal = [], [], tmp_path / "batches.jsonl"
+    one = read_batches(model, inputs, targets, 32, 2, False, {"k": 1}, [], None, lines_one.append)
+    two = read_batches(model, inputs, targets, 32, 2, False, {"k": 1}, [], journal, lines_two.append, jobs=3,
+                       load=(saved[0], None, {}))
+    assert pools == [3] and timeless(two) == timeless(one) == timeless(read_records(journal)) and len(two) == 4
+    assert [line.split(" right")[0] for line in lines_two] == [line.split(" right")[0] for line in lines_one]
 
 
 def test_batches_read_side_by_side_equal_one_process(saved, cli, tmp_path, capsys):

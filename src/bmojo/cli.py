@@ -7,11 +7,14 @@ by `main`), the hub-offline setting, and the output-folder check (`check_writabl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
+import signal
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -115,3 +118,22 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """While active, a SIGTERM raises KeyboardInterrupt, so that a command stops its worker processes as on Ctrl-C
+    (in the main thread; elsewhere signals are left alone)."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -21,7 +21,6 @@ import functools
 import inspect
 import json
 import math
-import signal
 import sys
 import time
 import tomllib
@@ -36,7 +35,7 @@ from tqdm.auto import tqdm
 from . import tasks as task_lib
 from .accounting import decoding_state_bytes, parameter_count, token_equivalents
 from .allocator import cpu_allocator_tuned, tune_cpu_allocator
-from .cli import check_writable
+from .cli import check_writable, sigterm_interrupts
 from .models import PRESETS, BMojoConfig, BMojoForCausalLM
 from .models.configuration import has_type, type_name
 from .plotting import pyplot
@@ -544,36 +543,20 @@ def run_compare(spec: CompareSpec, out_dir: Path, device: str = "cpu", progress:
         shared = (context.Value("i", 0), deadline, len(runnable), jobs)  # see _worker_time_budget
         tasks = [(record, seq_len, config, spec, device, models_dir) for record, seq_len, config in runnable]
         pool = context.Pool(jobs, initializer=_init_worker, initargs=(cpu_allocator_tuned(), *shared))
-        previous = _on_sigterm(_raise_interrupt)  # a SIGTERM stops the workers too, as Ctrl-C does
-        try:
-            for record in pool.imap_unordered(_run_task_star, tasks):
-                finished(record)
-            pool.close()
-        except BaseException:
-            pool.terminate()
-            raise
-        finally:
-            pool.join()
-            _on_sigterm(previous)
+        with sigterm_interrupts():  # a SIGTERM stops the workers too, as Ctrl-C does
+            try:
+                for record in pool.imap_unordered(_run_task_star, tasks):
+                    finished(record)
+                pool.close()
+            except BaseException:
+                pool.terminate()
+                raise
+            finally:
+                pool.join()
     bar.close()
     records = _in_plan_order(plan, done)
     write_outputs(records, out_dir, spec)
     return records
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def _on_sigterm(handler):
-    """Install `handler` (None: nothing) for SIGTERM where this thread may (the main thread); returns the previous
-    handler, or None where none was replaced."""
-    if handler is None:
-        return None
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        return None
 
 
 _WORKER: tuple | None = None  # in a --jobs worker: (runs started, deadline, runs in all, jobs), shared

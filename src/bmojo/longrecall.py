@@ -19,10 +19,12 @@ import argparse
 import contextlib
 import inspect
 import json
+import multiprocessing
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
@@ -30,7 +32,8 @@ from tqdm.auto import tqdm
 
 from . import tasks as task_lib
 from .accounting import stored_bytes_per_token
-from .cli import check_writable, parse_assignments
+from .allocator import cpu_allocator_tuned, tune_cpu_allocator
+from .cli import check_writable, parse_assignments, sigterm_interrupts
 from .models import BMojoConfig, BMojoForCausalLM
 from .models.configuration import READ_FIELDS, STORE_BACKENDS
 from .ops.ann import measuring_recall
@@ -71,13 +74,14 @@ def count_right(preds: torch.Tensor, targets: torch.Tensor) -> tuple[int, int]:
 # too. Measured (docs/recall.md, 262,144 tokens): two batches of 5 x 262,144 tokens, the first kept by mistake (4.1 GB
 # of store and indexes estimated each), peaked at 10.2 GB resident: the second batch at about 1.5x its estimate.
 MERGE_PEAK = 1.5
-MEMORY_SHARE = 0.9  # of the machine's physical memory, for one process
+MEMORY_SHARE = 0.9  # of the machine's physical memory, for the batches read at once
 
 
 def check_memory(config: BMojoConfig, backend: str | None, length: int, batch: int, where: str,
-                 jobs: int = 1) -> None:
-    """ValueError when the storage tiers of `jobs` batches read at once (one per --jobs process), at their merge peak,
-    would pass MEMORY_SHARE of this machine's physical memory, naming a --batch that fits. Checked only where the
+                 jobs: int = 1, examples: int | None = None) -> None:
+    """ValueError when the storage tiers of the batches read at once (one per --jobs process, `jobs` of them, or fewer
+    where `examples` make fewer batches), at their merge peak, would pass MEMORY_SHARE of this machine's physical
+    memory, naming the largest --batch that fits with the same --jobs. Checked only where the
     store's size is known in advance: store_write="window" (every token that leaves the window is stored) without
     retention (store_horizon, store_regime_threshold: they bound it); "evicted" stores what the data decides. Other
     commands run side by side share the memory too."""
@@ -89,16 +93,21 @@ def check_memory(config: BMojoConfig, backend: str | None, length: int, batch: i
     except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such name: memory unknown, not checked
         return
     per_example = (MERGE_PEAK * store + index) * length
-    if jobs * batch * per_example > MEMORY_SHARE * memory:
-        fits = int(MEMORY_SHARE * memory // per_example) // jobs  # examples per batch, jobs batches at once
+
+    def at_once(b: int) -> int:  # examples held together with --batch b: one batch in each of the processes in use
+        return b * min(jobs, -(-(examples or jobs * b) // b))
+
+    if at_once(batch) * per_example > MEMORY_SHARE * memory:
+        fits = max((b for b in range(1, batch) if at_once(b) * per_example <= MEMORY_SHARE * memory), default=0)
         half = " or a float16 store (--variant half:store_dtype=float16)" if config.store_dtype == "model" else ""
-        processes = f" ({batch} in each of {jobs} processes)" if jobs > 1 else ""
-        hint = f"pass --batch {fits} (about {jobs * fits * per_example / 1e9:.1f} GB)" if fits else \
+        n = at_once(batch) // batch  # processes holding a batch
+        processes = f" ({batch} in each of {n} processes)" if n > 1 else ""
+        hint = f"pass --batch {fits} (about {at_once(fits) * per_example / 1e9:.1f} GB)" if fits else \
             f"no batch fits: read a shorter length{half}" + (" or pass fewer --jobs" if jobs > 1 else "")
         indexes = " and the faiss indexes" if index else ""
-        raise ValueError(f"{where}: {jobs * batch} examples of {length:,} tokens at once{processes} would hold about "
-                         f"{jobs * batch * per_example / 1e9:.1f} GB ({per_example / 1e9:.2f} GB per example: the keys "
-                         f"and values of every storing layer at their merge peak{indexes}), more than "
+        raise ValueError(f"{where}: {at_once(batch)} examples of {length:,} tokens at once{processes} would hold "
+                         f"about {at_once(batch) * per_example / 1e9:.1f} GB ({per_example / 1e9:.2f} GB per example: "
+                         f"the keys and values of every storing layer at their merge peak{indexes}), more than "
                          f"{MEMORY_SHARE:.0%} of this machine's {memory / 1e9:.1f} GB: {hint}")
 
 
@@ -147,9 +156,13 @@ def read_batch(model, inputs: torch.Tensor, targets: torch.Tensor, piece: int, m
 _WORKER_MODELS: dict = {}  # in a --jobs worker: the model of each (folder, backend, overrides) read so far
 
 
-def _init_worker() -> None:
-    """A --jobs worker computes on one thread (faiss's searches too: ops.ann follows torch's thread count)."""
+def _init_worker(tune_allocator: bool) -> None:
+    """A --jobs worker computes on one thread (faiss's searches too: ops.ann follows torch's thread count), with the
+    allocator tuned as in the parent (`bmojo` tunes it at start), so a batch is read in the same setting whatever
+    --jobs is."""
     torch.set_num_threads(1)
+    if tune_allocator:
+        tune_cpu_allocator()
 
 
 def _read_batch_in_worker(task: tuple) -> tuple[int, dict]:
@@ -170,8 +183,9 @@ def read_batches(model, inputs: torch.Tensor, targets: torch.Tensor, piece: int,
     only the rows after them are read. Each new entry is appended to `journal` in batch order as soon as it and the
     batches before it have ended, and `log` gets the running count. `jobs` > 1: that many one-thread processes read
     batches side by side, each loading the model from `load` = (model_dir, backend, READ_FIELDS overrides) (`model`
-    is then not used); the entries equal a one-process run's but for their seconds, and an interruption loses at most
-    the batches in flight."""
+    is then not used); the entries equal those of a one-process run on one thread but for their seconds, and an
+    interruption loses the batches after the first one not yet ended. A worker that dies (e.g. killed for memory)
+    stops the reading with an error."""
     batches, start = list(earlier), sum(entry["rows"] for entry in earlier)
     whole = [min(batch, len(inputs) - i) for i in range(0, len(inputs), batch)][:len(earlier)]
     if [entry["rows"] for entry in earlier] != whole:
@@ -192,22 +206,23 @@ def read_batches(model, inputs: torch.Tensor, targets: torch.Tensor, piece: int,
         for a in firsts:
             finished(read_batch(model, inputs[a:a + batch], targets[a:a + batch], piece, measure))
         return batches
-    import multiprocessing
-
     tasks = [(i, load, inputs[a:a + batch], targets[a:a + batch], piece, measure) for i, a in enumerate(firsts)]
-    pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(tasks)), initializer=_init_worker)
+    pool = ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(cpu_allocator_tuned(),))
     ended: dict[int, dict] = {}
-    try:
-        for i, entry in pool.imap_unordered(_read_batch_in_worker, tasks):
-            ended[i] = entry
-            while len(batches) - len(earlier) in ended:  # in batch order, so that the journal stays a prefix
-                finished(ended.pop(len(batches) - len(earlier)))
-        pool.close()
-    except BaseException:
-        pool.terminate()
-        raise
-    finally:
-        pool.join()
+    with sigterm_interrupts():
+        try:
+            for future in as_completed([pool.submit(_read_batch_in_worker, task) for task in tasks]):
+                i, entry = future.result()  # BrokenProcessPool if a worker died
+                ended[i] = entry
+                while len(batches) - len(earlier) in ended:  # in batch order, so that the journal stays a prefix
+                    finished(ended.pop(len(batches) - len(earlier)))
+        except BaseException:
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()  # the batches in flight (ProcessPoolExecutor has no terminate before Python 3.14)
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
     return batches
 
 
@@ -248,7 +263,7 @@ def evaluate(model_dirs: list[Path], lengths: list[int], backends: list[str], ex
             read = BMojoConfig.from_saved(model_dir, **variant[1])  # a bad value: ValueError naming it, before any run
             for backend in backends if stores else [None]:
                 check_memory(read, backend, max(lengths), batch, f"{model_dir.name} {variant[0] or ''}".rstrip(),
-                             min(jobs, -(-examples // batch)))  # processes that hold a batch at once
+                             jobs, examples)
                 plan.append((model_dir, saved, variant, backend))
         check_task(task or saved["task"], {**saved["settings"], **(task_settings or {})}, lengths)
     finished = reopen_records(journal) if journal and journal.is_file() else []
@@ -367,8 +382,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="examples read at a time, each batch through its own cache (default: all at once); "
                              "the same accuracies in less memory")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="read N batches side by side in N one-thread processes (default 1); the same records "
-                             "but for their seconds, and N batches' memory at once")
+                        help="read N batches side by side in N one-thread processes (default 1): the records of a "
+                             "one-thread run but for their seconds (summed over the processes), and N batches' memory "
+                             "at once")
     parser.add_argument("--piece", type=int, default=2048, help="tokens per call while reading (default 2048)")
     parser.add_argument("--no-search-recall", action="store_true",
                         help="do not measure the faiss search's recall (it runs the exact search beside every faiss "

@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import torch
@@ -213,7 +214,12 @@ def read_batches(model, inputs: torch.Tensor, targets: torch.Tensor, piece: int,
     with sigterm_interrupts():
         try:
             for future in as_completed([pool.submit(_read_batch_in_worker, task) for task in tasks]):
-                i, entry = future.result()  # BrokenProcessPool if a worker died
+                try:
+                    i, entry = future.result()
+                except BrokenProcessPool as error:
+                    raise RuntimeError("a --jobs worker died while reading (killed for memory? each process holds "
+                                       "one batch's store: pass a smaller --batch or fewer --jobs); the batches "
+                                       "journaled so far are kept: run again with --resume") from error
                 ended[i] = entry
                 while len(batches) - len(earlier) in ended:  # in batch order, so that the journal stays a prefix
                     finished(ended.pop(len(batches) - len(earlier)))

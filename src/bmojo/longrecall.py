@@ -82,10 +82,10 @@ def check_memory(config: BMojoConfig, backend: str | None, length: int, batch: i
                  jobs: int = 1, examples: int | None = None) -> None:
     """ValueError when the storage tiers of the batches read at once (one per --jobs process, `jobs` of them, or fewer
     where `examples` make fewer batches), at their merge peak, would pass MEMORY_SHARE of this machine's physical
-    memory, naming the largest --batch that fits with the same --jobs. Checked only where the
-    store's size is known in advance: store_write="window" (every token that leaves the window is stored) without
-    retention (store_horizon, store_regime_threshold: they bound it); "evicted" stores what the data decides. Other
-    commands run side by side share the memory too."""
+    memory, naming the largest --batch that fits with the same --jobs. Checked only where the store's size is known
+    in advance: store_write="window" (every token that leaves the window is stored) without retention (store_horizon,
+    store_regime_threshold: they bound it); "evicted" stores what the data decides. Other commands run side by side
+    share the memory too."""
     store, index = stored_bytes_per_token(config, backend)
     if config.store_write != "window" or config.store_horizon or config.store_regime_threshold or not store:
         return
@@ -258,7 +258,7 @@ def evaluate(model_dirs: list[Path], lengths: list[int], backends: list[str], ex
     `batch`: examples read at a time (default all); the bytes recorded are one batch's. `journal`: a JSON-lines file
     to which each finished batch is appended; the batches it already holds for the same reading are not read again
     (a record's `resumed_batches` counts them). `jobs`: processes reading batches side by side (`read_batches`); the
-    memory check counts `jobs` batches at once."""
+    memory check counts the batches held at once (`jobs` of them, or fewer where there are fewer batches)."""
     batch = min(batch or examples, examples)
     records = []
     plan = []  # (model folder, task.json, variant, backend): every folder and variant checked before the first run

@@ -89,6 +89,25 @@ def parse_assignments(items: list[str], option: str) -> dict:
     return out
 
 
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """While active, a SIGTERM raises KeyboardInterrupt, so that a command stops its worker processes as on Ctrl-C
+    (in the main thread; elsewhere signals are left alone)."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run `bmojo COMMAND ...` (argv without the program name; default sys.argv[1:]); returns the exit code."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network at run time
@@ -119,21 +138,3 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-
-@contextlib.contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """While active, a SIGTERM raises KeyboardInterrupt, so that a command stops its worker processes as on Ctrl-C
-    (in the main thread; elsewhere signals are left alone)."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread
-        previous = None
-    try:
-        yield
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)

@@ -307,6 +307,16 @@ def test_random_lead_512_experiment_is_the_random_lead_spec_with_a_second_stage_
     assert CompareSpec.from_file(EXPERIMENTS / "long_recall_random_lead_512.toml") == expected
 
 
+def test_random_lead_512_baselines_are_the_curriculum_spec_with_other_architectures_seed_0():
+    """experiments/long_recall_random_lead_512_baselines.toml (docs/recall.md, "Baselines at a million tokens") is the
+    curriculum spec but for its rows: swa, mamba, and the store row without its store; seed 0 only."""
+    store = CompareSpec.from_file(EXPERIMENTS / "long_recall_random_lead_512.toml")
+    expected = dataclasses.replace(store, presets=["swa", "mamba", "bmojo_edge"], seeds=[0],
+                                   variants={"bmojo_edge": {"preset": "bmojo", "eidetic_position": "edge"}})
+    assert store.variants == {"bmojo_store_edge": {**expected.variants["bmojo_edge"], "num_retrieved_tokens": 8}}
+    assert CompareSpec.from_file(EXPERIMENTS / "long_recall_random_lead_512_baselines.toml") == expected
+
+
 def test_long_recall_experiment_is_the_long_preset_trained_twice_as_long():
     """experiments/long_recall_3000.toml (docs/recall.md) is long_recall_shown.toml's transformer and bmojo_store
     rows with 3000 training steps instead of 1500."""

@@ -131,6 +131,15 @@ def test_mamba_experiment_is_the_quick_600_spec_at_two_rates_two_state_sizes_300
     assert CompareSpec.from_file(EXPERIMENTS / "mqar_quick_mamba.toml") == expected
 
 
+def test_bmojo_f_rate_experiment_is_the_quick_preset_bmojo_f_row_at_three_rates():
+    """experiments/mqar_quick_bmojo_f_lr.toml (docs/recall.md, "bmojo_f's learning rate on the quick task"): the quick
+    preset (task, model, 1000 steps, seeds 0 and 1), its bmojo_f row alone, at lr 1e-3, 2e-3 and 3e-3, no time
+    budget."""
+    expected = dataclasses.replace(SPECS["quick"], presets=["bmojo_f"], lrs=[1e-3, 2e-3, 3e-3], preset_lrs={},
+                                   time_budget_s=None)
+    assert CompareSpec.from_file(EXPERIMENTS / "mqar_quick_bmojo_f_lr.toml") == expected
+
+
 def paper_layer_quick() -> CompareSpec:
     """experiments/mqar_quick_paper_layer.toml: the quick preset with the paper's B'MOJO layer, which several
     experiments measured."""

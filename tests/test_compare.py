@@ -114,10 +114,11 @@ def quick_600() -> CompareSpec:
 
 
 def test_quick_600_experiment_is_the_quick_preset_at_600_steps_one_learning_rate():
-    """experiments/mqar_quick_600.toml is the quick preset with 600 steps instead of 1000 and lr 1e-3 for Mamba and
-    the hybrid too; the quick preset gives those two 3e-3 (docs/recall.md)."""
+    """experiments/mqar_quick_600.toml is the quick preset with 600 steps instead of 1000 and lr 1e-3 for Mamba, the
+    hybrid and bmojo_f too; the quick preset gives those three 3e-3 (docs/recall.md)."""
     quick = SPECS["quick"]
-    assert quick.preset_lrs == {"mamba": [3e-3], "hybrid": [3e-3]} and quick.train["max_steps"] == 1000
+    assert quick.preset_lrs == {"mamba": [3e-3], "hybrid": [3e-3], "bmojo_f": [3e-3]}
+    assert quick.train["max_steps"] == 1000
     assert quick_600() == dataclasses.replace(quick, train={**quick.train, "max_steps": 600}, preset_lrs={})
 
 

@@ -50,9 +50,9 @@ class BMojoState:
     fading (m_f slots), eidetic (m_e slots, scored): the current chunk's memory prefix.
     pending (min(w, m_e) slots, scored): the best tokens that left the window since the last chunk boundary;
         merged into the eidetic memory at the next one.
-    fading_ring (R_y slots): in the fixed-address layout only (bmojo.models.static, when m_f > 0 or s > 0), the
-        fading keys/values of the outputs in the y ring, projected as each output arrives; None in the reference
-        layout.
+    fading_ring (R_f = `fading_ring_slots` slots): in the fixed-address layout only (bmojo.models.static, when m_f > 0
+        or s > 0), the fading keys/values of the last R_f SSM outputs (position p in slot p % R_f), projected as each
+        output arrives; None in the reference layout.
     store: the storage tier (when r = `num_retrieved_tokens` > 0): the tokens the working memory dropped, content
         keys (before RoPE), values, positions; it grows with the context (the one field that does). pending then
         keeps all w tokens that left the window since the last boundary, so that those the merge drops are stored.
@@ -274,6 +274,14 @@ class BMojoMixer(nn.Module):
             k0 = self.attn.rope.rotate(k0, at - qpos[:, None, :, None])  # q0 . R(s - t) k0 = rot(q0, t) . rot(k0, s)
         return retrieved_logits(q0, k0, pos)
 
+    @property
+    def fading_ring_slots(self) -> int:
+        """R_f, the fading ring's slots in the static layout: the step writes its token's keys/values (position t)
+        before it reads the ring, and reads back to t - w - m_f + 1 (the fading tokens, at a boundary) and t - w - s + 1
+        (its span), so R_f = max(w + m_f, w + s) (<= R_y + 1)."""
+        return max(self.window + self.num_fading if self.num_fading else 0,
+                   self.window + self.fading_span if self.fading_span else 0)
+
     def init_state(self, batch_size: int, device, dtype) -> BMojoState:
         hk, hd = self.attn.num_kv_heads, self.attn.head_dim
         m_f, m_e = self.num_fading, self.num_eidetic
@@ -435,17 +443,21 @@ class BMojoMixer(nn.Module):
             )
             copy_into(s.eidetic, select_rows(boundary, keep_top(s.eidetic, pending), s.eidetic))
             copy_into(s.pending, select_rows(boundary, cleared, pending))
+        if s.fading_ring is not None:
+            # written before it is read: the slot taken, that of position pos - R_f, is older than every position read
+            # below, and a ring read before its write would be copied whole on every step by torch.compile
+            R_f = s.fading_ring.pos.shape[1]
+            s.fading_ring.put_(pos % R_f, KVSlots(*self.fading_kv(y, pos[:, None]), pos[:, None]))
         if m_f:
             fpos = fading_positions(pos // w, w, m_f)  # (b, m_f); at a boundary they lie in the ring
-            entered = dataclasses.replace(s.fading_ring.take(fpos % R), pos=fpos)
+            entered = dataclasses.replace(s.fading_ring.take(fpos % R_f), pos=fpos)
             copy_into(s.fading, select_rows(boundary, entered, s.fading))
         keys = self._memory(s, pos)
         if self.fading_span:  # this query's span, pos - w - s + 1 .. pos - w, lies in the ring
             band_pos = pos[:, None] - w - self.fading_span + 1 + torch.arange(self.fading_span, device=u.device)
-            band = dataclasses.replace(s.fading_ring.take(band_pos % R), pos=band_pos.masked_fill(band_pos < 0, EMPTY))
+            band = dataclasses.replace(s.fading_ring.take(band_pos % R_f),
+                                       pos=band_pos.masked_fill(band_pos < 0, EMPTY))
             keys = keys.cat(band)
-        if s.fading_ring is not None:  # after the reads
-            s.fading_ring.put_(pos % R, KVSlots(*self.fading_kv(y, pos[:, None]), pos[:, None]))
         s.window.put_(slot, KVSlots(k, v, pos[:, None], eps))
         s.y[torch.arange(b, device=u.device), pos % R] = y[:, 0].to(s.y.dtype)  # index_put_: in place when compiled
         keys = keys.cat(s.window)

@@ -3,9 +3,9 @@ data, so that `torch.compile(fullgraph=True)` turns the whole step into one grap
 captures it as a CUDA graph.
 
 Layout (`StaticState`): a sliding window is a ring of w slots where position p lives in slot p % w (B'MOJO's y history
-and fading keys/values likewise, R_y slots); full attention has `capacity` preallocated slots, token i of the cache in
-slot i; the SSM state, B'MOJO's fading, eidetic and pending slots are as in the reference; positions (b,) and the token
-count are tensors. Every update is in place. The reference decoding (the mixers' recurrent forms over
+likewise, R_y slots, and its fading keys/values, R_f slots); full attention has `capacity` preallocated slots, token i
+of the cache in slot i; the SSM state, B'MOJO's fading, eidetic and pending slots are as in the reference; positions
+(b,) and the token count are tensors. Every update is in place. The reference decoding (the mixers' recurrent forms over
 `BMojoCache.states`) stays the twin the step is tested against; `to_static` / `to_dynamic` convert between the two
 layouts, so prefill runs chunked through the reference form and the step continues from its state (and back, for a
 later multi-token call).
@@ -56,11 +56,17 @@ def to_static(kind: str, mixer, state, next_pos: torch.Tensor, capacity: int):
         return state.roll(next_pos)
     if kind == "ssm":
         return SSMState(state.conv.clone(), state.ssm.clone())
-    y = roll_rows(state.y, next_pos)
     ring = None
     if mixer.num_fading or mixer.fading_span:
-        pos = ring_positions(next_pos, y.shape[1])
-        ring = KVSlots(*mixer.fading_kv(y, pos.clamp(min=0)), pos)
+        # slot j of the R_f-slot ring: the output at position next_pos - R_f + (j - next_pos) % R_f, read from the time-
+        # ordered y history (R_y outputs, the newest at next_pos - 1); with R_f = R_y + 1 the oldest slot is not in it,
+        # and is left EMPTY: the next step writes it before reading the ring
+        R_f, R_y = mixer.fading_ring_slots, state.y.shape[1]
+        index = R_y - R_f + rolled_index(R_f, next_pos)  # (b, R_f), >= -1
+        out = state.y.gather(1, index.clamp(min=0)[..., None].expand(-1, -1, state.y.shape[2]))
+        pos = ring_positions(next_pos, R_f).masked_fill(index < 0, EMPTY)
+        ring = KVSlots(*mixer.fading_kv(out, pos.clamp(min=0)), pos)
+    y = roll_rows(state.y, next_pos)
     return dataclasses.replace(
         state,
         ssm=to_static("ssm", mixer.ssm, state.ssm, next_pos, capacity),

@@ -37,13 +37,6 @@ class StaticState:
     capacity: int
 
 
-def ring_positions(next_pos: torch.Tensor, size: int) -> torch.Tensor:
-    """(b, size): the position held in each slot of a ring of `size` slots that holds the `size` positions before
-    next_pos (b,), position p in slot p % size (EMPTY for positions before 0)."""
-    pos = next_pos[:, None] - size + rolled_index(size, next_pos)
-    return pos.masked_fill(pos < 0, EMPTY)
-
-
 def to_static(kind: str, mixer, state, next_pos: torch.Tensor, capacity: int):
     """One layer's reference decoding state -> the fixed-address layout (new tensors). mixer: the layer's mixer (a
     B'MOJO layer's fading ring is projected from its y history); next_pos: (b,)."""
@@ -58,13 +51,14 @@ def to_static(kind: str, mixer, state, next_pos: torch.Tensor, capacity: int):
         return SSMState(state.conv.clone(), state.ssm.clone())
     ring = None
     if mixer.num_fading or mixer.fading_span:
-        # slot j of the R_f-slot ring: the output at position next_pos - R_f + (j - next_pos) % R_f, read from the time-
-        # ordered y history (R_y outputs, the newest at next_pos - 1); with R_f = R_y + 1 the oldest slot is not in it,
-        # and is left EMPTY: the next step writes it before reading the ring
+        # slot j of the R_f-slot ring holds position next_pos + back[j], back in [-R_f, -1] (position p in slot
+        # p % R_f), read from the time-ordered y history (R_y outputs, the newest at next_pos - 1); with R_f = R_y + 1
+        # the oldest slot is not in it, and is left EMPTY: the next step writes it before reading the ring
         R_f, R_y = mixer.fading_ring_slots, state.y.shape[1]
-        index = R_y - R_f + rolled_index(R_f, next_pos)  # (b, R_f), >= -1
-        out = state.y.gather(1, index.clamp(min=0)[..., None].expand(-1, -1, state.y.shape[2]))
-        pos = ring_positions(next_pos, R_f).masked_fill(index < 0, EMPTY)
+        back = rolled_index(R_f, next_pos) - R_f  # (b, R_f)
+        out = state.y.gather(1, (R_y + back).clamp(min=0)[..., None].expand(-1, -1, state.y.shape[2]))
+        pos = next_pos[:, None] + back
+        pos = pos.masked_fill((pos < 0) | (back < -R_y), EMPTY)
         ring = KVSlots(*mixer.fading_kv(out, pos.clamp(min=0)), pos)
     y = roll_rows(state.y, next_pos)
     return dataclasses.replace(

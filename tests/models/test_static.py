@@ -5,8 +5,9 @@ import pytest
 import torch
 
 import bmojo
-from bmojo.models.cache import state_tensors
-from bmojo.models.static import auto_decoding, compiled_decode_step, decode_step, to_dynamic, to_static
+from bmojo.layers.documents import state_tensors
+from bmojo.models import static
+from bmojo.models.static import auto_decoding, decode_step, to_dynamic, to_static
 
 PRESETS = list(bmojo.PRESETS)
 VOCAB = 61  # TINY in tests/conftest.py
@@ -153,22 +154,37 @@ def test_bounded_kinds_keep_their_static_bytes(tiny_model):
 
 
 def test_compiled_fullgraph_step_equals_eager(tiny_model, one_thread):
-    """One model with every kind, compiled once (torch.compile fullgraph: a graph break would raise)."""
+    """One model with every kind: the step under torch.compile(fullgraph=True) (a graph break would raise), and the
+    "compiled" decoding (the step compiled ahead of time by AOTInductor), each against the eager step."""
     model = tiny_model(
         "bmojo", window_size=5, num_hidden_layers=5, layer_pattern=["attn", "swa", "ssm", "bmojo_f", "bmojo"]
     )
     ids = torch.randint(0, VOCAB, (2, 24))
+    fullgraph = torch.compile(decode_step, fullgraph=True, dynamic=False)
     with torch.no_grad():
-        eager = model.new_cache(2, decoding="static", capacity=32)
-        compiled = model.new_cache(2, decoding="static", capacity=32)
-        model(ids[:, :4], cache=eager)
-        model(ids[:, :4], cache=compiled)
-        step = compiled_decode_step()
+        caches = {name: model.new_cache(2, decoding=decoding, capacity=32)
+                  for name, decoding in (("eager", "static"), ("fullgraph", "static"), ("aot", "compiled"))}
+        for cache in caches.values():
+            model(ids[:, :4], cache=cache)
         mixers = [layer.mixer for layer in model.model.layers]
         for t in range(4, 24):
-            a = decode_step(model, eager.static_layout(mixers), ids[:, t : t + 1])
-            b = step(model, compiled.static_layout(mixers), ids[:, t : t + 1])
+            a = decode_step(model, caches["eager"].static_layout(mixers), ids[:, t : t + 1])
+            b = fullgraph(model, caches["fullgraph"].static_layout(mixers), ids[:, t : t + 1])
+            c = model(ids[:, t : t + 1], cache=caches["aot"]).logits
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(c, a, rtol=1e-4, atol=1e-4)
+        assert caches["aot"].seen_tokens == 24 and caches["aot"].positions.tolist() == [24, 24]
+        # the weights are inputs of the compiled program, not copies: a changed weight changes its output, and a
+        # new cache of the same layout reuses the compiled runner
+        runners = len(static._RUNNERS)
+        model.lm_head.weight.mul_(2.0)
+        again = model.new_cache(2, decoding="compiled", capacity=32)
+        eager = model.new_cache(2, decoding="static", capacity=32)
+        for cache in (again, eager):
+            model(ids[:, :4], cache=cache)
+        torch.testing.assert_close(model(ids[:, 4:5], cache=again).logits, model(ids[:, 4:5], cache=eager).logits,
+                                   rtol=1e-4, atol=1e-4)
+        assert len(static._RUNNERS) == runners
 
 
 def test_bad_decoding_is_refused(tiny_model):

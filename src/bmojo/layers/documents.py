@@ -90,6 +90,31 @@ def copy_into(dst, src) -> None:
             copy_into(getattr(dst, f.name), getattr(src, f.name))
 
 
+def state_tensors(obj):
+    """Every tensor of a state (a tensor, or lists or dataclasses of them, nested), in a fixed order."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, list):
+        for item in obj:
+            yield from state_tensors(item)
+    elif dataclasses.is_dataclass(obj):
+        for f in dataclasses.fields(obj):
+            yield from state_tensors(getattr(obj, f.name))
+
+
+def with_tensors(obj, tensors):
+    """`obj` (a state) with its tensors replaced, in `state_tensors` order, by those the iterator `tensors` yields
+    (new lists and dataclasses; other fields kept)."""
+    if isinstance(obj, torch.Tensor):
+        return next(tensors)
+    if isinstance(obj, list):
+        return [with_tensors(item, tensors) for item in obj]
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.replace(obj, **{f.name: with_tensors(getattr(obj, f.name), tensors)
+                                           for f in dataclasses.fields(obj)})
+    return obj
+
+
 def restart_rows(rows: torch.Tensor, state, fresh):
     """`state` with the rows where `rows` (b,) holds set back to `fresh` (the mixer's `init_state`): a new document
     begins there. The growing KV of full attention and the storage tier keep their slots and forget them (EMPTY

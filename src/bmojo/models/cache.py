@@ -11,21 +11,8 @@ import dataclasses
 
 import torch
 
-from ..layers.documents import copy_into
-from .static import CudaGraphStep, StaticState, compiled_decode_step, decode_step, to_dynamic, to_static
-
-
-def state_tensors(obj):
-    """Every tensor of a state (a tensor, or a dataclass of them, nested)."""
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, list):
-        for item in obj:
-            yield from state_tensors(item)
-    elif dataclasses.is_dataclass(obj):
-        for f in dataclasses.fields(obj):
-            yield from state_tensors(getattr(obj, f.name))
-
+from ..layers.documents import copy_into, state_tensors
+from .static import CompiledStep, CudaGraphStep, StaticState, decode_step, to_dynamic, to_static
 
 DECODINGS = ("reference", "static", "compiled", "cuda_graph")
 
@@ -37,8 +24,8 @@ class BMojoCache:
     share their positions and decoding takes the chunked fast path.
 
     `decoding` says how one-token calls run: "reference" (the mixers' recurrent forms), "static" (the fixed-address
-    step of bmojo.models.static, eager), "compiled" (that step under torch.compile(fullgraph=True)) or "cuda_graph"
-    (that step captured as a CUDA graph, on CUDA). The states live in one layout at a time: `states` (the
+    step of bmojo.models.static, eager), "compiled" (that step compiled ahead of time by AOTInductor, `CompiledStep`) or
+    "cuda_graph" (that step captured as a CUDA graph, on CUDA). The states live in one layout at a time: `states` (the
     reference layout) converts back from the static one when that is current, `static_layout()` converts to it,
     reusing its buffers (their addresses stay fixed)."""
 
@@ -55,7 +42,7 @@ class BMojoCache:
         if decoding == "cuda_graph" and torch.device(device or "cpu").type != "cuda":
             raise ValueError("decoding='cuda_graph' needs a model on a CUDA device; on the CPU use 'compiled'")
         self.static: StaticState | None = None  # the fixed-address layout, current while _static_current
-        self._graph: CudaGraphStep | None = None  # the captured step over self.static (decoding="cuda_graph")
+        self._fixed_step: CompiledStep | CudaGraphStep | None = None  # "compiled" / "cuda_graph": over self.static
         self._static_current = False
         self.decoding = decoding
         self.capacity = capacity  # full attention's slots in the static layout (None: chosen when first needed)
@@ -109,12 +96,11 @@ class BMojoCache:
         """One token per row (b, 1) through `model` (a BMojoForCausalLM) by the static step `decoding` names; returns
         the logits (b, 1, V) and advances the cache."""
         st = self.static_layout([layer.mixer for layer in model.model.layers])
-        if self.decoding == "compiled":
-            step = compiled_decode_step()
-        elif self.decoding == "cuda_graph":
-            if self._graph is None or self._graph.state is not st:
-                self._graph = CudaGraphStep(model, st, self.positions.shape[0])
-            step = self._graph
+        if self.decoding in ("compiled", "cuda_graph"):  # built once per layout (the buffers keep their addresses)
+            if self._fixed_step is None or self._fixed_step.state is not st:
+                fixed = CompiledStep if self.decoding == "compiled" else CudaGraphStep
+                self._fixed_step = fixed(model, st)
+            step = self._fixed_step
         else:
             step = decode_step
         logits = step(model, st, input_ids)

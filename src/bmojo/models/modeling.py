@@ -208,10 +208,10 @@ class BMojoForCausalLM(BMojoPreTrainedModel, GenerationMixin):
     def generate(self, inputs=None, generation_config=None, *args, decoding: str = "auto", **kwargs):
         """HF `generate`, plus `decoding`: how the one-token steps run (see BMojoCache): "reference" (the mixers'
         recurrent forms), "static" (the fixed-address step of bmojo.models.static, eager), "compiled" (that step
-        under torch.compile(fullgraph=True); the first call for a model and batch size compiles, up to minutes on a
-        2-core CPU), "cuda_graph" (the step captured as one CUDA graph), or "auto": `auto_decoding` decides (CUDA
-        graph on CUDA, compiled on a CPU, when the generation is long enough to repay it). Prefill runs the chunked
-        reference form either way. The choice is logged at INFO (logger "bmojo")."""
+        compiled ahead of time by AOTInductor; the first call for a model configuration and batch size compiles, up
+        to minutes on a 2-core CPU), "cuda_graph" (the step captured as one CUDA graph), or "auto": `auto_decoding`
+        decides (CUDA graph on CUDA, compiled on a CPU, when the generation is long enough to repay it). Prefill runs
+        the chunked reference form either way. The choice is logged at INFO (logger "bmojo")."""
         config = generation_config if generation_config is not None else self.generation_config
         max_new = kwargs.get("max_new_tokens", config.max_new_tokens) or config.max_length
         ids = inputs if inputs is not None else kwargs.get("input_ids")

@@ -1,6 +1,7 @@
 """Static decoding: a model's decoding state at fixed addresses and a one-token step without a Python branch on the
-data, so that `torch.compile(fullgraph=True)` turns the whole step into one graph, and on CUDA `CudaGraphStep`
-captures it as a CUDA graph.
+data, so that `torch.compile(fullgraph=True)` or `torch.export` turns the whole step into one graph: `CompiledStep`
+compiles it ahead of time with AOTInductor (decoding="compiled"), and on CUDA `CudaGraphStep` captures it as a CUDA
+graph.
 
 Layout (`StaticState`): a sliding window is a ring of w slots where position p lives in slot p % w (B'MOJO's y history
 likewise, R_y slots, and its fading keys/values, R_f slots); full attention has `capacity` preallocated slots, token i
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..layers.bmojo import BMojoState
-from ..layers.documents import copy_into
+from ..layers.documents import copy_into, state_tensors, with_tensors
 from ..layers.mamba2 import SSMState
 from ..ops.memory import EMPTY, KVSlots, roll_rows, rolled_index
 
@@ -106,9 +107,9 @@ class CudaGraphStep:
     converts into them in place). Calls copy the tokens into the graph's input buffer, replay, and return a copy of
     the logits. Capture runs two warm-up steps on a side stream and then restores the state it started from."""
 
-    def __init__(self, model, state: StaticState, batch_size: int):
+    def __init__(self, model, state: StaticState):
         self.state = state
-        self.ids = torch.zeros(batch_size, 1, dtype=torch.long, device=state.positions.device)
+        self.ids = torch.zeros(state.positions.shape[0], 1, dtype=torch.long, device=state.positions.device)
         start = copy.deepcopy(state)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -127,27 +128,60 @@ class CudaGraphStep:
         return self.logits.clone()
 
 
-_COMPILED = None
-# Each model and batch size is one more compiled entry of `decode_step` (the same code object); Dynamo's default
-# limit of 8 entries would make the 9th a hard error under fullgraph.
-RECOMPILE_LIMIT = 64
+class CompiledStep:
+    """`decode_step` compiled ahead of time by AOTInductor (`torch.export`, then `aoti_compile_and_package`) for one
+    model's code and configuration and one state layout: the token ids, the model's parameters and buffers and the
+    state's tensors are the compiled program's inputs (no weight is copied into it; the state is updated in place).
+    A call goes straight to the compiled C++ runner, with none of `torch.compile`'s per-call guard checks and runtime
+    wrappers (docs/benchmarks.md, "AOTInductor"). Runners are kept per process: one compilation per model class,
+    configuration, batch size and capacity, dtype and device. The step computes no gradients."""
+
+    def __init__(self, model, state: StaticState):
+        self.state = state
+        weights = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+        self.inputs = [*weights.values(), *state_tensors(state)]
+        layout = tuple((t.shape, t.stride(), t.dtype, t.device) for t in self.inputs)
+        key = (type(model), model.config.to_json_string(), layout)
+        if key not in _RUNNERS:
+            _RUNNERS[key] = _compile_step(model, state, list(weights))
+        self.runner = _RUNNERS[key]
+
+    def __call__(self, model, state: StaticState, input_ids: torch.Tensor) -> torch.Tensor:
+        # the runner's flat entry (its __call__ flattens the arguments and unflattens the outputs with pytree on every
+        # call), with the inputs in the order and strides they were compiled for (contiguous ids), in a new list, which
+        # the boxed call consumes
+        return self.runner.loader.boxed_run([input_ids.contiguous(), *self.inputs])[0]
 
 
-def compiled_decode_step():
-    """`decode_step` under torch.compile(fullgraph=True) (compiled on its first call for each model and batch size,
-    up to RECOMPILE_LIMIT of them in a process). Inductor's C++ wrapper (`cpp_wrapper`) launches the step's kernels
-    from C++ rather than Python: 17 % less time per token at ~5M parameters on a CPU, for a compilation about 1.3-1.7x
-    longer (docs/benchmarks.md, decode suite)."""
-    global _COMPILED
-    if _COMPILED is None:
-        compiled = torch.compile(decode_step, fullgraph=True, dynamic=False, options={"cpp_wrapper": True})
+_RUNNERS: dict = {}
 
-        def step(model, state: StaticState, input_ids: torch.Tensor) -> torch.Tensor:
-            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-                return compiled(model, state, input_ids)
 
-        _COMPILED = step
-    return _COMPILED
+def _compile_step(model, state: StaticState, names: list[str]):
+    """The AOTInductor runner of `decode_step` over flat inputs (ids, the weights `names` in order, the tensors of
+    a state laid out as `state`). Exporting traces with fake tensors: no buffer changes."""
+
+    class Step(torch.nn.Module):  # the model as a submodule, whose weights functional_call swaps for the inputs
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, state_):
+            return decode_step(self.model, state_, input_ids)
+
+    step = Step()
+
+    class FlatStep(torch.nn.Module):  # holds no weights (a closure over `step`), so none is copied into the program
+        def forward(self, input_ids, *tensors):
+            weights = {f"model.{name}": t for name, t in zip(names, tensors, strict=False)}
+            state_ = with_tensors(state, iter(tensors[len(names):]))
+            return torch.func.functional_call(step, weights, (input_ids, state_))
+
+    weights = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    ids = torch.zeros(state.positions.shape[0], 1, dtype=torch.long, device=state.positions.device)
+    example = (ids, *[weights[n] for n in names], *state_tensors(state))
+    with torch.no_grad():
+        program = torch.export.export(FlatStep(), example, strict=False)
+    return torch._inductor.aoti_load_package(torch._inductor.aoti_compile_and_package(program))
 
 
 # New tokens from which "auto" decoding compiles the step on a CPU: compiling takes tens of seconds to minutes per

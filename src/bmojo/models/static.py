@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -179,9 +180,10 @@ def _compile_step(model, state: StaticState, names: list[str]):
     weights = {**dict(model.named_parameters()), **dict(model.named_buffers())}
     ids = torch.zeros(state.positions.shape[0], 1, dtype=torch.long, device=state.positions.device)
     example = (ids, *[weights[n] for n in names], *state_tensors(state))
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():  # torch 2.13 warns about its own pytree use while compiling
+        warnings.filterwarnings("ignore", message=".*LeafSpec.* is deprecated", category=FutureWarning)
         program = torch.export.export(FlatStep(), example, strict=False)
-    return torch._inductor.aoti_load_package(torch._inductor.aoti_compile_and_package(program))
+        return torch._inductor.aoti_load_package(torch._inductor.aoti_compile_and_package(program))
 
 
 # New tokens from which "auto" decoding compiles the step on a CPU: compiling takes tens of seconds to minutes per

@@ -187,10 +187,10 @@ def _compile_step(model, state: StaticState, names: list[str]):
 
 
 # New tokens from which "auto" decoding compiles the step on a CPU: compiling takes tens of seconds to minutes per
-# model and batch size on a 2-core CPU (38 s at ~5M parameters on an Intel Xeon), and the compiled step saves 4 ms
-# (that Xeon) to 9 ms (an AMD EPYC) per token at ~5M parameters (docs/benchmarks.md, decode suite). On CUDA the eager
-# step is captured as a CUDA graph instead: capturing costs two warm-up steps and no compilation, and replay removes
-# the per-kernel launch cost that dominates small models.
+# model and batch size on a 2-core CPU (35-39 s at ~5M parameters on an Intel Xeon), and the compiled step saves 5 ms
+# (that Xeon) to 9 ms (an AMD EPYC, before AOTInductor) per token at ~5M parameters (docs/benchmarks.md, decode
+# suite). On CUDA the eager step is captured as a CUDA graph instead: capturing costs two warm-up steps and no
+# compilation, and replay removes the per-kernel launch cost that dominates small models.
 COMPILE_MIN_NEW_TOKENS = 8192
 CUDA_GRAPH_MIN_NEW_TOKENS = 16
 

@@ -100,7 +100,9 @@ def test_static_step_in_bf16(preset, tiny_model, rel, one_thread):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             reference, _ = decode_logits(model, ids, 3, "reference")
             static, _ = decode_logits(model, ids, 3, "static")
+            compiled, cache = decode_logits(model, ids, 3, "compiled")  # the eager step: nothing compiled for autocast
         assert rel(static.float(), reference.float()) < 2e-2
+        assert torch.equal(compiled, static) and cache._fixed_step is None
         model = model.to(torch.bfloat16)
         reference, _ = decode_logits(model, ids, 3, "reference")
         static, cache = decode_logits(model, ids, 3, "static")

@@ -94,9 +94,11 @@ class BMojoCache:
 
     def static_step(self, model, input_ids: torch.Tensor) -> torch.Tensor:
         """One token per row (b, 1) through `model` (a BMojoForCausalLM) by the static step `decoding` names; returns
-        the logits (b, 1, V) and advances the cache."""
+        the logits (b, 1, V) and advances the cache. Under autocast, "compiled" runs the eager step: its program was
+        traced without autocast and would compute in the model's dtype."""
         st = self.static_layout([layer.mixer for layer in model.model.layers])
-        if self.decoding in ("compiled", "cuda_graph"):  # built once per layout (the buffers keep their addresses)
+        autocast = self.decoding == "compiled" and torch.is_autocast_enabled(input_ids.device.type)
+        if self.decoding in ("compiled", "cuda_graph") and not autocast:  # built once per layout (fixed buffers)
             if self._fixed_step is None or self._fixed_step.state is not st:
                 fixed = CompiledStep if self.decoding == "compiled" else CudaGraphStep
                 self._fixed_step = fixed(model, st)

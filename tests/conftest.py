@@ -96,6 +96,14 @@ def _seed():
     torch.manual_seed(1234)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _compiled_step_dir(tmp_path_factory):
+    """Compiled decode steps go to a folder of the test session, not the user's cache (bmojo.models.static)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BMOJO_CACHE_DIR", str(tmp_path_factory.mktemp("bmojo_cache")))
+        yield
+
+
 # ---------------------------------------------------------------- tiny models
 
 

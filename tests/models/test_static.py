@@ -155,9 +155,11 @@ def test_bounded_kinds_keep_their_static_bytes(tiny_model):
     assert sizes[0] == sizes[1] > 0
 
 
-def test_compiled_fullgraph_step_equals_eager(tiny_model, one_thread):
+def test_compiled_fullgraph_step_equals_eager(tiny_model, one_thread, tmp_path, monkeypatch):
     """One model with every kind: the step under torch.compile(fullgraph=True) (a graph break would raise), and the
-    "compiled" decoding (the step compiled ahead of time by AOTInductor), each against the eager step."""
+    "compiled" decoding (the step compiled ahead of time by AOTInductor), each against the eager step; the compiled
+    step is kept on disk, and another process (here: an emptied in-process table) loads it without compiling."""
+    monkeypatch.setenv("BMOJO_CACHE_DIR", str(tmp_path))
     model = tiny_model(
         "bmojo", window_size=5, num_hidden_layers=5, layer_pattern=["attn", "swa", "ssm", "bmojo_f", "bmojo"]
     )
@@ -187,6 +189,18 @@ def test_compiled_fullgraph_step_equals_eager(tiny_model, one_thread):
         torch.testing.assert_close(model(ids[:, 4:5], cache=again).logits, model(ids[:, 4:5], cache=eager).logits,
                                    rtol=1e-4, atol=1e-4)
         assert len(static._RUNNERS) == runners
+        assert [p.parent for p in tmp_path.rglob("*") if p.is_file()] == [static.compiled_step_dir()]  # one package
+
+        def compile_again(*args):
+            raise AssertionError("compiled again instead of loading the package")
+
+        monkeypatch.setattr(static, "_RUNNERS", {})
+        monkeypatch.setattr(static, "_compile_step", compile_again)
+        loaded, eager = (model.new_cache(2, decoding=d, capacity=32) for d in ("compiled", "static"))
+        for cache in (loaded, eager):
+            model(ids[:, :4], cache=cache)
+        torch.testing.assert_close(model(ids[:, 4:5], cache=loaded).logits, model(ids[:, 4:5], cache=eager).logits,
+                                   rtol=1e-4, atol=1e-4)
 
 
 def test_bad_decoding_is_refused(tiny_model):

@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import hashlib
+import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -134,17 +138,18 @@ class CompiledStep:
     model's code and configuration and one state layout: the token ids, the model's parameters and buffers and the
     state's tensors are the compiled program's inputs (no weight is copied into it; the state is updated in place).
     A call goes straight to the compiled C++ runner, with none of `torch.compile`'s per-call guard checks and runtime
-    wrappers (docs/benchmarks.md, "AOTInductor"). Runners are kept per process: one compilation per model class,
-    configuration, batch size and capacity, dtype and device. The step computes no gradients."""
+    wrappers (docs/benchmarks.md, "AOTInductor"). One compilation per model class, configuration, batch size and
+    capacity, dtype and device, kept in the process and on disk (`compiled_step_dir`; keyed also by torch's version
+    and bmojo's source, so an edit of the code compiles anew). The step computes no gradients."""
 
     def __init__(self, model, state: StaticState):
         self.state = state
         weights = {**dict(model.named_parameters()), **dict(model.named_buffers())}
         self.inputs = [*weights.values(), *state_tensors(state)]
-        layout = tuple((t.shape, t.stride(), t.dtype, t.device) for t in self.inputs)
-        key = (type(model), model.config.to_json_string(), layout)
+        layout = [(tuple(t.shape), t.stride(), str(t.dtype), str(t.device)) for t in self.inputs]
+        key = repr((type(model).__qualname__, model.config.to_json_string(), list(weights), layout))
         if key not in _RUNNERS:
-            _RUNNERS[key] = _compile_step(model, state, list(weights))
+            _RUNNERS[key] = _load_or_compile(model, state, list(weights), key)
         self.runner = _RUNNERS[key]
 
     def __call__(self, model, state: StaticState, input_ids: torch.Tensor) -> torch.Tensor:
@@ -157,9 +162,45 @@ class CompiledStep:
 _RUNNERS: dict = {}
 
 
-def _compile_step(model, state: StaticState, names: list[str]):
-    """The AOTInductor runner of `decode_step` over flat inputs (ids, the weights `names` in order, the tensors of
-    a state laid out as `state`). Exporting traces with fake tensors: no buffer changes."""
+def compiled_step_dir() -> Path:
+    """Where compiled decode steps are kept across processes: $BMOJO_CACHE_DIR, else $XDG_CACHE_HOME/bmojo (by
+    default ~/.cache/bmojo), then decode_steps/."""
+    root = os.environ.get("BMOJO_CACHE_DIR")
+    if not root:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bmojo"
+    return Path(root) / "decode_steps"
+
+
+@functools.cache
+def _source_digest() -> str:
+    """sha256 of bmojo's Python sources (the code a compiled step was traced from)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).resolve().parents[1].rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _load_or_compile(model, state: StaticState, names: list[str], key: str):
+    """The runner for `key` from its package on disk, or compiled (and written there: to a temporary name, then
+    renamed, so a reader never sees half a file). The package is native code for this machine's kind of processor
+    (its vector instructions, or its GPU's compute capability), which the file's name includes."""
+    device = state.positions.device
+    target = (torch.cuda.get_device_capability(device) if device.type == "cuda"
+              else torch.backends.cpu.get_cpu_capability())
+    digest = hashlib.sha256(f"{torch.__version__}|{target}|{_source_digest()}|{key}".encode()).hexdigest()[:32]
+    path = compiled_step_dir() / f"{digest}.pt2"
+    if path.exists():
+        return torch._inductor.aoti_load_package(str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{digest}.{os.getpid()}.partial.pt2")
+    _compile_step(model, state, names, partial)
+    os.replace(partial, path)
+    return torch._inductor.aoti_load_package(str(path))
+
+
+def _compile_step(model, state: StaticState, names: list[str], path: Path) -> None:
+    """`decode_step` over flat inputs (ids, the weights `names` in order, the tensors of a state laid out as `state`),
+    compiled by AOTInductor into the package `path`. Exporting traces with fake tensors: no buffer changes."""
 
     class Step(torch.nn.Module):  # the model as a submodule, whose weights functional_call swaps for the inputs
         def __init__(self):
@@ -183,7 +224,7 @@ def _compile_step(model, state: StaticState, names: list[str]):
     with torch.no_grad(), warnings.catch_warnings():  # torch 2.13 warns about its own pytree use while compiling
         warnings.filterwarnings("ignore", message=".*LeafSpec.* is deprecated", category=FutureWarning)
         program = torch.export.export(FlatStep(), example, strict=False)
-        return torch._inductor.aoti_load_package(torch._inductor.aoti_compile_and_package(program))
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path))
 
 
 # New tokens from which "auto" decoding compiles the step on a CPU: compiling takes tens of seconds to minutes per

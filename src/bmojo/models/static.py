@@ -149,7 +149,7 @@ class CompiledStep:
         layout = [(tuple(t.shape), t.stride(), str(t.dtype), str(t.device)) for t in self.inputs]
         key = repr((type(model).__qualname__, model.config.to_json_string(), list(weights), layout))
         if key not in _RUNNERS:
-            _RUNNERS[key] = _load_or_compile(model, state, list(weights), key)
+            _RUNNERS[key] = _load_or_compile(model, state, weights, key)
         self.runner = _RUNNERS[key]
 
     def __call__(self, model, state: StaticState, input_ids: torch.Tensor) -> torch.Tensor:
@@ -180,7 +180,7 @@ def _source_digest() -> str:
     return digest.hexdigest()
 
 
-def _load_or_compile(model, state: StaticState, names: list[str], key: str):
+def _load_or_compile(model, state: StaticState, weights: dict, key: str):
     """The runner for `key` from its package on disk, or compiled (and written there: to a temporary name, then
     renamed, so a reader never sees half a file). The package is native code for this machine's kind of processor
     (its vector instructions, or its GPU's compute capability), which the file's name includes."""
@@ -193,14 +193,15 @@ def _load_or_compile(model, state: StaticState, names: list[str], key: str):
         return torch._inductor.aoti_load_package(str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{digest}.{os.getpid()}.partial.pt2")
-    _compile_step(model, state, names, partial)
+    _compile_step(model, state, weights, partial)
     os.replace(partial, path)
     return torch._inductor.aoti_load_package(str(path))
 
 
-def _compile_step(model, state: StaticState, names: list[str], path: Path) -> None:
-    """`decode_step` over flat inputs (ids, the weights `names` in order, the tensors of a state laid out as `state`),
+def _compile_step(model, state: StaticState, weights: dict, path: Path) -> None:
+    """`decode_step` over flat inputs (ids, the model's `weights` (name: tensor) in order, the tensors of `state`),
     compiled by AOTInductor into the package `path`. Exporting traces with fake tensors: no buffer changes."""
+    names = list(weights)
 
     class Step(torch.nn.Module):  # the model as a submodule, whose weights functional_call swaps for the inputs
         def __init__(self):
@@ -214,13 +215,12 @@ def _compile_step(model, state: StaticState, names: list[str], path: Path) -> No
 
     class FlatStep(torch.nn.Module):  # holds no weights (a closure over `step`), so none is copied into the program
         def forward(self, input_ids, *tensors):
-            weights = {f"model.{name}": t for name, t in zip(names, tensors, strict=False)}
+            swapped = {f"model.{name}": t for name, t in zip(names, tensors, strict=False)}
             state_ = with_tensors(state, iter(tensors[len(names):]))
-            return torch.func.functional_call(step, weights, (input_ids, state_))
+            return torch.func.functional_call(step, swapped, (input_ids, state_))
 
-    weights = {**dict(model.named_parameters()), **dict(model.named_buffers())}
     ids = torch.zeros(state.positions.shape[0], 1, dtype=torch.long, device=state.positions.device)
-    example = (ids, *[weights[n] for n in names], *state_tensors(state))
+    example = (ids, *weights.values(), *state_tensors(state))
     with torch.no_grad(), warnings.catch_warnings():  # torch 2.13 warns about its own pytree use while compiling
         warnings.filterwarnings("ignore", message=".*LeafSpec.* is deprecated", category=FutureWarning)
         program = torch.export.export(FlatStep(), example, strict=False)

@@ -140,7 +140,8 @@ class CompiledStep:
     A call goes straight to the compiled C++ runner, with none of `torch.compile`'s per-call guard checks and runtime
     wrappers (docs/benchmarks.md, "AOTInductor"). One compilation per model class, configuration, batch size and
     capacity, dtype and device, kept in the process and on disk (`compiled_step_dir`; keyed also by torch's version
-    and bmojo's source, so an edit of the code compiles anew). The step computes no gradients."""
+    and bmojo's source files, so an edit of the code compiles anew, but a function patched in memory is not seen: point
+    $BMOJO_CACHE_DIR elsewhere then). The step computes no gradients."""
 
     def __init__(self, model, state: StaticState):
         self.state = state
